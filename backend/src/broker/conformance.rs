@@ -1,0 +1,218 @@
+//! The conformance suite every [`Broker`] implementation must pass. Each check takes a
+//! factory so the same assertions run against every implementation.
+
+use std::{sync::Arc, time::Duration};
+
+use herald_proto::v1::StreamPosition;
+
+use super::{Broker, EventDraft, HistoryStart, memory::RetentionConfig};
+use crate::{
+    hub::{Hub, HubItem},
+    topic::Topic,
+};
+
+type Factory = fn(Arc<Hub>, RetentionConfig) -> Arc<dyn Broker>;
+
+fn memory(hub: Arc<Hub>, retention: RetentionConfig) -> Arc<dyn Broker> {
+    Arc::new(super::memory::MemoryBroker::new(hub, retention))
+}
+
+const BROKERS: &[(&str, Factory)] = &[("memory", memory)];
+
+fn draft(topic: &Topic, key: Option<&str>) -> EventDraft {
+    EventDraft {
+        topic: topic.clone(),
+        event_type: "test".into(),
+        data: None,
+        publisher: "tester".into(),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+fn topic() -> Topic {
+    Topic::parse("room:conformance").unwrap()
+}
+
+fn retention(max_events: usize) -> RetentionConfig {
+    RetentionConfig {
+        history_max_events: max_events,
+        ..RetentionConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers_get_gapless_offsets_and_the_hub_sees_them_in_order() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(10_000);
+        let broker = make(hub.clone(), retention(10_000));
+        let mut sub = hub.subscribe(&topic()).unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    for _ in 0..250 {
+                        broker.publish(draft(&topic(), None)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for expected in 1..=2000 {
+            let Some(HubItem::Event(event)) = sub.receiver().recv().await else {
+                panic!("{name}: hub stream ended early");
+            };
+            assert_eq!(event.offset, expected, "{name}: hub order");
+        }
+        let page = broker
+            .history(&topic(), HistoryStart::Oldest, 5000)
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, (1..=2000).collect::<Vec<_>>(), "{name}: history");
+        assert_eq!(page.top.offset, 2000);
+    }
+}
+
+#[tokio::test]
+async fn history_after_a_position_returns_exactly_what_followed_it() {
+    for (name, make) in BROKERS {
+        let broker = make(Hub::new(16), retention(100));
+        for _ in 0..10 {
+            broker.publish(draft(&topic(), None)).await.unwrap();
+        }
+        let top = broker
+            .history(&topic(), HistoryStart::Oldest, 0)
+            .await
+            .unwrap()
+            .top;
+        let since = StreamPosition {
+            offset: 6,
+            epoch: top.epoch.clone(),
+        };
+        let page = broker
+            .history(&topic(), HistoryStart::After(since.clone()), 100)
+            .await
+            .unwrap();
+        assert!(page.covered, "{name}");
+        let offsets: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![7, 8, 9, 10], "{name}");
+        let limited = broker
+            .history(&topic(), HistoryStart::After(since), 2)
+            .await
+            .unwrap();
+        assert_eq!(limited.events.len(), 2, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn positions_history_cannot_continue_from_are_reported_not_covered() {
+    for (name, make) in BROKERS {
+        let broker = make(Hub::new(16), retention(5));
+        for _ in 0..10 {
+            broker.publish(draft(&topic(), None)).await.unwrap();
+        }
+        let epoch = broker
+            .history(&topic(), HistoryStart::Oldest, 0)
+            .await
+            .unwrap()
+            .top
+            .epoch;
+        let cases = [
+            (
+                StreamPosition {
+                    offset: 8,
+                    epoch: "other".into(),
+                },
+                "wrong epoch",
+            ),
+            (
+                StreamPosition {
+                    offset: 2,
+                    epoch: epoch.clone(),
+                },
+                "older than history",
+            ),
+            (
+                StreamPosition {
+                    offset: 11,
+                    epoch: epoch.clone(),
+                },
+                "beyond the top",
+            ),
+        ];
+        for (since, why) in cases {
+            let page = broker
+                .history(&topic(), HistoryStart::After(since), 100)
+                .await
+                .unwrap();
+            assert!(!page.covered, "{name}: {why}");
+            assert!(page.events.is_empty(), "{name}: {why}");
+            assert_eq!(page.top.offset, 10, "{name}: {why}");
+        }
+        // The oldest retained is 6, so resuming after 5 is still complete.
+        let page = broker
+            .history(
+                &topic(),
+                HistoryStart::After(StreamPosition { offset: 5, epoch }),
+                100,
+            )
+            .await
+            .unwrap();
+        assert!(page.covered, "{name}");
+        assert_eq!(page.events.len(), 5, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_position() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(hub.clone(), retention(100));
+        let mut sub = hub.subscribe(&topic()).unwrap();
+        let first = broker.publish(draft(&topic(), Some("k1"))).await.unwrap();
+        let again = broker.publish(draft(&topic(), Some("k1"))).await.unwrap();
+        assert!(!first.duplicate && again.duplicate, "{name}");
+        assert_eq!(first.position, again.position, "{name}");
+        assert_eq!(first.id, again.id, "{name}");
+        let other = broker.publish(draft(&topic(), Some("k2"))).await.unwrap();
+        assert_eq!(other.position.offset, 2, "{name}");
+        let mut offsets = vec![];
+        while let Ok(HubItem::Event(event)) = sub.receiver().try_recv() {
+            offsets.push(event.offset);
+        }
+        assert_eq!(offsets, vec![1, 2], "{name}: the retry delivered nothing");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_and_idempotency_keys_expire_with_age() {
+    for (name, make) in BROKERS {
+        let retention = RetentionConfig {
+            history_max_events: 100,
+            history_max_age: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(30),
+        };
+        let broker = make(Hub::new(16), retention);
+        let first = broker.publish(draft(&topic(), Some("k"))).await.unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let retried = broker.publish(draft(&topic(), Some("k"))).await.unwrap();
+        assert!(!retried.duplicate, "{name}: the key expired");
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let page = broker
+            .history(&topic(), HistoryStart::Oldest, 100)
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![2], "{name}: event 1 aged out");
+        let page = broker
+            .history(&topic(), HistoryStart::After(first.position), 100)
+            .await
+            .unwrap();
+        assert!(
+            page.covered,
+            "{name}: offset 1 was delivered; 2 is retained"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The broker: where a topic's offsets are assigned, its history is kept, and its events are
+//! fanned out to every node's [`Hub`](crate::hub::Hub).
+//!
+//! Implementations: [`memory::MemoryBroker`] (one node, embedded; history lives in this
+//! process, so a restart starts new epochs). All implementations must pass the shared
+//! conformance suite in [`conformance`].
+
+pub mod memory;
+
+#[cfg(test)]
+mod conformance;
+
+use std::{fmt::Debug, sync::Arc};
+
+use async_trait::async_trait;
+use herald_proto::{
+    v1::{Event, StreamPosition},
+    wkt::Struct,
+};
+
+use crate::{hub::HubItem, topic::Topic};
+
+/// An event before the broker gives it a place in its topic.
+#[derive(Debug, Clone)]
+pub struct EventDraft {
+    pub topic: Topic,
+    pub event_type: String,
+    pub data: Option<Struct>,
+    /// The `sub` of the principal publishing.
+    pub publisher: String,
+    /// A retry with the same key within the idempotency window publishes nothing new.
+    pub idempotency_key: Option<String>,
+}
+
+/// Where a published event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub position: StreamPosition,
+    pub id: String,
+    /// True when this was a retry of an earlier publish with the same idempotency key.
+    pub duplicate: bool,
+}
+
+/// Where a history read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryStart {
+    /// From the oldest retained event.
+    Oldest,
+    /// After this position (exclusive).
+    After(StreamPosition),
+}
+
+/// A slice of a topic's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Events after the start, oldest first, consecutive offsets, at most `limit`.
+    pub events: Vec<Arc<Event>>,
+    /// The topic's current top (offset of its newest event, and its epoch).
+    pub top: StreamPosition,
+    /// False when history cannot continue from the start position: the epoch differs, the
+    /// position is older than the oldest retained event, or it lies beyond the top. `events`
+    /// is then empty: never a partial replay.
+    pub covered: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store is unreachable or failed.
+    #[error("broker backend failed: {0}")]
+    Backend(String),
+}
+
+/// The contract every broker keeps.
+///
+/// - **Offsets.** `publish` gives each event on a topic the next offset (1, 2, 3…) of the
+///   topic's current epoch, appends it to history and hands it to every node's hub, as one
+///   atomic step per topic: concurrent publishers never produce a gap, a duplicate offset, or
+///   a hub delivery order that differs from offset order.
+/// - **Visibility.** An event delivered to a hub is already readable through `history`
+///   (until it is trimmed). A subscriber that registers with the hub *before* reading history
+///   therefore misses nothing: every event is in the history it reads or arrives live after.
+/// - **Epochs.** A topic's epoch changes whenever its history or offsets were lost (restart of
+///   an in-memory broker, eviction of an idle topic). Offsets restart at 1 in a new epoch.
+/// - **Retention.** History is bounded per topic by count and age; `history` reports
+///   `covered = false` rather than skipping trimmed events.
+/// - **Idempotency.** A publish whose idempotency key was seen on the topic within the window
+///   returns the first `Published` (with `duplicate = true`) and delivers nothing.
+/// - **Ephemeral items.** `broadcast` fans an item (for example a presence change) out to every
+///   node's hub without an offset or history.
+#[async_trait]
+pub trait Broker: Send + Sync + Debug + 'static {
+    async fn publish(&self, draft: EventDraft) -> Result<Published, BrokerError>;
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        start: HistoryStart,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError>;
+}

@@ -1,0 +1,279 @@
+//! The `herald` command line: `serve`, `token`, and the small gRPC clients `subscribe`,
+//! `publish` and `history` that let a newcomer watch events flow in two terminals.
+
+mod client;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    auth::dev_key::{self, TokenClaims},
+    config::Config,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a real-time event backend. Ordered events per topic, gapless resume, JWT auth.",
+    long_about = "Herald: a real-time event backend.\n\n\
+        Apps publish events to topics (`kind:id`, for example `room:lobby`, `user:alice`, \
+        `order:42`); Herald gives each event the topic's next offset, keeps recent history and \
+        streams every event, in order and without gaps, to the subscribers allowed to see it.\n\n\
+        Quick start:\n  herald serve                          # gRPC on 127.0.0.1:50051, data in ./herald-data\n  \
+        herald subscribe room:lobby           # in a second terminal\n  \
+        herald publish room:lobby --type chat.message --data '{\"text\":\"hi\"}'\n  \
+        herald token --sub alice --role admin # a token for your own clients\n\n\
+        Settings come from flags, then HERALD_* environment variables, then the TOML file given \
+        by --config, then defaults."
+)]
+pub struct Cli {
+    /// A TOML configuration file; flags and HERALD_* variables override it.
+    #[arg(long, global = true, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Herald on this machine: the gRPC backend with SQLite and the in-memory broker.
+    Serve(ServeArgs),
+    /// Print a signed token (JWT) that a server using the same data directory accepts.
+    Token(TokenArgs),
+    /// Stream a topic's events to stdout as JSON lines, resuming after disconnects.
+    Subscribe(SubscribeArgs),
+    /// Publish one event to a topic and print its position.
+    Publish(PublishArgs),
+    /// Print a topic's retained events as JSON.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC server [default: 127.0.0.1:50051]
+    #[arg(long, env = "HERALD_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Database URL, for example postgres://user:pass@host/db [default: SQLite in the data directory]
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Shared HS256 secret for verifying tokens (at least 32 bytes) [default: the development key in the data directory]
+    #[arg(
+        long,
+        env = "HERALD_AUTH_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub hs256_secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// Directory for the SQLite database and the development signing key [default: ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// A role to grant (repeatable), for example `admin` or `service`.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+
+    /// Lifetime, for example 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// `iss` claim to include.
+    #[arg(long)]
+    pub issuer: Option<String>,
+
+    /// `aud` claim to include.
+    #[arg(long)]
+    pub audience: Option<String>,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Sign with this HS256 secret instead of the development key.
+    #[arg(
+        long,
+        env = "HERALD_AUTH_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The Herald gRPC server.
+    #[arg(
+        long,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// The token to present [default: a short-lived `service` token signed with the development key]
+    #[arg(long, env = "HERALD_TOKEN", value_name = "JWT", hide_env_values = true)]
+    pub token: Option<String>,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The topic, `kind:id`: user, role, group, conv, order, deployment or room.
+    pub topic: String,
+
+    /// Resume after this position, written OFFSET:EPOCH (as printed in `subscribed`).
+    #[arg(long, value_name = "OFFSET:EPOCH")]
+    pub since: Option<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic, `kind:id`.
+    pub topic: String,
+
+    /// The event type, for example chat.message.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: String,
+
+    /// The event data: a JSON object.
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub data: String,
+
+    /// Retrying with the same key within 5 minutes publishes nothing new.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The topic, `kind:id`.
+    pub topic: String,
+
+    /// Only events after this position, written OFFSET:EPOCH.
+    #[arg(long, value_name = "OFFSET:EPOCH")]
+    pub since: Option<String>,
+
+    /// At most this many events (1–1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A command-line failure, printed as `error: …` with exit status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl CliError {
+    pub fn new(message: impl std::fmt::Display) -> CliError {
+        CliError(message.to_string())
+    }
+}
+
+/// The configuration in effect: defaults, then the file, then flags and environment.
+pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path).map_err(CliError::new)?,
+        None => Config::default(),
+    };
+    if let Command::Serve(args) = &cli.command {
+        if let Some(addr) = args.grpc_addr {
+            config.grpc_addr = addr;
+        }
+        if let Some(url) = &args.database_url {
+            config.database_url = Some(url.clone());
+        }
+        if let Some(secret) = &args.hs256_secret {
+            config.auth.hs256_secret = Some(secret.clone());
+        }
+    }
+    let data_dir = match &cli.command {
+        Command::Serve(args) => &args.data.data_dir,
+        Command::Token(args) => &args.data.data_dir,
+        Command::Subscribe(SubscribeArgs { client, .. })
+        | Command::Publish(PublishArgs { client, .. })
+        | Command::History(HistoryArgs { client, .. }) => &client.data.data_dir,
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// Runs a client or token command (everything except `serve`).
+pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(_) => Err(CliError::new("`serve` is run by main")),
+        Command::Token(args) => {
+            let token = sign_token(&args, &config)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Subscribe(args) => client::subscribe(args, &config).await,
+        Command::Publish(args) => client::publish(args, &config).await,
+        Command::History(args) => client::history(args, &config).await,
+    }
+}
+
+fn sign_token(args: &TokenArgs, config: &Config) -> Result<String, CliError> {
+    let secret = match args
+        .secret
+        .clone()
+        .or_else(|| config.auth.hs256_secret.clone())
+    {
+        Some(secret) => secret,
+        None => dev_key::load(&config.data_dir).map_err(CliError::new)?,
+    };
+    let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
+    let mut claims = TokenClaims::new(&args.sub, &roles, args.ttl);
+    claims.iss = args.issuer.clone().or_else(|| config.auth.issuer.clone());
+    claims.aud = args
+        .audience
+        .clone()
+        .or_else(|| config.auth.audience.clone());
+    dev_key::sign_hs256(&secret, &claims).map_err(CliError::new)
+}

@@ -1,0 +1,145 @@
+//! Configuration: defaults, overridden by an optional TOML file, overridden by `HERALD_*`
+//! environment variables and command-line flags (see `herald serve --help`).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, node::NodeConfig,
+};
+
+/// Everything `herald serve` needs. Every section and field is optional in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the gRPC server listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the SQLite database and the development signing key live.
+    pub data_dir: PathBuf,
+    /// A `postgres://` or `sqlite://` URL; default: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// How long open streams get to end after a shutdown signal.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
+    pub node: NodeConfig,
+    pub retention: RetentionConfig,
+    pub grpc: GrpcConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("herald-data"),
+            database_url: None,
+            shutdown_grace: Duration::from_secs(10),
+            auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
+            node: NodeConfig::default(),
+            retention: RetentionConfig::default(),
+            grpc: GrpcConfig::default(),
+        }
+    }
+}
+
+/// Transport limits of the gRPC server, set explicitly rather than left to library defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// The largest request message accepted.
+    pub max_decode_bytes: usize,
+    /// The most concurrent streams on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// How often an idle connection is pinged.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            max_decode_bytes: 1024 * 1024,
+            max_concurrent_streams: 10_000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("herald.db").display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let config: Config = toml::from_str(
+            r#"
+            grpc_addr = "127.0.0.1:6000"
+            [retention]
+            history_max_age = "2m"
+            [auth]
+            issuer = "https://id.example"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.grpc_addr.port(), 6000);
+        assert_eq!(config.retention.history_max_age, Duration::from_secs(120));
+        assert_eq!(config.retention.history_max_events, 1000);
+        assert_eq!(config.auth.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(config.node.replay_cap, 1000);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let error = toml::from_str::<Config>("grpc_adr = \"x\"").unwrap_err();
+        assert!(error.to_string().contains("grpc_adr"));
+    }
+}

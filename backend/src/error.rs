@@ -1,0 +1,161 @@
+//! The one mapping from Herald's errors to gRPC statuses, and the trailers that carry a
+//! [`CloseCode`] when Herald ends a stream.
+//!
+//! Modules keep their own typed errors; they convert into [`Error`], and [`Error`] converts
+//! into [`tonic::Status`] here and nowhere else. Internal causes reach the log in full and the
+//! wire as a generic message.
+
+use herald_proto::v1::{CloseCode, StreamPosition};
+use tonic::{Code, Status, metadata::MetadataMap};
+
+use crate::{auth::AuthError, broker::BrokerError, topic::TopicError};
+
+/// Trailer carrying the [`CloseCode`] name of a stream Herald ended.
+pub const CLOSE_CODE_TRAILER: &str = "herald-close-code";
+/// Trailer carrying the offset of the last event delivered on the ended stream.
+pub const OFFSET_TRAILER: &str = "herald-offset";
+/// Trailer carrying the epoch of the last event delivered on the ended stream.
+pub const EPOCH_TRAILER: &str = "herald-epoch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// History no longer reaches back to the requested position.
+    #[error("{0}")]
+    HistoryGone(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::InvalidArgument(message.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match error {
+            Error::InvalidArgument(message) => {
+                with_code(Code::InvalidArgument, message, CloseCode::BadRequest)
+            }
+            Error::Topic(error) => with_code(
+                Code::InvalidArgument,
+                error.to_string(),
+                CloseCode::BadRequest,
+            ),
+            Error::Auth(error) => error.into(),
+            Error::PermissionDenied(message) => {
+                with_code(Code::PermissionDenied, message, CloseCode::PermissionDenied)
+            }
+            Error::Unavailable(message) => {
+                with_code(Code::Unavailable, message, CloseCode::Unavailable)
+            }
+            Error::HistoryGone(message) => with_code(
+                Code::FailedPrecondition,
+                message,
+                CloseCode::InsufficientState,
+            ),
+            Error::Broker(error) => {
+                tracing::error!(error = %error, "broker failed");
+                with_code(
+                    Code::Unavailable,
+                    "the event broker is temporarily unavailable; retry with backoff".to_owned(),
+                    CloseCode::Unavailable,
+                )
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Status {
+        let code = if matches!(error, AuthError::Expired) {
+            CloseCode::TokenExpired
+        } else {
+            CloseCode::InvalidToken
+        };
+        with_code(Code::Unauthenticated, error.to_string(), code)
+    }
+}
+
+/// A status whose trailers name the [`CloseCode`].
+pub fn with_code(code: Code, message: String, close: CloseCode) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(CLOSE_CODE_TRAILER, close_code_value(close));
+    Status::with_metadata(code, message, metadata)
+}
+
+/// The status that ends a stream Herald closes, carrying the last position it delivered so the
+/// client resumes from there.
+pub fn stream_end(code: Code, close: CloseCode, message: &str, last: &StreamPosition) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(CLOSE_CODE_TRAILER, close_code_value(close));
+    metadata.insert(OFFSET_TRAILER, last.offset.into());
+    if let Ok(epoch) = last.epoch.parse() {
+        metadata.insert(EPOCH_TRAILER, epoch);
+    }
+    let message = format!(
+        "{message}; resume from offset {} (epoch {})",
+        last.offset, last.epoch
+    );
+    Status::with_metadata(code, message, metadata)
+}
+
+fn close_code_value(close: CloseCode) -> tonic::metadata::AsciiMetadataValue {
+    // Enum names are ASCII identifiers, so this cannot fail.
+    tonic::metadata::AsciiMetadataValue::from_static(close.as_str_name())
+}
+
+/// Reads the [`CloseCode`] that Herald put in a status's trailers.
+pub fn close_code_of(status: &Status) -> Option<CloseCode> {
+    let value = status.metadata().get(CLOSE_CODE_TRAILER)?.to_str().ok()?;
+    CloseCode::from_str_name(value)
+}
+
+/// Whether a client should reconnect after a stream ended with this code (3000–3499).
+pub fn should_reconnect(code: CloseCode) -> bool {
+    (3000..3500).contains(&(code as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_are_classified_by_their_number_range() {
+        assert!(should_reconnect(CloseCode::Shutdown));
+        assert!(should_reconnect(CloseCode::SlowConsumer));
+        assert!(should_reconnect(CloseCode::TokenExpired));
+        assert!(!should_reconnect(CloseCode::InvalidToken));
+        assert!(!should_reconnect(CloseCode::PermissionDenied));
+        assert!(!should_reconnect(CloseCode::Unspecified));
+    }
+
+    #[test]
+    fn a_stream_end_carries_the_last_position_in_trailers_and_message() {
+        let last = StreamPosition {
+            offset: 42,
+            epoch: "e1".into(),
+        };
+        let status = stream_end(
+            Code::Unavailable,
+            CloseCode::Shutdown,
+            "shutting down",
+            &last,
+        );
+        assert_eq!(close_code_of(&status), Some(CloseCode::Shutdown));
+        assert_eq!(status.metadata().get(OFFSET_TRAILER).unwrap(), "42");
+        assert_eq!(status.metadata().get(EPOCH_TRAILER).unwrap(), "e1");
+        assert!(status.message().contains("resume from offset 42"));
+    }
+}

@@ -1,0 +1,6 @@
+//! gRPC services: thin adapters that parse requests into core types, call the [`Node`], and
+//! map errors through [`crate::error`].
+//!
+//! [`Node`]: crate::node::Node
+
+pub mod rooms;

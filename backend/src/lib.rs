@@ -1,0 +1,33 @@
+//! The Herald backend: a tonic gRPC server holding all of Herald's logic.
+//!
+//! How the modules fit (dependencies point inward, to the core):
+//!
+//! ```text
+//!  grpc::rooms ──► node ──► authz (policy)        transport: parse, call the node, map errors
+//!                   │  ├──► broker (offsets, history, cross-node fan-out) ──► hub
+//!                   │  ├──► presence
+//!                   │  └──► subscription (EventStream: replay + live, ends with a CloseCode)
+//!  auth (interceptor: JWT → Principal)   error (the one Error → Status mapping)
+//!  topic (parse `kind:id` once)          config, db (sea-orm + migrations), server (assembly)
+//! ```
+//!
+//! Start with [`server::run`]: it binds nothing itself; callers pass a listener (tests bind
+//! port 0) and a cancellation token for shutdown.
+
+pub mod auth;
+pub mod authz;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod hub;
+pub mod node;
+pub mod presence;
+pub mod server;
+pub mod subscription;
+pub mod topic;
+
+pub use config::Config;
+pub use server::{Backend, ServeError, run};

@@ -1,0 +1,351 @@
+//! The node: the core every transport calls. It validates, authorizes through the
+//! [`Policy`], and joins the hub, the broker and presence into subscriptions with gapless
+//! resume.
+//!
+//! Resume, step by step (see [`Node::subscribe`]):
+//! 1. register with the hub first, so every event published from now on is queued for us;
+//! 2. read history after `since` (the broker guarantees an event in the hub is in history);
+//! 3. replay it, then stream live events, skipping offsets already replayed.
+//!
+//! Positions history cannot continue from (other epoch, trimmed, beyond the top) and gaps
+//! larger than the replay cap answer `recovered = false` with the current top, never a
+//! partial replay.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use herald_proto::{
+    v1::{PresenceChange, PresenceMember, StreamPosition, Subscribed, presence_change::Kind},
+    wkt::Struct,
+};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::{
+    auth::Principal,
+    authz::{Action, Policy},
+    broker::{Broker, EventDraft, HistoryPage, HistoryStart, Published},
+    error::Error,
+    hub::{Hub, HubItem},
+    presence::{ConnectionId, Presence},
+    subscription::{EventStream, PresenceGuard, PresenceLeave},
+    topic::{Topic, TopicKind},
+};
+
+/// The most events one `History` call returns.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+/// The number of events `History` returns when no limit is given.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
+/// The longest event type.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+/// The longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// Limits and switches of the core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// How many events a subscriber may have queued before it is ended as a slow consumer.
+    pub subscriber_queue: usize,
+    /// The most events a resume replays; a larger gap answers `recovered = false`.
+    pub replay_cap: u64,
+    /// The largest encoded `data` of one event.
+    pub max_event_data_bytes: usize,
+    /// Topic kinds whose subscribers receive presence join/leave pushes.
+    pub presence_events: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            subscriber_queue: 1024,
+            replay_cap: 1000,
+            max_event_data_bytes: 64 * 1024,
+            presence_events: vec!["room".into(), "conv".into(), "group".into()],
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks the values and returns the parsed presence kinds.
+    pub fn presence_kinds(&self) -> Result<Vec<TopicKind>, String> {
+        self.presence_events
+            .iter()
+            .map(|kind| {
+                kind.parse::<TopicKind>()
+                    .map_err(|e| format!("node.presence_events: {e}"))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn Presence>,
+    presence_notifier: Arc<PresenceNotifier>,
+    policy: Policy,
+    config: NodeConfig,
+    next_connection: AtomicU64,
+}
+
+/// Announces presence changes on topics configured for them.
+#[derive(Debug)]
+struct PresenceNotifier {
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn Presence>,
+    kinds: Vec<TopicKind>,
+}
+
+impl PresenceNotifier {
+    async fn announce(&self, topic: &Topic, kind: Kind, member: PresenceMember) {
+        if !self.kinds.contains(&topic.kind()) {
+            return;
+        }
+        let change = PresenceChange {
+            topic: topic.to_string(),
+            kind: kind as i32,
+            member: Some(member),
+        };
+        if let Err(error) = self
+            .broker
+            .broadcast(topic, HubItem::Presence(Arc::new(change)))
+            .await
+        {
+            tracing::warn!(%topic, %error, "could not announce a presence change");
+        }
+    }
+}
+
+impl PresenceLeave for PresenceNotifier {
+    fn leave(&self, topic: Topic, user_id: String, connection: ConnectionId) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the runtime is gone: so is every subscriber that could be told
+        };
+        let presence = self.presence.clone();
+        let notifier = PresenceNotifier {
+            broker: self.broker.clone(),
+            presence: self.presence.clone(),
+            kinds: self.kinds.clone(),
+        };
+        runtime.spawn(async move {
+            match presence.leave(&topic, &user_id, connection).await {
+                Ok(Some(member)) => notifier.announce(&topic, Kind::Leave, member).await,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%topic, %error, "could not record a presence leave"),
+            }
+        });
+    }
+}
+
+impl Node {
+    pub fn new(
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        policy: Policy,
+        config: NodeConfig,
+    ) -> Result<Arc<Node>, String> {
+        let kinds = config.presence_kinds()?;
+        Ok(Arc::new(Node {
+            presence_notifier: Arc::new(PresenceNotifier {
+                broker: broker.clone(),
+                presence: presence.clone(),
+                kinds,
+            }),
+            hub,
+            broker,
+            presence,
+            policy,
+            config,
+            next_connection: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Error> {
+        self.policy
+            .check(who, action, topic)
+            .map_err(|denied| Error::PermissionDenied(denied.0))
+    }
+
+    /// Subscribes `who` to `topic`, resuming after `since` when given.
+    pub async fn subscribe(
+        &self,
+        who: &Principal,
+        topic: Topic,
+        since: Option<StreamPosition>,
+    ) -> Result<EventStream, Error> {
+        self.authorize(who, Action::Read, &topic)?;
+        let live = self.hub.subscribe(&topic).map_err(|_| {
+            Error::Unavailable("the server is shutting down; reconnect and resume".into())
+        })?;
+
+        let (subscribed, replay, start) = match since {
+            None => {
+                let top = self
+                    .broker
+                    .history(&topic, HistoryStart::Oldest, 0)
+                    .await?
+                    .top;
+                (subscribed(&top, true), Vec::new(), top)
+            }
+            Some(since) => {
+                let cap = usize::try_from(self.config.replay_cap).unwrap_or(usize::MAX);
+                let page = self
+                    .broker
+                    .history(&topic, HistoryStart::After(since.clone()), cap)
+                    .await?;
+                let gap = page.top.offset.saturating_sub(since.offset);
+                if page.covered && gap <= self.config.replay_cap {
+                    (subscribed(&page.top, true), page.events, since)
+                } else {
+                    (subscribed(&page.top, false), Vec::new(), page.top)
+                }
+            }
+        };
+
+        let presence = if who.is_service() {
+            None
+        } else {
+            let connection = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+            match self.presence.join(&topic, &who.user_id, connection).await {
+                Ok(joined) => {
+                    if let Some(member) = joined {
+                        self.presence_notifier
+                            .announce(&topic, Kind::Join, member)
+                            .await;
+                    }
+                    Some(PresenceGuard {
+                        leave: self.presence_notifier.clone(),
+                        topic: topic.clone(),
+                        user_id: who.user_id.clone(),
+                        connection,
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "could not record presence");
+                    None
+                }
+            }
+        };
+
+        let expiry = Box::pin(tokio::time::sleep(who.time_left()));
+        Ok(EventStream::new(
+            subscribed, replay, live, start, expiry, presence,
+        ))
+    }
+
+    pub async fn publish(
+        &self,
+        who: &Principal,
+        topic: Topic,
+        event_type: String,
+        data: Option<Struct>,
+        idempotency_key: Option<String>,
+    ) -> Result<Published, Error> {
+        self.authorize(who, Action::Publish, &topic)?;
+        validate_event_type(&event_type)?;
+        let size = data.as_ref().map_or(0, Message::encoded_len);
+        if size > self.config.max_event_data_bytes {
+            return Err(Error::invalid(format!(
+                "event data is {size} bytes encoded; the limit is {} bytes (node.max_event_data_bytes)",
+                self.config.max_event_data_bytes
+            )));
+        }
+        let idempotency_key = idempotency_key.filter(|key| !key.is_empty());
+        if let Some(key) = &idempotency_key
+            && key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        {
+            return Err(Error::invalid(format!(
+                "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY_LEN}",
+                key.len()
+            )));
+        }
+        let published = self
+            .broker
+            .publish(EventDraft {
+                topic,
+                event_type,
+                data,
+                publisher: who.user_id.clone(),
+                idempotency_key,
+            })
+            .await?;
+        Ok(published)
+    }
+
+    pub async fn history(
+        &self,
+        who: &Principal,
+        topic: Topic,
+        since: Option<StreamPosition>,
+        limit: u32,
+    ) -> Result<HistoryPage, Error> {
+        self.authorize(who, Action::Read, &topic)?;
+        let limit = match limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            n if n > MAX_HISTORY_LIMIT => {
+                return Err(Error::invalid(format!(
+                    "limit is {n}; the most one call returns is {MAX_HISTORY_LIMIT}"
+                )));
+            }
+            n => n,
+        };
+        let start = match &since {
+            Some(since) => HistoryStart::After(since.clone()),
+            None => HistoryStart::Oldest,
+        };
+        let page = self.broker.history(&topic, start, limit as usize).await?;
+        if !page.covered {
+            let since = since.unwrap_or_default();
+            return Err(Error::HistoryGone(format!(
+                "history no longer covers offset {} of epoch `{}` (the topic is at offset {} of epoch `{}`); \
+                 reload your state and subscribe without `since`",
+                since.offset, since.epoch, page.top.offset, page.top.epoch
+            )));
+        }
+        Ok(page)
+    }
+
+    pub async fn presence(
+        &self,
+        who: &Principal,
+        topic: Topic,
+    ) -> Result<Vec<PresenceMember>, Error> {
+        self.authorize(who, Action::Read, &topic)?;
+        Ok(self.presence.members(&topic).await?)
+    }
+
+    /// Ends every subscription with a "shutting down" status and refuses new ones.
+    pub fn shutdown(&self) {
+        self.hub.shutdown();
+    }
+}
+
+fn subscribed(top: &StreamPosition, recovered: bool) -> Subscribed {
+    Subscribed {
+        position: Some(top.clone()),
+        recovered,
+    }
+}
+
+fn validate_event_type(event_type: &str) -> Result<(), Error> {
+    let valid_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
+    if event_type.is_empty()
+        || event_type.len() > MAX_EVENT_TYPE_LEN
+        || !event_type.chars().all(valid_char)
+    {
+        return Err(Error::invalid(format!(
+            "event type must be 1–{MAX_EVENT_TYPE_LEN} characters of A–Z a–z 0–9 . _ - : /, for example `chat.message`"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Assembles and runs the backend: database, auth, hub, broker, presence, node, and the tonic
+//! server with reflection, health and explicit transport limits.
+
+use std::{future::Future, sync::Arc};
+
+use herald_proto::v1::rooms_server::RoomsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{AuthInterceptor, TokenVerifier, dev_key, verifier::AuthConfigError},
+    authz::Policy,
+    broker::memory::MemoryBroker,
+    config::Config,
+    db,
+    grpc::rooms::RoomsService,
+    hub::Hub,
+    node::Node,
+    presence::memory::MemoryPresence,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}; check --database-url (HERALD_DATABASE_URL)")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] AuthConfigError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A backend ready to serve: built from configuration, not yet listening.
+#[derive(Debug)]
+pub struct Backend {
+    config: Config,
+    node: Arc<Node>,
+    broker: Arc<MemoryBroker>,
+    verifier: Arc<TokenVerifier>,
+}
+
+impl Backend {
+    /// Opens the data directory and database (running migrations) and wires the core.
+    /// Without configured keys, the development signing key is loaded or created.
+    pub async fn build(mut config: Config) -> Result<Backend, ServeError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let _db = db::connect(&config.database_url()).await?;
+
+        if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
+            let (secret, created) =
+                dev_key::load_or_create(&data_dir).map_err(|source| ServeError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
+            if created {
+                tracing::info!(
+                    path = %dev_key::path(&data_dir).display(),
+                    "created a development signing key; `herald token` signs with it. \
+                     Configure auth keys for production"
+                );
+            }
+            config.auth.hs256_secret = Some(secret);
+        }
+        let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
+
+        let hub = Hub::new(config.node.subscriber_queue);
+        let broker = Arc::new(MemoryBroker::new(hub.clone(), config.retention.clone()));
+        let node = Node::new(
+            hub,
+            broker.clone(),
+            Arc::new(MemoryPresence::new()),
+            Policy::new(config.policy.clone()),
+            config.node.clone(),
+        )
+        .map_err(ServeError::Config)?;
+        Ok(Backend {
+            config,
+            node,
+            broker,
+            verifier,
+        })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` is cancelled. Then every open stream ends
+    /// with UNAVAILABLE "shutting down; resume from offset N", and the server waits for them
+    /// at most `shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServeError> {
+        let Backend {
+            config,
+            node,
+            broker,
+            verifier,
+        } = self;
+        let tracker = tokio_util::task::TaskTracker::new();
+        tracker.spawn(
+            broker
+                .clone()
+                .run_sweeper(std::time::Duration::from_secs(30), shutdown.clone()),
+        );
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<RoomsServer<RoomsService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+
+        let rooms = RoomsServer::new(RoomsService::new(node.clone()))
+            .max_decoding_message_size(config.grpc.max_decode_bytes);
+        let rooms = tonic::service::interceptor::InterceptedService::new(
+            rooms,
+            AuthInterceptor::new(verifier),
+        );
+
+        let addr = listener.local_addr().ok();
+        tracing::info!(grpc_addr = ?addr, "herald backend listening");
+
+        let stop_node = {
+            let node = node.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: ending open streams");
+                node.shutdown();
+            }
+        };
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.grpc.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.grpc.keepalive_timeout))
+            .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(rooms)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
+        let result = with_grace(server, &shutdown, config.shutdown_grace).await;
+        tracker.close();
+        tracker.wait().await;
+        result
+    }
+}
+
+async fn with_grace(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+) -> Result<(), ServeError> {
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "shutdown grace expired; closing the remaining connections"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Builds and serves in one call: what `herald serve` and the tests use.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    Backend::build(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}

@@ -1,0 +1,17 @@
+//! Every schema change of Herald, in order. The same migrations run on SQLite and
+//! PostgreSQL; `herald serve` applies them at start.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_server_meta;
+
+/// The ordered list of migrations.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_server_meta::Migration)]
+    }
+}

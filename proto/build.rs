@@ -1,0 +1,37 @@
+//! Compiles proto/herald/v1/*.proto with protox (no system protoc), then generates the
+//! prost messages, the tonic services, the proto3-JSON (pbjson) serde impls and the
+//! descriptor set that reflection and the edge's transcoder load.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "herald/v1/codes.proto",
+    "herald/v1/events.proto",
+    "herald/v1/rooms.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("herald_descriptor.bin");
+
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["."])?;
+    fs::write(&descriptor_path, fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        // Well-known types come from pbjson-types (which adds their proto3-JSON mapping), so
+        // prost's default mapping to prost-types is turned off.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&fs::read(&descriptor_path)?)?
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .build(&[".herald"])?;
+    Ok(())
+}

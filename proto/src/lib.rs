@@ -1,0 +1,30 @@
+//! The `herald.v1` contract, generated from `proto/herald/v1/*.proto` at build time.
+//!
+//! Every message has prost (binary protobuf) and serde (the canonical proto3 JSON mapping)
+//! implementations, so gRPC, grpc-web and WebSocket clients all see the same shapes.
+//! [`FILE_DESCRIPTOR_SET`] is the compiled schema, used by gRPC reflection and by the
+//! edge's generic JSON transcoding.
+
+#![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of every herald proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
+
+pub use pbjson_types as wkt;
+
+/// Converts a wall-clock time into a protobuf `Timestamp`.
+pub fn timestamp(time: std::time::SystemTime) -> wkt::Timestamp {
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    wkt::Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    }
+}
