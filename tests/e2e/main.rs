@@ -1,1 +1,7 @@
-fn main() {}
+//! End-to-end tests: each starts a real backend on port 0 and talks to it over gRPC.
+
+mod auth;
+mod delivery;
+mod lifecycle;
+mod resume;
+mod validation;

@@ -154,7 +154,7 @@ impl MemoryBroker {
             let idle = log.history.is_empty()
                 && log.keys.is_empty()
                 && now.duration_since(log.touched) > self.retention.history_max_age;
-            !(idle && !self.hub.has_subscribers(topic))
+            !idle || self.hub.has_subscribers(topic)
         });
         before - topics.len()
     }

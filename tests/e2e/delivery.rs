@@ -1,0 +1,153 @@
+//! Ordered fan-out, concurrency and idempotency, observed by real subscribers.
+
+use herald_e2e::{range, spawn_app};
+
+#[tokio::test]
+async fn two_subscribers_receive_every_event_in_publish_order_with_consecutive_offsets() {
+    let app = spawn_app().await;
+    let alice = app.client("alice", &[]).await;
+    let bob = app.client("bob", &[]).await;
+    let mut a = alice.subscribe("room:lobby").await;
+    let mut b = bob.subscribe("room:lobby").await;
+    let publisher = app.service().await;
+    for n in 1..=20 {
+        let position = publisher.publish("room:lobby", n).await;
+        assert_eq!(position.offset, n);
+    }
+    for sub in [&mut a, &mut b] {
+        for n in 1..=20 {
+            let event = sub.next_event().await;
+            assert_eq!(event.offset, n);
+            assert_eq!(event.topic, "room:lobby");
+            assert_eq!(event.r#type, "test.event");
+            assert_eq!(event.publisher, "test-service");
+            assert_eq!(event.epoch, sub.position().epoch);
+            let data = serde_json::to_value(event.data.unwrap()).unwrap();
+            // JSON numbers travel as protobuf doubles.
+            assert_eq!(data["n"].as_f64(), Some(n as f64), "publish order is kept");
+            assert!(uuid_v7(&event.id), "event id {} is a UUIDv7", event.id);
+        }
+    }
+}
+
+fn uuid_v7(id: &str) -> bool {
+    id.len() == 36 && id.as_bytes()[14] == b'7'
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers_produce_the_same_gapless_order_for_every_subscriber() {
+    let app = spawn_app().await;
+    let mut subscribers = vec![];
+    for name in ["s1", "s2", "s3"] {
+        subscribers.push(app.client(name, &[]).await.subscribe("room:busy").await);
+    }
+    let mut publishers = vec![];
+    for p in 0..8 {
+        let client = app.client(&format!("p{p}"), &[]).await;
+        publishers.push(tokio::spawn(async move {
+            for n in 0..50 {
+                client.publish("room:busy", p * 1000 + n).await;
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let mut orders = vec![];
+    for sub in &mut subscribers {
+        let mut ids = vec![];
+        let mut offsets = vec![];
+        for _ in 0..400 {
+            let event = sub.next_event().await;
+            offsets.push(event.offset);
+            ids.push(event.id);
+        }
+        assert_eq!(offsets, range(1, 400), "strictly increasing, no gap");
+        orders.push(ids);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every subscriber sees the same order"
+    );
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_three_times_in_a_row_publishes_once() {
+    let app = spawn_app().await;
+    let service = app.service().await;
+    let mut sub = service.subscribe("room:orders").await;
+    let mut positions = vec![];
+    for _ in 0..3 {
+        let response = service
+            .try_publish(
+                "room:orders",
+                "order.placed",
+                serde_json::json!({}),
+                Some("order-1"),
+            )
+            .await
+            .unwrap();
+        positions.push(response.position.unwrap().offset);
+    }
+    assert_eq!(positions, vec![1, 1, 1]);
+    service.publish("room:orders", 2).await;
+    assert_eq!(
+        sub.offsets(2).await,
+        vec![1, 2],
+        "the retries delivered nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_idempotency_key_three_times_at_once_publishes_once() {
+    let app = spawn_app().await;
+    let service = app.service().await;
+    let mut sub = service.subscribe("room:orders").await;
+    let attempts: Vec<_> = (0..3)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                service
+                    .try_publish(
+                        "room:orders",
+                        "order.placed",
+                        serde_json::json!({}),
+                        Some("k"),
+                    )
+                    .await
+                    .unwrap()
+                    .position
+                    .unwrap()
+                    .offset
+            })
+        })
+        .collect();
+    let mut offsets = vec![];
+    for attempt in attempts {
+        offsets.push(attempt.await.unwrap());
+    }
+    assert_eq!(offsets, vec![1, 1, 1]);
+    service.publish("room:orders", 2).await;
+    assert_eq!(sub.offsets(2).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn history_returns_retained_events_after_a_position() {
+    let app = spawn_app().await;
+    let service = app.service().await;
+    for n in 1..=5 {
+        service.publish("room:h", n).await;
+    }
+    let all = service.history("room:h", None, 0).await.unwrap();
+    let offsets: Vec<u64> = all.events.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, range(1, 5));
+    let top = all.position.unwrap();
+    assert_eq!(top.offset, 5);
+    let since = herald_proto::v1::StreamPosition {
+        offset: 3,
+        epoch: top.epoch.clone(),
+    };
+    let after = service.history("room:h", Some(since), 1).await.unwrap();
+    let offsets: Vec<u64> = after.events.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, vec![4]);
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Herald's one test command: installs whatever the tests need and is missing on a fresh
+# Debian machine (Node.js for the proto linter), then lints and runs every test.
+#
+#   bash tests/run.sh            # everything
+#   HERALD_SKIP_LINT=1 bash tests/run.sh   # tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+install_apt() {
+    step "installing $* (apt)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+command -v cargo >/dev/null || { echo "error: cargo is missing; install Rust from rustup first" >&2; exit 1; }
+command -v npx >/dev/null || missing+=(nodejs npm)
+[ ${#missing[@]} -eq 0 ] || install_apt "${missing[@]}"
+
+if [ -z "${HERALD_SKIP_LINT:-}" ]; then
+    step "buf lint (proto/)"
+    npx -y @bufbuild/buf@1.75.0 lint
+
+    step "cargo fmt --check"
+    cargo fmt --all -- --check
+
+    step "cargo clippy --all-targets -D warnings"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+step "cargo test (unit, property and end-to-end tests)"
+cargo test --workspace
