@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Well-known types come from pbjson-types (which adds their proto3-JSON mapping), so
         // prost's default mapping to prost-types is turned off.
         .compile_well_known_types(true)
+        .codec_path("crate::codec::HeraldCodec")
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds)?;
 

@@ -7,6 +7,8 @@
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod codec;
+
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
