@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/codes.proto",
     "herald/v1/events.proto",
     "herald/v1/rooms.proto",
+    "herald/v1/edge.proto",
+    "herald/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

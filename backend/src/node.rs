@@ -183,63 +183,95 @@ impl Node {
         since: Option<StreamPosition>,
     ) -> Result<EventStream, Error> {
         self.authorize(who, Action::Read, &topic)?;
-        let live = self.hub.subscribe(&topic).map_err(|_| {
-            Error::Unavailable("the server is shutting down; reconnect and resume".into())
-        })?;
-
-        let (subscribed, replay, start) = match since {
-            None => {
-                let top = self
-                    .broker
-                    .history(&topic, HistoryStart::Oldest, 0)
-                    .await?
-                    .top;
-                (subscribed(&top, true), Vec::new(), top)
-            }
-            Some(since) => {
-                let cap = usize::try_from(self.config.replay_cap).unwrap_or(usize::MAX);
-                let page = self
-                    .broker
-                    .history(&topic, HistoryStart::After(since.clone()), cap)
-                    .await?;
-                let gap = page.top.offset.saturating_sub(since.offset);
-                if page.covered && gap <= self.config.replay_cap {
-                    (subscribed(&page.top, true), page.events, since)
-                } else {
-                    (subscribed(&page.top, false), Vec::new(), page.top)
-                }
-            }
-        };
-
-        let presence = if who.is_service() {
-            None
-        } else {
-            let connection = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
-            match self.presence.join(&topic, &who.user_id, connection).await {
-                Ok(joined) => {
-                    if let Some(member) = joined {
-                        self.presence_notifier
-                            .announce(&topic, Kind::Join, member)
-                            .await;
-                    }
-                    Some(PresenceGuard {
-                        leave: self.presence_notifier.clone(),
-                        topic: topic.clone(),
-                        user_id: who.user_id.clone(),
-                        connection,
-                    })
-                }
-                Err(error) => {
-                    tracing::warn!(%topic, %error, "could not record presence");
-                    None
-                }
-            }
-        };
-
+        let live = self.hub.subscribe(&topic).map_err(|_| shutting_down())?;
+        let resume = self.resume(&topic, since).await?;
+        let presence = self.join_presence(who, &topic).await;
         let expiry = Box::pin(tokio::time::sleep(who.time_left()));
         Ok(EventStream::new(
-            subscribed, replay, live, start, expiry, presence,
+            resume.subscribed,
+            resume.replay,
+            live,
+            resume.start,
+            expiry,
+            presence,
         ))
+    }
+
+    /// Works out what a subscriber resuming after `since` must be replayed. Call it after
+    /// registering with the hub, so nothing published meanwhile is missed.
+    pub async fn resume(
+        &self,
+        topic: &Topic,
+        since: Option<StreamPosition>,
+    ) -> Result<Resume, Error> {
+        let Some(since) = since else {
+            let top = self.top(topic).await?;
+            return Ok(Resume {
+                subscribed: subscribed(&top, true),
+                replay: Vec::new(),
+                start: top,
+            });
+        };
+        let cap = usize::try_from(self.config.replay_cap).unwrap_or(usize::MAX);
+        let page = self
+            .broker
+            .history(topic, HistoryStart::After(since.clone()), cap)
+            .await?;
+        let gap = page.top.offset.saturating_sub(since.offset);
+        Ok(if page.covered && gap <= self.config.replay_cap {
+            Resume {
+                subscribed: subscribed(&page.top, true),
+                replay: page.events,
+                start: since,
+            }
+        } else {
+            Resume {
+                subscribed: subscribed(&page.top, false),
+                replay: Vec::new(),
+                start: page.top,
+            }
+        })
+    }
+
+    /// The topic's current top.
+    pub async fn top(&self, topic: &Topic) -> Result<StreamPosition, Error> {
+        Ok(self
+            .broker
+            .history(topic, HistoryStart::Oldest, 0)
+            .await?
+            .top)
+    }
+
+    /// Records `who` as present on `topic` (announcing a join if it is the user's first
+    /// connection); dropping the guard leaves. Services are not recorded.
+    pub(crate) async fn join_presence(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+    ) -> Option<PresenceGuard> {
+        if who.is_service() {
+            return None;
+        }
+        let connection = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        match self.presence.join(topic, &who.user_id, connection).await {
+            Ok(joined) => {
+                if let Some(member) = joined {
+                    self.presence_notifier
+                        .announce(topic, Kind::Join, member)
+                        .await;
+                }
+                Some(PresenceGuard {
+                    leave: self.presence_notifier.clone(),
+                    topic: topic.clone(),
+                    user_id: who.user_id.clone(),
+                    connection,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%topic, %error, "could not record presence");
+                None
+            }
+        }
     }
 
     pub async fn publish(
@@ -327,6 +359,22 @@ impl Node {
     pub fn shutdown(&self) {
         self.hub.shutdown();
     }
+}
+
+/// Where a (re)subscription starts.
+#[derive(Debug)]
+pub struct Resume {
+    /// The first frame for the subscriber.
+    pub subscribed: Subscribed,
+    /// Events to replay before live ones, in offset order.
+    pub replay: Vec<Arc<herald_proto::v1::Event>>,
+    /// The position the subscriber is at before the replay: live events at or below it
+    /// are skipped.
+    pub start: StreamPosition,
+}
+
+pub(crate) fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down; reconnect and resume".into())
 }
 
 fn subscribed(top: &StreamPosition, recovered: bool) -> Subscribed {

@@ -3,7 +3,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use herald_proto::v1::rooms_server::RoomsServer;
+use herald_proto::v1::{
+    auth_server::AuthServer, edge_server::EdgeServer, rooms_server::RoomsServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use crate::{
     broker::memory::MemoryBroker,
     config::Config,
     db,
-    grpc::rooms::RoomsService,
+    grpc::{auth::AuthService, edge::EdgeService, rooms::RoomsService},
     hub::Hub,
     node::Node,
     presence::memory::MemoryPresence,
@@ -130,6 +132,16 @@ impl Backend {
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let rooms = tonic::service::interceptor::InterceptedService::new(
             rooms,
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let edge = EdgeServer::new(EdgeService::new(node.clone(), verifier.clone()))
+            .max_decoding_message_size(config.grpc.max_decode_bytes);
+        let edge = tonic::service::interceptor::InterceptedService::new(
+            edge,
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let auth = tonic::service::interceptor::InterceptedService::new(
+            AuthServer::new(AuthService),
             AuthInterceptor::new(verifier),
         );
 
@@ -153,6 +165,8 @@ impl Backend {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(rooms)
+            .add_service(edge)
+            .add_service(auth)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

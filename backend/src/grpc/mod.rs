@@ -3,4 +3,6 @@
 //!
 //! [`Node`]: crate::node::Node
 
+pub mod auth;
+pub mod edge;
 pub mod rooms;

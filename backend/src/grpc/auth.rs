@@ -1,0 +1,27 @@
+//! `herald.v1.Auth`: what the caller's token says.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use herald_proto::v1::{WhoamiRequest, WhoamiResponse, auth_server::Auth};
+use tonic::{Request, Response, Status};
+
+use crate::auth::interceptor::principal;
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthService;
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn whoami(
+        &self,
+        request: Request<WhoamiRequest>,
+    ) -> Result<Response<WhoamiResponse>, Status> {
+        let who = principal(&request)?;
+        let expires_at = UNIX_EPOCH + Duration::from_secs(who.expires_at);
+        Ok(Response::new(WhoamiResponse {
+            user_id: who.user_id,
+            roles: who.roles,
+            expires_at: Some(herald_proto::timestamp(expires_at)),
+        }))
+    }
+}
