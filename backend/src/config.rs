@@ -31,6 +31,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub retention: RetentionConfig,
     pub grpc: GrpcConfig,
+    /// The browser edge `herald serve` runs next to the backend.
+    pub edge: herald_edge::EdgeConfig,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             retention: RetentionConfig::default(),
             grpc: GrpcConfig::default(),
+            edge: herald_edge::EdgeConfig::default(),
         }
     }
 }

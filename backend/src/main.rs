@@ -10,8 +10,16 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli::load_config(&cli) {
-        Ok(config) if matches!(cli.command, Command::Serve(_)) => serve(config).await,
-        Ok(config) => cli::run_tool(cli, config).await.map_err(|e| e.to_string()),
+        Ok(config) => match &cli.command {
+            Command::Serve(args) => {
+                cli::serve(config, !args.no_edge, &args.edge_auth, shutdown_on_signal()).await
+            }
+            Command::Edge(args) => {
+                cli::serve_edge(config, &args.edge_auth, shutdown_on_signal()).await
+            }
+            _ => cli::run_tool(cli, config).await,
+        }
+        .map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
     };
     match result {
@@ -23,20 +31,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: herald_backend::Config) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}: {e}; choose another address with --grpc-addr",
-                config.grpc_addr
-            )
-        })?;
+/// A token cancelled on ctrl-c or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    herald_backend::run(listener, config, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    shutdown
 }
 
 /// Cancels `shutdown` on ctrl-c or SIGTERM.

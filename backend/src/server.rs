@@ -146,7 +146,9 @@ impl Backend {
         );
 
         let addr = listener.local_addr().ok();
-        tracing::info!(grpc_addr = ?addr, "herald backend listening");
+        if let Some(addr) = addr {
+            tracing::info!(grpc_addr = %addr, "herald backend listening");
+        }
 
         let stop_node = {
             let node = node.clone();

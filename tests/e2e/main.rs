@@ -2,6 +2,7 @@
 
 mod auth;
 mod delivery;
+mod edge;
 mod lifecycle;
 mod resume;
 mod validation;

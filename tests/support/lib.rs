@@ -4,6 +4,8 @@
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod edge;
+
 use std::{net::SocketAddr, time::Duration};
 
 use herald_backend::{

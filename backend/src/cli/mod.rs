@@ -2,6 +2,9 @@
 //! `publish` and `history` that let a newcomer watch events flow in two terminals.
 
 mod client;
+mod serve;
+
+pub use serve::{serve, serve_edge};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -51,8 +54,11 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run Herald on this machine: the gRPC backend with SQLite and the in-memory broker.
+    /// Run Herald on this machine: the gRPC backend (SQLite, in-memory broker) and the browser
+    /// edge (WebSocket at /ws, grpc-web) next to it.
     Serve(ServeArgs),
+    /// Run only a browser edge in front of one or more remote backends.
+    Edge(EdgeArgs),
     /// Print a signed token (JWT) that a server using the same data directory accepts.
     Token(TokenArgs),
     /// Stream a topic's events to stdout as JSON lines, resuming after disconnects.
@@ -89,6 +95,72 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub hs256_secret: Option<String>,
+
+    /// Address of the browser edge (WebSocket /ws, grpc-web, /healthz, /readyz) [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Run the backend only, without the browser edge.
+    #[arg(long)]
+    pub no_edge: bool,
+
+    #[command(flatten)]
+    pub edge_auth: EdgeAuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// A backend's gRPC URL (repeatable; streams and calls are spread over them).
+    #[arg(
+        long = "backend",
+        env = "HERALD_BACKENDS",
+        value_delimiter = ',',
+        value_name = "URL",
+        required = true
+    )]
+    pub backends: Vec<String>,
+
+    /// Address of the edge [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// An origin allowed to open sockets and call grpc-web, e.g. https://app.example.com (repeatable; `*` allows any)
+    #[arg(
+        long = "allowed-origin",
+        env = "HERALD_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub edge_auth: EdgeAuthArgs,
+
+    /// Sign the edge's service tokens with this HS256 secret (the backends' secret).
+    #[arg(
+        long,
+        env = "HERALD_AUTH_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub hs256_secret: Option<String>,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// How the edge authenticates its own shared streams to the backends. Sockets' requests always
+/// carry the socket's own token.
+#[derive(Debug, Args)]
+pub struct EdgeAuthArgs {
+    /// A token with the `service` role for the edge's shared streams [default: signed with the HS256 secret in effect]
+    #[arg(
+        long,
+        env = "HERALD_EDGE_SERVICE_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true
+    )]
+    pub edge_service_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -231,8 +303,32 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
             config.auth.hs256_secret = Some(secret.clone());
         }
     }
+    if let Command::Serve(ServeArgs {
+        http_addr: Some(addr),
+        ..
+    })
+    | Command::Edge(EdgeArgs {
+        http_addr: Some(addr),
+        ..
+    }) = &cli.command
+    {
+        config.edge.http_addr = *addr;
+    }
+    if let Command::Edge(args) = &cli.command {
+        config.edge.backends.clone_from(&args.backends);
+        if !args.allowed_origins.is_empty() {
+            config
+                .edge
+                .allowed_origins
+                .clone_from(&args.allowed_origins);
+        }
+        if let Some(secret) = &args.hs256_secret {
+            config.auth.hs256_secret = Some(secret.clone());
+        }
+    }
     let data_dir = match &cli.command {
         Command::Serve(args) => &args.data.data_dir,
+        Command::Edge(args) => &args.data.data_dir,
         Command::Token(args) => &args.data.data_dir,
         Command::Subscribe(SubscribeArgs { client, .. })
         | Command::Publish(PublishArgs { client, .. })
@@ -247,7 +343,7 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
 /// Runs a client or token command (everything except `serve`).
 pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(_) => Err(CliError::new("`serve` is run by main")),
+        Command::Serve(_) | Command::Edge(_) => Err(CliError::new("servers are run by main")),
         Command::Token(args) => {
             let token = sign_token(&args, &config)?;
             println!("{token}");

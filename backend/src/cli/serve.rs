@@ -1,0 +1,115 @@
+//! `herald serve` (backend and edge in one process) and `herald edge` (an edge alone).
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{CliError, EdgeAuthArgs};
+use crate::{
+    auth::dev_key::{self, TokenClaims},
+    config::Config,
+};
+
+/// Binds both listeners, then runs the backend and (unless disabled) the edge until
+/// `shutdown`.
+pub async fn serve(
+    mut config: Config,
+    with_edge: bool,
+    edge_auth: &EdgeAuthArgs,
+    shutdown: CancellationToken,
+) -> Result<(), CliError> {
+    let grpc = bind(config.grpc_addr, "--grpc-addr").await?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| CliError::new(format!("gRPC listener: {e}")))?;
+    let http = if with_edge {
+        Some(bind(config.edge.http_addr, "--http-addr").await?)
+    } else {
+        None
+    };
+    let backend = crate::Backend::build(config.clone())
+        .await
+        .map_err(CliError::new)?;
+    // The dev key may have just been created: the edge signs its service tokens with it.
+    if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
+        config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
+    }
+    let backend = tokio::spawn(backend.serve(grpc, shutdown.clone()));
+    let edge = match http {
+        Some(http) => {
+            let mut edge_config = config.edge.clone();
+            edge_config.backends = vec![format!("http://{grpc_addr}")];
+            let token = service_token(&config, edge_auth)?;
+            Some(tokio::spawn(herald_edge::run(
+                http,
+                edge_config,
+                token,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let backend_result = backend.await;
+    shutdown.cancel();
+    if let Some(edge) = edge {
+        match edge.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(CliError::new(error)),
+            Err(error) => return Err(CliError::new(format!("the edge failed: {error}"))),
+        }
+    }
+    match backend_result {
+        Ok(result) => result.map_err(CliError::new),
+        Err(error) => Err(CliError::new(format!("the backend failed: {error}"))),
+    }
+}
+
+/// Runs an edge alone in front of `config.edge.backends`.
+pub async fn serve_edge(
+    config: Config,
+    edge_auth: &EdgeAuthArgs,
+    shutdown: CancellationToken,
+) -> Result<(), CliError> {
+    let mut config = config;
+    if config.auth.hs256_secret.is_none() && edge_auth.edge_service_token.is_none() {
+        config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
+    }
+    let http = bind(config.edge.http_addr, "--http-addr").await?;
+    let token = service_token(&config, edge_auth)?;
+    herald_edge::run(http, config.edge.clone(), token, shutdown)
+        .await
+        .map_err(CliError::new)
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        CliError::new(format!(
+            "cannot listen on {addr}: {e}; choose another address with {flag}"
+        ))
+    })
+}
+
+/// The edge's own credentials: a given token, or tokens signed on demand with the HS256 secret.
+fn service_token(
+    config: &Config,
+    args: &EdgeAuthArgs,
+) -> Result<herald_edge::ServiceToken, CliError> {
+    if let Some(token) = args.edge_service_token.clone() {
+        return Ok(Arc::new(move || token.clone()));
+    }
+    let Some(secret) = config.auth.hs256_secret.clone() else {
+        return Err(CliError::new(
+            "the edge needs credentials for its backend streams: pass --edge-service-token \
+             (a JWT with the `service` role) or configure auth.hs256_secret",
+        ));
+    };
+    let issuer = config.auth.issuer.clone();
+    let audience = config.auth.audience.clone();
+    Ok(Arc::new(move || {
+        let mut claims = TokenClaims::new("herald-edge", &["service"], Duration::from_secs(3600));
+        claims.iss.clone_from(&issuer);
+        claims.aud.clone_from(&audience);
+        dev_key::sign_hs256(&secret, &claims).unwrap_or_default()
+    }))
+}

@@ -1,0 +1,90 @@
+//! Edge settings: where it listens, which backends it fronts, and the limits of every socket.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Where the HTTP server (WebSocket at `/ws`, grpc-web, health) listens.
+    pub http_addr: SocketAddr,
+    /// Backend gRPC URLs; streams and calls are spread over them.
+    pub backends: Vec<String>,
+    /// Origins allowed to open sockets and make grpc-web calls, matched exactly
+    /// (`https://app.example.com`). Same-origin requests and requests without an `Origin`
+    /// header (non-browser clients) are always allowed. `"*"` allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// How many backend HTTP/2 connections the edge opens per backend.
+    pub connections_per_backend: usize,
+    pub limits: SocketLimits,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backends: vec!["http://127.0.0.1:50051".into()],
+            allowed_origins: Vec::new(),
+            connections_per_backend: 2,
+            limits: SocketLimits::default(),
+        }
+    }
+}
+
+/// Limits applied to every WebSocket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketLimits {
+    /// Largest inbound frame; bigger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Most subscriptions one socket may hold.
+    pub max_subscriptions: usize,
+    /// A socket that has not authenticated by then is closed (stale).
+    #[serde(with = "duration")]
+    pub auth_timeout: Duration,
+    /// How often the edge pings.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// A socket silent (no pong, no frame) for this long is closed (stale).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most bytes queued for one socket before it is closed as slow.
+    pub max_outbound_bytes: usize,
+    /// Requests (subscribe, publish, call…) a socket may burst.
+    pub rate_burst: u32,
+    /// Requests per second a socket may sustain.
+    pub rate_per_second: u32,
+    /// Requests refused for rate in a row before the socket is closed.
+    pub rate_abuse_limit: u32,
+    /// Unary calls one socket may have in flight.
+    pub max_calls_in_flight: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits {
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 128,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            max_outbound_bytes: 1024 * 1024,
+            rate_burst: 50,
+            rate_per_second: 20,
+            rate_abuse_limit: 100,
+            max_calls_in_flight: 16,
+        }
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}

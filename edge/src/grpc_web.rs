@@ -1,0 +1,72 @@
+//! grpc-web for browsers: every public herald service, unary and server-streaming, translated
+//! by tonic-web and proxied to a backend unchanged. The browser's own `authorization` header
+//! travels with the call; the backend authenticates and authorizes as for any gRPC client.
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use tonic::{Status, body::Body};
+use tower::Service;
+
+use crate::backends::Backends;
+
+/// Path prefix of the services a browser may call.
+const PUBLIC_PREFIX: &str = "/herald.v1.";
+/// Internal services (edge ↔ backend), never proxied.
+const INTERNAL_PREFIXES: &[&str] = &["/herald.v1.Edge/"];
+
+/// Forwards gRPC requests to the next backend connection.
+#[derive(Debug, Clone)]
+pub struct BackendProxy {
+    backends: Arc<Backends>,
+}
+
+impl BackendProxy {
+    pub fn new(backends: Arc<Backends>) -> Self {
+        Self { backends }
+    }
+}
+
+impl Service<Request<Body>> for BackendProxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        let public = path.starts_with(PUBLIC_PREFIX)
+            && !INTERNAL_PREFIXES
+                .iter()
+                .any(|prefix| path.starts_with(prefix));
+        if !public {
+            let status = Status::unimplemented(format!(
+                "`{path}` is not a herald service reachable from browsers"
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let mut channel = self.backends.pick();
+        Box::pin(async move {
+            if let Err(error) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                return Ok(
+                    Status::unavailable(format!("the backend is unreachable: {error}")).into_http(),
+                );
+            }
+            match channel.call(request).await {
+                Ok(response) => Ok(response),
+                Err(error) => Ok(Status::unavailable(format!(
+                    "the backend is unreachable: {error}"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! The Herald edge: a thin, stateless process for browsers.
+//!
+//! ```text
+//!  browser ──WebSocket /ws──► session ──► feeds (one Edge/Follow stream per topic) ──► backend
+//!          │                        └──► transcode (JSON ⇄ protobuf, any unary RPC) ──► backend
+//!          └──grpc-web────────► grpc_web (tonic-web + proxy) ───────────────────────► backend
+//! ```
+//!
+//! It holds no business rule: the backend authenticates and authorizes every socket's
+//! subscription and call with the socket's own token. `protocol` is the JSON frame format,
+//! `outbound` a socket's byte-bounded queue, `backends` the connections to the backends.
+//! Start with [`run`].
+
+pub mod backends;
+pub mod config;
+pub mod feeds;
+pub mod grpc_web;
+pub mod outbound;
+pub mod protocol;
+pub mod ratelimit;
+mod server;
+mod session;
+pub mod transcode;
+
+use std::sync::Arc;
+
+pub use backends::ServiceToken;
+pub use config::EdgeConfig;
+pub use server::{EdgeError, run};
+
+/// What every session and handler shares.
+#[derive(Debug)]
+pub(crate) struct EdgeContext {
+    pub(crate) config: EdgeConfig,
+    pub(crate) backends: Arc<backends::Backends>,
+    pub(crate) feeds: Arc<feeds::Feeds>,
+    pub(crate) transcoder: transcode::Transcoder,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}

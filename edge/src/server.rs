@@ -1,0 +1,218 @@
+//! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the Origin allow-list,
+//! CORS for grpc-web, and graceful shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Layer;
+
+use crate::{
+    EdgeContext,
+    backends::{BackendError, Backends, ServiceToken},
+    config::EdgeConfig,
+    feeds::Feeds,
+    grpc_web::BackendProxy,
+    session,
+    transcode::{TranscodeError, Transcoder},
+};
+
+/// How long open sockets get to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Backends(#[from] BackendError),
+    #[error(transparent)]
+    Descriptors(#[from] TranscodeError),
+    #[error("edge HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the edge on `listener` until `shutdown` is cancelled; then every socket is closed
+/// with the "shutdown" code (reconnect), within a grace period.
+pub async fn run(
+    listener: TcpListener,
+    config: EdgeConfig,
+    service_token: ServiceToken,
+    shutdown: CancellationToken,
+) -> Result<(), EdgeError> {
+    let backends = Arc::new(Backends::new(
+        &config.backends,
+        config.connections_per_backend,
+        service_token,
+    )?);
+    let ctx = Arc::new(EdgeContext {
+        feeds: Feeds::new(backends.clone(), shutdown.clone()),
+        transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
+        backends: backends.clone(),
+        config,
+        shutdown: shutdown.clone(),
+    });
+    let sessions = TaskTracker::new();
+    let grpc_web = tonic_web::GrpcWebLayer::new().layer(BackendProxy::new(backends));
+    let app = Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback_service(grpc_web)
+        .layer(middleware::from_fn_with_state(ctx.clone(), check_origin))
+        .with_state((ctx, sessions.clone()));
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(http_addr = %addr, "herald edge listening");
+    }
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sockets did not close within the grace period");
+    }
+    Ok(())
+}
+
+type AppState = (Arc<EdgeContext>, TaskTracker);
+
+async fn upgrade(
+    State((ctx, sessions)): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|token| token.trim().to_owned());
+    let limits = &ctx.config.limits;
+    ws.max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_outbound_bytes.max(64 * 1024))
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, bearer)))
+}
+
+async fn ready(State((ctx, _)): State<AppState>) -> Response {
+    if ctx.backends.any_ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no backend is reachable").into_response()
+    }
+}
+
+/// Refuses requests whose `Origin` is not allowed (WebSocket has no CORS, so the check is
+/// on the upgrade itself), and answers grpc-web CORS preflights for allowed origins.
+async fn check_origin(
+    State(ctx): State<Arc<EdgeContext>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
+        return next.run(request).await; // not a browser
+    };
+    if !origin_allowed(&ctx.config, &origin, request.headers().get(header::HOST)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "origin not allowed: add it to edge.allowed_origins",
+        )
+            .into_response();
+    }
+    if request.method() == Method::OPTIONS {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        cors_headers(response.headers_mut(), origin);
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, GET, OPTIONS"),
+        );
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "authorization, content-type, x-grpc-web, x-user-agent, grpc-timeout, connect-protocol-version, connect-timeout-ms",
+            ),
+        );
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return response;
+    }
+    let mut response = next.run(request).await;
+    cors_headers(response.headers_mut(), origin);
+    response
+}
+
+fn cors_headers(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin, herald-close-code, herald-offset, herald-epoch"),
+    );
+}
+
+fn origin_allowed(config: &EdgeConfig, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if config
+        .allowed_origins
+        .iter()
+        .any(|allowed| allowed == "*" || allowed == origin)
+    {
+        return true;
+    }
+    // Same origin: the page was served by this host.
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host.and_then(|h| h.to_str().ok())), (Some(o), Some(h)) if o == h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(allowed: &[&str]) -> EdgeConfig {
+        EdgeConfig {
+            allowed_origins: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            ..EdgeConfig::default()
+        }
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_same_host() {
+        let host = HeaderValue::from_static("127.0.0.1:8080");
+        let allowed = config(&["https://app.example.com"]);
+        let check = |origin: &'static str| {
+            origin_allowed(&allowed, &HeaderValue::from_static(origin), Some(&host))
+        };
+        assert!(check("https://app.example.com"));
+        assert!(!check("https://app.example.com.evil.com"));
+        assert!(!check("http://app.example.com"));
+        assert!(check("http://127.0.0.1:8080"));
+        assert!(!check("http://127.0.0.1:8081"));
+        let any = config(&["*"]);
+        assert!(origin_allowed(
+            &any,
+            &HeaderValue::from_static("https://x.test"),
+            None
+        ));
+    }
+}

@@ -1,0 +1,463 @@
+//! The browser edge over real WebSockets: the protocol, its errors and limits, shared feeds,
+//! and resume.
+
+use std::time::Duration;
+
+use herald_backend::auth::dev_key::TokenClaims;
+use herald_e2e::{
+    edge::{Closed, WsClient, spawn_edge, spawn_edge_with},
+    range, spawn_app,
+};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn error_code(reply: &Value) -> &str {
+    reply["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {reply}"))
+}
+
+#[tokio::test]
+async fn a_socket_subscribes_publishes_receives_and_unsubscribes() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:lobby" }))
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    let reply = alice
+        .request(
+            "publish",
+            json!({ "topic": "room:lobby", "type": "chat.message", "data": { "text": "hi" } }),
+        )
+        .await;
+    assert_eq!(reply["result"]["position"]["offset"], "1", "{reply}");
+
+    let push = alice.next_event().await;
+    assert_eq!(push["topic"], "room:lobby");
+    assert_eq!(push["offset"], "1");
+    assert_eq!(push["event"]["type"], "chat.message");
+    assert_eq!(push["event"]["data"], json!({ "text": "hi" }));
+    assert_eq!(push["event"]["publisher"], "alice");
+    assert_eq!(push["epoch"], reply["result"]["position"]["epoch"]);
+
+    let reply = alice
+        .request("unsubscribe", json!({ "topic": "room:lobby" }))
+        .await;
+    assert_eq!(reply["result"], json!({}));
+    app.service().await.publish("room:lobby", 2).await;
+    let reply = alice.request("ping", json!({})).await;
+    assert_eq!(
+        reply["result"],
+        json!({}),
+        "nothing but the ping reply arrives: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_topic_is_shared_by_many_sockets_and_each_gets_every_event_once_in_order() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut sockets = vec![];
+    for name in ["a", "b", "c"] {
+        let mut socket = edge.connect_as(&app.token(name, &[])).await;
+        let reply = socket
+            .request("subscribe", json!({ "topic": "room:shared" }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+        sockets.push(socket);
+    }
+    let service = app.service().await;
+    for n in 1..=50 {
+        service.publish("room:shared", n).await;
+    }
+    for socket in &mut sockets {
+        assert_eq!(socket.offsets(50).await, range(1, 50));
+    }
+    // One socket leaving does not disturb the others.
+    sockets[0].close().await;
+    service.publish("room:shared", 51).await;
+    for socket in &mut sockets[1..] {
+        assert_eq!(socket.offsets(1).await, vec![51]);
+    }
+}
+
+#[tokio::test]
+async fn call_reaches_any_unary_rpc_and_reports_errors_by_name() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let service = app.service().await;
+    for n in 1..=3 {
+        service.publish("room:h", n).await;
+    }
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    let reply = socket
+        .request("call", json!({ "rpc": "herald.v1.Rooms/History", "request": { "topic": "room:h", "limit": 2 } }))
+        .await;
+    let events = reply["result"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["offset"], "1");
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Auth/Whoami", "request": {} }),
+        )
+        .await;
+    assert_eq!(reply["result"]["userId"], "alice");
+
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/Nope", "request": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "not_found");
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Edge/Follow", "request": {} }),
+        )
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        "not_found",
+        "internal services are not reachable"
+    );
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/History", "request": { "topik": "x" } }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "invalid_argument");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("topik")
+    );
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/History", "request": { "topic": "user:bob" } }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "permission_denied");
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_the_documented_error_frame() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:a" }))
+        .await;
+    assert_eq!(
+        error_code(&reply),
+        "unauthenticated",
+        "subscribe before auth"
+    );
+
+    socket.send_text("this is not json".into()).await;
+    let reply = socket.next_frame().await.unwrap();
+    assert_eq!(error_code(&reply), "invalid_argument");
+    assert_eq!(reply["id"], Value::Null);
+
+    let reply = socket.request("teleport", json!({})).await;
+    assert_eq!(error_code(&reply), "invalid_argument");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown method")
+    );
+
+    let reply = socket
+        .request("auth", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_eq!(reply["result"]["userId"], "alice", "{reply}");
+    let reply = socket
+        .request("auth", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_eq!(error_code(&reply), "failed_precondition", "auth twice");
+
+    let reply = socket
+        .request("subscribe", json!({ "topic": "user:bob" }))
+        .await;
+    assert_eq!(error_code(&reply), "permission_denied", "{reply}");
+    let reply = socket
+        .request("subscribe", json!({ "topic": "chan:1" }))
+        .await;
+    assert_eq!(error_code(&reply), "invalid_argument", "{reply}");
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:a" }))
+        .await;
+    assert!(reply.get("result").is_some());
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:a" }))
+        .await;
+    assert_eq!(error_code(&reply), "already_exists");
+    let reply = socket
+        .request("unsubscribe", json!({ "topic": "room:zzz" }))
+        .await;
+    assert_eq!(error_code(&reply), "not_found");
+    let reply = socket
+        .request(
+            "publish",
+            json!({ "topic": "room:a", "type": "bad type", "data": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "invalid_argument");
+}
+
+#[tokio::test]
+async fn a_bad_token_is_answered_then_the_socket_is_closed_as_invalid_token() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+    let reply = socket.request("auth", json!({ "token": "garbage" })).await;
+    assert_eq!(error_code(&reply), "unauthenticated");
+    assert_eq!(socket.closed().await.code, 3500);
+}
+
+#[tokio::test]
+async fn a_bearer_header_on_the_upgrade_authenticates_non_browser_clients() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut request = edge.url().into_client_request().unwrap();
+    let bearer = format!("Bearer {}", app.token("alice", &[]));
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let mut socket = WsClient::connect_with(request).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "user:alice" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_are_refused_with_403() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| {
+        c.allowed_origins = vec!["https://app.example.com".into()]
+    })
+    .await;
+    let mut request = edge.url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example.com".parse().unwrap());
+    let error = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 403),
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    let mut request = edge.url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://app.example.com".parse().unwrap());
+    WsClient::connect_with(request).await;
+}
+
+#[tokio::test]
+async fn frames_over_64_kib_close_the_socket_with_1009() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    let big = json!({ "id": 1, "method": "publish", "params": { "topic": "room:a", "type": "x", "data": { "b": "x".repeat(70 * 1024) } } });
+    socket.send_text(big.to_string()).await;
+    assert_eq!(socket.closed().await.code, 1009);
+}
+
+#[tokio::test]
+async fn a_socket_may_hold_at_most_the_configured_number_of_subscriptions() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| {
+        c.limits.max_subscriptions = 3;
+    })
+    .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    for n in 0..3 {
+        let reply = socket
+            .request("subscribe", json!({ "topic": format!("room:{n}") }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:3" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3")
+    );
+}
+
+#[tokio::test]
+async fn the_default_limit_is_128_subscriptions() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| c.limits.rate_burst = 1000).await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    for n in 0..128 {
+        let reply = socket
+            .request("subscribe", json!({ "topic": format!("room:{n}") }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:128" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted");
+}
+
+#[tokio::test]
+async fn a_socket_that_never_authenticates_is_closed_as_stale() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| c.limits.auth_timeout = Duration::from_millis(300)).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+    let closed = socket.closed().await;
+    assert_eq!(closed.code, 3004, "{closed:?}");
+}
+
+#[tokio::test]
+async fn requests_over_the_rate_are_refused_and_sustained_abuse_closes_the_socket() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| {
+        c.limits.rate_burst = 3;
+        c.limits.rate_per_second = 1;
+        c.limits.rate_abuse_limit = 5;
+    })
+    .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    let publish = json!({ "topic": "room:a", "type": "x", "data": {} });
+    for _ in 0..3 {
+        let reply = socket.request("publish", publish.clone()).await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    let reply = socket.request("publish", publish.clone()).await;
+    assert_eq!(error_code(&reply), "rate_limited");
+    for _ in 0..10 {
+        let frame = json!({ "id": 99, "method": "publish", "params": publish });
+        socket.send_text(frame.to_string()).await;
+    }
+    assert_eq!(socket.closed().await.code, 3504);
+}
+
+#[tokio::test]
+async fn a_socket_that_does_not_read_is_closed_as_slow_while_others_get_everything() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| c.limits.max_outbound_bytes = 256 * 1024).await;
+    let mut slow = edge.connect_as(&app.token("slow", &[])).await;
+    let mut fast = edge.connect_as(&app.token("fast", &[])).await;
+    for socket in [&mut slow, &mut fast] {
+        let reply = socket
+            .request("subscribe", json!({ "topic": "room:firehose" }))
+            .await;
+        assert!(reply.get("result").is_some());
+    }
+    let reader = tokio::spawn(async move { fast.offsets(1500).await });
+    let service = app.service().await;
+    let blob = "x".repeat(8 * 1024);
+    for n in 0..1500 {
+        service
+            .try_publish(
+                "room:firehose",
+                "blob",
+                json!({ "n": n, "blob": blob }),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        range(1, 1500),
+        "the fast socket got everything"
+    );
+    let closed: Closed = slow.closed().await;
+    assert_eq!(closed.code, 3001, "{closed:?}");
+}
+
+#[tokio::test]
+async fn resubscribing_with_since_on_any_edge_replays_what_was_missed() {
+    let app = spawn_app().await;
+    let first = spawn_edge(&app).await;
+    let second = spawn_edge(&app).await;
+    let token = app.token("alice", &[]);
+    let mut socket = first.connect_as(&token).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:r" }))
+        .await;
+    let epoch = reply["result"]["position"]["epoch"].clone();
+    let service = app.service().await;
+    for n in 1..=3 {
+        service.publish("room:r", n).await;
+    }
+    assert_eq!(socket.offsets(3).await, vec![1, 2, 3]);
+    socket.close().await;
+    for n in 4..=6 {
+        service.publish("room:r", n).await;
+    }
+    let mut again = second.connect_as(&token).await;
+    let reply = again
+        .request(
+            "subscribe",
+            json!({ "topic": "room:r", "since": { "offset": "3", "epoch": epoch } }),
+        )
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    service.publish("room:r", 7).await;
+    assert_eq!(again.offsets(4).await, range(4, 7));
+}
+
+#[tokio::test]
+async fn an_expiring_token_ends_subscriptions_unless_refreshed() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let short = app.sign(&TokenClaims::new("alice", &[], Duration::from_secs(2)));
+    let mut expiring = edge.connect_as(&short).await;
+    let mut refreshed = edge.connect_as(&short).await;
+    for socket in [&mut expiring, &mut refreshed] {
+        let reply = socket
+            .request("subscribe", json!({ "topic": "user:alice" }))
+            .await;
+        assert!(reply.get("result").is_some());
+    }
+    let reply = refreshed
+        .request("refresh", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_eq!(reply["result"]["userId"], "alice", "{reply}");
+
+    let push = expiring.next_push().await;
+    assert_eq!(push["unsubscribed"]["topic"], "user:alice", "{push}");
+    assert_eq!(push["unsubscribed"]["code"], 3002);
+    assert_eq!(push["unsubscribed"]["reason"], "token_expired");
+
+    app.service().await.publish("user:alice", 1).await;
+    assert_eq!(
+        refreshed.offsets(1).await,
+        vec![1],
+        "the refreshed socket kept its subscription"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_the_reconnect_code() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    socket
+        .request("subscribe", json!({ "topic": "room:a" }))
+        .await;
+    let closing = tokio::spawn(async move { socket.closed().await });
+    edge.shutdown().await;
+    assert_eq!(closing.await.unwrap().code, 3000);
+}
