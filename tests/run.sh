@@ -33,5 +33,8 @@ if [ -z "${HERALD_SKIP_LINT:-}" ]; then
     cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
+step "cargo build --bin herald (end-to-end tests start it as a separate process)"
+cargo build --bin herald
+
 step "cargo test (unit, property and end-to-end tests)"
 cargo test --workspace

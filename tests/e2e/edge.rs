@@ -461,3 +461,102 @@ async fn shutdown_closes_sockets_with_the_reconnect_code() {
     edge.shutdown().await;
     assert_eq!(closing.await.unwrap().code, 3000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_kill_9_of_the_edge_a_client_resumes_on_another_edge_losing_and_repeating_nothing()
+{
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use herald_e2e::process::spawn_edge_process;
+
+    let app = spawn_app().await;
+    let doomed = spawn_edge_process(&[app.addr]).await;
+    let survivor = spawn_edge(&app).await;
+    let token = app.token("alice", &[]);
+
+    let mut socket = WsClient::connect(&doomed.ws_url()).await;
+    let reply = socket.request("auth", json!({ "token": token })).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:k" }))
+        .await;
+    let epoch = reply["result"]["position"]["epoch"].clone();
+
+    let publishing = Arc::new(AtomicBool::new(true));
+    let publisher = {
+        let service = app.service().await;
+        let publishing = publishing.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while publishing.load(Ordering::Relaxed) || n < 400 {
+                n += 1;
+                service.publish("room:k", n).await;
+            }
+            n
+        })
+    };
+
+    let mut received = socket.offsets(100).await;
+    doomed.kill9().await;
+    // Whatever was already in flight to the client still counts; then the socket is gone.
+    while let Ok(frame) = socket.next_frame().await {
+        if let Some(offset) = frame["offset"].as_str() {
+            received.push(offset.parse().unwrap());
+        }
+    }
+
+    let mut resumed = survivor.connect_as(&token).await;
+    let since = json!({ "offset": received.last().unwrap().to_string(), "epoch": epoch });
+    let reply = resumed
+        .request("subscribe", json!({ "topic": "room:k", "since": since }))
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    publishing.store(false, Ordering::Relaxed);
+    let total = publisher.await.unwrap();
+    let remaining = usize::try_from(total).unwrap() - received.len();
+    received.extend(resumed.offsets(remaining).await);
+    assert_eq!(
+        received,
+        range(1, total),
+        "zero lost, zero duplicated, order kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_restart_behind_the_edge_keeps_the_socket_open() {
+    use herald_e2e::spawn_app_at;
+
+    let app = spawn_app().await;
+    let addr = app.addr;
+    let edge = spawn_edge(&app).await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:restart" }))
+        .await;
+    assert!(reply.get("result").is_some());
+    app.service().await.publish("room:restart", 1).await;
+    assert_eq!(socket.offsets(1).await, vec![1]);
+
+    app.shutdown().await.unwrap();
+    let app = spawn_app_at(&addr.to_string(), |_| {}).await;
+
+    // The in-memory broker lost its history with the old process, so the edge cannot prove
+    // continuity: it says so with "insufficient state" (reconnect class) instead of guessing.
+    let push = socket.next_push().await;
+    assert_eq!(push["unsubscribed"]["code"], 3003, "{push}");
+    assert_eq!(push["unsubscribed"]["offset"], "1");
+    // The same socket is still open: resubscribing works and events flow again.
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:restart" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    app.service().await.publish("room:restart", 2).await;
+    assert_eq!(
+        socket.offsets(1).await,
+        vec![1],
+        "offsets restart in the new epoch"
+    );
+}

@@ -5,6 +5,7 @@
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod edge;
+pub mod process;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -49,6 +50,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a backend after `configure` adjusted its settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_at("127.0.0.1:0", configure).await
+}
+
+/// Starts a backend on a given address (to restart one where its clients expect it).
+pub async fn spawn_app_at(addr: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("create a temporary data directory");
     let mut config = Config {
         data_dir: data_dir.path().to_owned(),
@@ -57,7 +63,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     config.auth.hs256_secret = Some(SECRET.to_owned());
     config.shutdown_grace = Duration::from_secs(5);
     configure(&mut config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("bind the backend address");
     let addr = listener.local_addr().expect("listener address");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(herald_backend::run(

@@ -1,0 +1,82 @@
+//! Herald as separate processes, for tests that must kill one with SIGKILL.
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::{PATIENCE, SECRET};
+
+/// The `herald` binary next to the test executable (target/<profile>/herald).
+pub fn herald_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let binary = dir.join(format!("herald{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --bin herald` before the tests (tests/run.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running `herald` process; killed when dropped.
+pub struct HeraldProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Starts `herald edge` in front of `backends` on a free port and waits until it listens.
+pub async fn spawn_edge_process(backends: &[SocketAddr]) -> HeraldProcess {
+    let backends: Vec<String> = backends.iter().map(|a| format!("http://{a}")).collect();
+    let mut child = Command::new(herald_binary())
+        .args(["--log-format", "json", "edge", "--http-addr", "127.0.0.1:0"])
+        .arg("--backend")
+        .arg(backends.join(","))
+        .env("HERALD_AUTH_HS256_SECRET", SECRET)
+        .env("HERALD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald edge");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.expect("read the edge's log") {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "herald edge listening" {
+                return entry["fields"]["http_addr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("http_addr in the listening line");
+            }
+        }
+        panic!("herald edge exited before listening");
+    })
+    .await
+    .expect("herald edge starts in time");
+    // Keep draining the log so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HeraldProcess { child, addr }
+}
+
+impl HeraldProcess {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// SIGKILL: no close frames, no cleanup.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("send SIGKILL");
+        let _ = self.child.wait().await;
+    }
+}
