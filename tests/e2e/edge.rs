@@ -560,3 +560,41 @@ async fn a_backend_restart_behind_the_edge_keeps_the_socket_open() {
         "offsets restart in the new epoch"
     );
 }
+
+#[tokio::test]
+async fn health_says_up_and_readiness_follows_the_backends() {
+    use herald_e2e::edge::{http_status, spawn_edge_for};
+
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    assert_eq!(http_status(edge.addr, "/healthz").await, 200);
+    assert_eq!(http_status(edge.addr, "/readyz").await, 200);
+
+    // An edge whose only backend is not there is up but not ready.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let lonely = spawn_edge_for(&[nowhere], |_| {}).await;
+    assert_eq!(http_status(lonely.addr, "/healthz").await, 200);
+    assert_eq!(http_status(lonely.addr, "/readyz").await, 503);
+}
+
+#[tokio::test]
+async fn only_services_may_open_edge_follow_streams() {
+    use herald_proto::v1::{
+        FollowOpen, FollowRequest, edge_client::EdgeClient, follow_request::Action,
+    };
+
+    let app = spawn_app().await;
+    let alice = app.client("alice", &[]).await;
+    let open = FollowRequest {
+        action: Some(Action::Open(FollowOpen {
+            topic: "room:a".into(),
+        })),
+    };
+    let request = alice.request(tokio_stream::iter(vec![open]));
+    let channel = app.endpoint().connect().await.unwrap();
+    let status = EdgeClient::new(channel).follow(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("service"), "{}", status.message());
+}
