@@ -520,7 +520,7 @@ fn end(topic: &Arc<str>, subscriber: u64, out: &Outbound, frame: String) {
     out.push(OutItem::Ended {
         topic: topic.clone(),
         subscriber,
-        frame: Arc::from(frame),
+        frame: frame.into(),
     });
 }
 

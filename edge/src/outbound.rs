@@ -9,6 +9,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc};
 
 /// Frames queued at most, whatever their size (the byte limit usually binds first).
@@ -16,22 +17,22 @@ const MAX_QUEUED_FRAMES: usize = 8192;
 
 #[derive(Debug)]
 pub enum OutItem {
-    /// A text frame.
-    Text(Arc<str>),
+    /// A text frame; cloning shares the bytes, so a push encoded once serves every socket.
+    Text(Utf8Bytes),
     /// A frame that also ends one of the socket's subscriptions (an error reply to its
     /// `subscribe`, or an `unsubscribed` push).
     Ended {
         topic: Arc<str>,
         subscriber: u64,
-        frame: Arc<str>,
+        frame: Utf8Bytes,
     },
 }
 
 impl OutItem {
     fn len(&self) -> usize {
         match self {
-            OutItem::Text(text) => text.len(),
-            OutItem::Ended { frame, .. } => frame.len(),
+            OutItem::Text(text) => text.as_str().len(),
+            OutItem::Ended { frame, .. } => frame.as_str().len(),
         }
     }
 }
@@ -102,7 +103,7 @@ impl Outbound {
         }
     }
 
-    pub fn text(&self, frame: impl Into<Arc<str>>) -> bool {
+    pub fn text(&self, frame: impl Into<Utf8Bytes>) -> bool {
         self.push(OutItem::Text(frame.into()))
     }
 

@@ -6,8 +6,7 @@
 //! event pushes `{"topic", "offset", "epoch", "event"}`, presence pushes
 //! `{"topic", "presence"}`, and `{"unsubscribed": {"topic", "code", "message", "offset", "epoch"}}`.
 
-use std::sync::Arc;
-
+use axum::extract::ws::Utf8Bytes;
 use herald_proto::v1::{CloseCode, Event, PresenceChange, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -235,7 +234,7 @@ pub fn error_frame(id: Option<u64>, code: &str, message: &str) -> String {
 }
 
 /// An event push, encoded once and shared by every socket that receives it.
-pub fn event_push(event: &Event) -> Arc<str> {
+pub fn event_push(event: &Event) -> Utf8Bytes {
     let body = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     let frame = format!(
         "{{\"topic\":{},\"offset\":\"{}\",\"epoch\":{},\"event\":{body}}}",
@@ -243,12 +242,12 @@ pub fn event_push(event: &Event) -> Arc<str> {
         event.offset,
         quote(&event.epoch),
     );
-    Arc::from(frame)
+    Utf8Bytes::from(frame)
 }
 
-pub fn presence_push(change: &PresenceChange) -> Arc<str> {
+pub fn presence_push(change: &PresenceChange) -> Utf8Bytes {
     let body = serde_json::to_string(change).unwrap_or_else(|_| "{}".into());
-    Arc::from(format!(
+    Utf8Bytes::from(format!(
         "{{\"topic\":{},\"presence\":{body}}}",
         quote(&change.topic)
     ))
@@ -369,7 +368,7 @@ mod tests {
             r#type: "chat.message".into(),
             ..Event::default()
         };
-        let push: Value = serde_json::from_str(&event_push(&event)).unwrap();
+        let push: Value = serde_json::from_str(event_push(&event).as_str()).unwrap();
         assert_eq!(push["topic"], "room:a");
         assert_eq!(push["offset"], "18");
         assert_eq!(push["event"]["offset"], "18");

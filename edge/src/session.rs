@@ -214,7 +214,7 @@ impl Session {
                 frame
             }
         };
-        self.sink.feed(Message::Text(Utf8Bytes::from(&*text))).await
+        self.sink.feed(Message::Text(text)).await
     }
 
     fn reply(&self, frame: String) {
