@@ -38,3 +38,6 @@ cargo build --bin herald
 
 step "cargo test (unit, property and end-to-end tests)"
 cargo test --workspace
+
+step "grpc-web end-to-end tests with Connect-ES (tests/web: npm ci, buf generate, node --test)"
+(cd tests/web && npm ci --no-audit --no-fund && npx buf generate && node --test)
