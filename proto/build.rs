@@ -25,11 +25,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(&descriptor_path, fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
+        .build_server(false)
         // Well-known types come from pbjson-types (which adds their proto3-JSON mapping), so
         // prost's default mapping to prost-types is turned off.
         .compile_well_known_types(true)
         .codec_path("crate::codec::HeraldCodec")
         .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds.clone())?;
+
+    // The server side of the services again, streaming `Rooms/Subscribe` responses as frames
+    // encoded once per event (see src/encoded.rs); every message type is the one above.
+    let server_dir = out_dir.join("server");
+    fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_well_known_types(true)
+        .codec_path("crate::codec::HeraldCodec")
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".herald.v1.SubscribeResponse", "crate::encoded::Encoded")
+        .extern_path(".herald.v1", "crate::v1")
+        .out_dir(&server_dir)
         .compile_fds(fds)?;
 
     pbjson_build::Builder::new()

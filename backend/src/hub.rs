@@ -17,15 +17,15 @@ use std::{
     },
 };
 
-use herald_proto::v1::{Event, PresenceChange};
+use herald_proto::v1::PresenceChange;
 use tokio::sync::mpsc;
 
-use crate::topic::Topic;
+use crate::{event::SharedEvent, topic::Topic};
 
 /// What flows from the hub to a subscriber.
 #[derive(Debug, Clone)]
 pub enum HubItem {
-    Event(Arc<Event>),
+    Event(Arc<SharedEvent>),
     Presence(Arc<PresenceChange>),
 }
 
@@ -264,10 +264,10 @@ mod tests {
     use super::*;
 
     fn event(offset: u64) -> HubItem {
-        HubItem::Event(Arc::new(Event {
+        HubItem::Event(Arc::new(SharedEvent::new(herald_proto::v1::Event {
             offset,
-            ..Event::default()
-        }))
+            ..Default::default()
+        })))
     }
 
     fn topic() -> Topic {

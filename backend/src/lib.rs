@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event;
 pub mod grpc;
 pub mod hub;
 pub mod node;

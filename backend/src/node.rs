@@ -28,6 +28,7 @@ use crate::{
     authz::{Action, Policy},
     broker::{Broker, EventDraft, HistoryPage, HistoryStart, Published},
     error::Error,
+    event::SharedEvent,
     hub::{Hub, HubItem},
     presence::{ConnectionId, Presence},
     subscription::{EventStream, PresenceGuard, PresenceLeave},
@@ -367,7 +368,7 @@ pub struct Resume {
     /// The first frame for the subscriber.
     pub subscribed: Subscribed,
     /// Events to replay before live ones, in offset order.
-    pub replay: Vec<Arc<herald_proto::v1::Event>>,
+    pub replay: Vec<Arc<SharedEvent>>,
     /// The position the subscriber is at before the replay: live events at or below it
     /// are skipped.
     pub start: StreamPosition,
@@ -405,6 +406,7 @@ mod tests {
     use futures_util::StreamExt;
     use herald_proto::v1::{SubscribeResponse, subscribe_response::Frame};
     use proptest::prelude::*;
+    use prost::Message;
 
     use super::*;
     use crate::{
@@ -451,8 +453,10 @@ mod tests {
     }
 
     async fn next(stream: &mut EventStream) -> Frame {
-        let item: Option<Result<SubscribeResponse, tonic::Status>> = stream.next().await;
-        item.unwrap().unwrap().frame.unwrap()
+        // Decode the encoded frame as a client would.
+        let encoded = stream.next().await.unwrap().unwrap();
+        let response = SubscribeResponse::decode(encoded.as_bytes().clone()).unwrap();
+        response.frame.unwrap()
     }
 
     fn runtime() -> tokio::runtime::Runtime {

@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use herald_proto::v1::{
+use herald_proto::server::{
     auth_server::AuthServer, edge_server::EdgeServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;

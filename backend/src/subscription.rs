@@ -14,14 +14,16 @@ use std::{
 };
 
 use futures_util::Stream;
-use herald_proto::v1::{
-    CloseCode, Event, StreamPosition, SubscribeResponse, Subscribed, subscribe_response::Frame,
+use herald_proto::{
+    encoded::Encoded,
+    v1::{CloseCode, StreamPosition, SubscribeResponse, Subscribed, subscribe_response::Frame},
 };
 use tokio::time::Sleep;
 use tonic::{Code, Status};
 
 use crate::{
     error::stream_end,
+    event::SharedEvent,
     hub::{CloseReason, HubItem, HubSubscription},
     presence::ConnectionId,
     topic::Topic,
@@ -51,7 +53,7 @@ impl Drop for PresenceGuard {
 
 pub struct EventStream {
     subscribed: Option<Subscribed>,
-    replay: vec::IntoIter<Arc<Event>>,
+    replay: vec::IntoIter<Arc<SharedEvent>>,
     live: HubSubscription,
     /// The last event delivered (or the top the subscription started from).
     last: StreamPosition,
@@ -72,7 +74,7 @@ impl std::fmt::Debug for EventStream {
 impl EventStream {
     pub(crate) fn new(
         subscribed: Subscribed,
-        replay: Vec<Arc<Event>>,
+        replay: Vec<Arc<SharedEvent>>,
         live: HubSubscription,
         start: StreamPosition,
         expiry: Pin<Box<Sleep>>,
@@ -99,21 +101,20 @@ impl EventStream {
         code: Code,
         close: CloseCode,
         message: &str,
-    ) -> Poll<Option<Result<SubscribeResponse, Status>>> {
+    ) -> Poll<Option<Result<Encoded, Status>>> {
         self.done = true;
         Poll::Ready(Some(Err(stream_end(code, close, message, &self.last))))
     }
 
-    fn event(&mut self, event: &Event) -> Poll<Option<Result<SubscribeResponse, Status>>> {
+    fn event(&mut self, event: &SharedEvent) -> Poll<Option<Result<Encoded, Status>>> {
         self.last.offset = event.offset;
-        Poll::Ready(Some(Ok(SubscribeResponse {
-            frame: Some(Frame::Event(event.clone())),
-        })))
+        Poll::Ready(Some(Ok(event.subscribe_frame().clone())))
     }
 }
 
 impl Stream for EventStream {
-    type Item = Result<SubscribeResponse, Status>;
+    /// Encoded `SubscribeResponse`s: events are encoded once per topic, not per subscriber.
+    type Item = Result<Encoded, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -121,9 +122,7 @@ impl Stream for EventStream {
             return Poll::Ready(None);
         }
         if let Some(subscribed) = this.subscribed.take() {
-            return Poll::Ready(Some(Ok(SubscribeResponse {
-                frame: Some(Frame::Subscribed(subscribed)),
-            })));
+            return Poll::Ready(Some(Ok(frame(Frame::Subscribed(subscribed)))));
         }
         if let Some(event) = this.replay.next() {
             return this.event(&event);
@@ -170,11 +169,13 @@ impl Stream for EventStream {
                     return this.event(&event);
                 }
                 HubItem::Presence(change) => {
-                    return Poll::Ready(Some(Ok(SubscribeResponse {
-                        frame: Some(Frame::Presence((*change).clone())),
-                    })));
+                    return Poll::Ready(Some(Ok(frame(Frame::Presence((*change).clone())))));
                 }
             }
         }
     }
+}
+
+fn frame(frame: Frame) -> Encoded {
+    Encoded::new(&SubscribeResponse { frame: Some(frame) })
 }

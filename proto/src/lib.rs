@@ -8,10 +8,17 @@
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod codec;
+pub mod encoded;
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
+}
+
+/// The server side of every herald service. Identical to the generated services in [`v1`]
+/// except that `Rooms/Subscribe` streams [`encoded::Encoded`] frames.
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/herald.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every herald proto file.

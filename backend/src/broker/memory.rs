@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::{Broker, BrokerError, EventDraft, HistoryPage, HistoryStart, Published};
 use crate::{
+    event::SharedEvent,
     hub::{Hub, HubItem},
     topic::Topic,
 };
@@ -62,7 +63,7 @@ pub(crate) mod humantime_serde_compat {
 struct TopicLog {
     epoch: String,
     top: u64,
-    history: VecDeque<(Instant, Arc<Event>)>,
+    history: VecDeque<(Instant, Arc<SharedEvent>)>,
     keys: HashMap<String, (Instant, Published)>,
     touched: Instant,
 }
@@ -200,7 +201,7 @@ impl Broker for MemoryBroker {
 
         log.top += 1;
         let id = uuid::Uuid::now_v7().to_string();
-        let event = Arc::new(Event {
+        let event = Arc::new(SharedEvent::new(Event {
             topic: draft.topic.to_string(),
             offset: log.top,
             epoch: log.epoch.clone(),
@@ -209,7 +210,7 @@ impl Broker for MemoryBroker {
             r#type: draft.event_type,
             data: draft.data,
             publisher: draft.publisher,
-        });
+        }));
         log.history.push_back((now, event.clone()));
         log.trim(&self.retention, now);
         let published = Published {

@@ -13,12 +13,9 @@ mod conformance;
 use std::{fmt::Debug, sync::Arc};
 
 use async_trait::async_trait;
-use herald_proto::{
-    v1::{Event, StreamPosition},
-    wkt::Struct,
-};
+use herald_proto::{v1::StreamPosition, wkt::Struct};
 
-use crate::{hub::HubItem, topic::Topic};
+use crate::{event::SharedEvent, hub::HubItem, topic::Topic};
 
 /// An event before the broker gives it a place in its topic.
 #[derive(Debug, Clone)]
@@ -51,10 +48,10 @@ pub enum HistoryStart {
 }
 
 /// A slice of a topic's history.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct HistoryPage {
     /// Events after the start, oldest first, consecutive offsets, at most `limit`.
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Arc<SharedEvent>>,
     /// The topic's current top (offset of its newest event, and its epoch).
     pub top: StreamPosition,
     /// False when history cannot continue from the start position: the epoch differs, the

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use herald_proto::v1::{WhoamiRequest, WhoamiResponse, auth_server::Auth};
+use herald_proto::{
+    server::auth_server::Auth,
+    v1::{WhoamiRequest, WhoamiResponse},
+};
 use tonic::{Request, Response, Status};
 
 use crate::auth::interceptor::principal;

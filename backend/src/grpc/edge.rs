@@ -10,10 +10,10 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
+use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
     CloseCode, FollowAttached, FollowDetached, FollowOpened, FollowRefreshed, FollowReplay,
-    FollowRequest, FollowResponse, StreamPosition, edge_server::Edge, follow_request::Action,
-    follow_response::Frame,
+    FollowRequest, FollowResponse, StreamPosition, follow_request::Action, follow_response::Frame,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -190,7 +190,7 @@ impl FollowTask {
                     return Ok(());
                 }
                 self.last.offset = event.offset;
-                self.send(Frame::Event((*event).clone())).await
+                self.send(Frame::Event(event.event().clone())).await
             }
             HubItem::Presence(change) => self.send(Frame::Presence((*change).clone())).await,
         }
@@ -274,7 +274,7 @@ impl FollowTask {
         for chunk in resume.replay.chunks(REPLAY_CHUNK) {
             let replay = FollowReplay {
                 subscriber,
-                events: chunk.iter().map(|e| (**e).clone()).collect(),
+                events: chunk.iter().map(|e| e.event().clone()).collect(),
             };
             self.send(Frame::Replay(replay)).await.map_err(|_| gone())?;
         }

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use herald_proto::server::rooms_server::Rooms;
 use herald_proto::v1::{
     HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishRequest,
-    PublishResponse, SubscribeRequest, rooms_server::Rooms,
+    PublishResponse, SubscribeRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -78,7 +79,7 @@ impl Rooms for RoomsService {
             .history(&who, topic, request.since, request.limit)
             .await?;
         Ok(Response::new(HistoryResponse {
-            events: page.events.iter().map(|e| (**e).clone()).collect(),
+            events: page.events.iter().map(|e| e.event().clone()).collect(),
             position: Some(page.top),
         }))
     }
