@@ -10,6 +10,7 @@ use std::{
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
 use tonic::{Status, body::Body};
 use tower::Service;
 
@@ -17,6 +18,8 @@ use crate::backends::Backends;
 
 /// Path prefix of the services a browser may call.
 const PUBLIC_PREFIX: &str = "/herald.v1.";
+/// The largest grpc-web request accepted (the backend's own limit is 1 MiB per message).
+const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Internal services (edge ↔ backend), never proxied.
 const INTERNAL_PREFIXES: &[&str] = &["/herald.v1.Edge/"];
 
@@ -42,19 +45,33 @@ impl Service<Request<Body>> for BackendProxy {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let path = request.uri().path();
-        let public = path.starts_with(PUBLIC_PREFIX)
-            && !INTERNAL_PREFIXES
-                .iter()
-                .any(|prefix| path.starts_with(prefix));
-        if !public {
-            let status = Status::unimplemented(format!(
-                "`{path}` is not a herald service reachable from browsers"
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
         let mut channel = self.backends.pick();
         Box::pin(async move {
+            // grpc-web has no client streaming, so the request is one small message. Reading it
+            // whole before answering keeps HTTP/1.1 connections usable even when the answer is
+            // a refusal (answering early would make the server drop the unread body and close).
+            let (parts, body) = request.into_parts();
+            let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    let status = Status::resource_exhausted(format!(
+                        "the request is larger than {MAX_REQUEST_BYTES} bytes"
+                    ));
+                    return Ok(status.into_http());
+                }
+            };
+            let path = parts.uri.path();
+            let public = path.starts_with(PUBLIC_PREFIX)
+                && !INTERNAL_PREFIXES
+                    .iter()
+                    .any(|prefix| path.starts_with(prefix));
+            if !public {
+                let status = Status::unimplemented(format!(
+                    "`{path}` is not a herald service reachable from browsers"
+                ));
+                return Ok(status.into_http());
+            }
+            let request = Request::from_parts(parts, Body::new(Full::new(body)));
             if let Err(error) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 return Ok(
                     Status::unavailable(format!("the backend is unreachable: {error}")).into_http(),

@@ -128,6 +128,8 @@ async fn check_origin(
         return next.run(request).await; // not a browser
     };
     if !origin_allowed(&ctx.config, &origin, request.headers().get(header::HOST)) {
+        // Read the (small) body first so an HTTP/1.1 connection survives the refusal.
+        let _ = axum::body::to_bytes(request.into_body(), 2 * 1024 * 1024).await;
         return (
             StatusCode::FORBIDDEN,
             "origin not allowed: add it to edge.allowed_origins",

@@ -122,22 +122,13 @@ test("unary calls work over grpc-web: Whoami names the caller, History returns w
   assert.equal(history.position?.offset, 2n);
 });
 
-// Refusals are checked over both HTTP versions. Over HTTP/1.1 the edge currently answers a
-// refusal before reading the request body and then closes the connection; Connect-node's
-// HTTP/1.1 client sends the headers first and the body a moment later, so its body write
-// often fails with EPIPE and the call reports `[internal] write EPIPE` instead of the
-// refusal (about 6 in 10 calls). Browsers' fetch sends the small body with the headers and
-// is not affected. The HTTP/1.1 variants stay `todo` until the edge reads (drains) the
-// request body before refusing; then drop `todo`.
-const HTTP1_EARLY_CLOSE =
-  "edge refuses HTTP/1.1 calls before reading the request body and closes the connection: Connect-node fails with EPIPE";
-const REFUSAL_VARIANTS = [
-  { httpVersion: "2", todo: false },
-  { httpVersion: "1.1", todo: HTTP1_EARLY_CLOSE },
-];
+// Refusals are checked over both HTTP versions. Over HTTP/1.1 Connect-node sends the headers
+// first and the body a moment later; the edge reads the whole (small) request before answering,
+// so a refusal never cuts the connection under the client's body write.
+const REFUSAL_VARIANTS = [{ httpVersion: "2" }, { httpVersion: "1.1" }];
 
-for (const { httpVersion, todo } of REFUSAL_VARIANTS) {
-  test(`a call from a disallowed Origin is refused with HTTP 403 (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS, todo }, async () => {
+for (const { httpVersion } of REFUSAL_VARIANTS) {
+  test(`a call from a disallowed Origin is refused with HTTP 403 (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS }, async () => {
     const evil = createClient(Auth, transport({ httpVersion, origin: "https://evil.example.com" }));
     const refused = await callError(() =>
       evil.whoami({}, { headers: bearer(aliceToken), signal: AbortSignal.timeout(CALL_TIMEOUT_MS) }),
@@ -147,7 +138,7 @@ for (const { httpVersion, todo } of REFUSAL_VARIANTS) {
     assert.equal(refused.rawMessage, "HTTP 403");
   });
 
-  test(`calls without a token are refused with Unauthenticated, unary and streaming (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS, todo }, async () => {
+  test(`calls without a token are refused with Unauthenticated, unary and streaming (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS }, async () => {
     const signal = () => AbortSignal.timeout(CALL_TIMEOUT_MS);
 
     const auth = createClient(Auth, transport({ httpVersion }));
@@ -163,7 +154,7 @@ for (const { httpVersion, todo } of REFUSAL_VARIANTS) {
     assert.equal(streaming.code, Code.Unauthenticated, `expected Unauthenticated, got ${streaming}`);
   });
 
-  test(`the internal Edge/Follow service is not reachable over grpc-web (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS, todo }, async () => {
+  test(`the internal Edge/Follow service is not reachable over grpc-web (HTTP/${httpVersion})`, { timeout: TEST_TIMEOUT_MS }, async () => {
     const edge = createClient(Edge, transport({ httpVersion }));
     async function* requests() {
       yield { action: { case: "open", value: { topic: "room:web" } } };
