@@ -151,3 +151,46 @@ async fn history_returns_retained_events_after_a_position() {
     let offsets: Vec<u64> = after.events.iter().map(|e| e.offset).collect();
     assert_eq!(offsets, vec![4]);
 }
+
+#[tokio::test]
+async fn the_backend_serves_grpc_health_and_reflection() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let app = spawn_app().await;
+    let channel = app.endpoint().connect().await.unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "herald.v1.Rooms".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.get_ref().status, ServingStatus::Serving as i32);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["herald.v1.Rooms", "herald.v1.Auth", "herald.v1.Edge"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+}
