@@ -27,6 +27,8 @@ use crate::{
 
 /// Close code for a frame larger than the limit (RFC 6455 "message too big").
 const CLOSE_TOO_BIG: u16 = 1009;
+/// Requests held while `auth` is being verified.
+const MAX_HELD_REQUESTS: usize = 32;
 /// How long a closing socket may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,8 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
         strikes: 0,
         pending: FuturesUnordered::new(),
         calls_in_flight: 0,
+        authenticating: false,
+        held: Vec::new(),
     };
     if let Some(token) = bearer {
         // Verified before the first request is read, so requests never race the header.
@@ -182,6 +186,10 @@ struct Session {
     strikes: u32,
     pending: FuturesUnordered<Pending>,
     calls_in_flight: usize,
+    /// An `auth` is being verified.
+    authenticating: bool,
+    /// Requests that arrived while `auth` was being verified, handled once it is answered.
+    held: Vec<String>,
 }
 
 impl Session {
@@ -234,6 +242,19 @@ impl Session {
         // `parse` only succeeds with an id.
         let id = id.unwrap_or_default();
         if !matches!(request, Request::Ping | Request::Auth { .. }) {
+            if self.auth.is_none() && self.authenticating {
+                // Clients may send requests right behind `auth`; they wait for its answer.
+                if self.held.len() >= MAX_HELD_REQUESTS {
+                    self.reply(protocol::error_frame(
+                        Some(id),
+                        "resource_exhausted",
+                        "too many requests sent before `auth` was answered",
+                    ));
+                } else {
+                    self.held.push(text.to_owned());
+                }
+                return None;
+            }
             if self.auth.is_none() {
                 self.reply(protocol::error_frame(
                     Some(id),
@@ -268,7 +289,14 @@ impl Session {
                         "failed_precondition",
                         "already authenticated; use `refresh` to replace the token",
                     ));
+                } else if self.authenticating {
+                    self.reply(protocol::error_frame(
+                        Some(id),
+                        "failed_precondition",
+                        "`auth` is already in progress",
+                    ));
                 } else {
+                    self.authenticating = true;
                     self.pending
                         .push(verify(self.ctx.clone(), Some(id), token, false));
                 }
@@ -395,8 +423,14 @@ impl Session {
                     }
                 }
                 self.auth = Some(Auth { token });
+                self.authenticating = false;
                 if id != 0 {
                     self.reply(protocol::result(id, &identity));
+                }
+                for text in std::mem::take(&mut self.held) {
+                    if let Some(close) = self.request(&text) {
+                        return Some(close);
+                    }
                 }
             }
             Completion::AuthFailed {

@@ -598,3 +598,29 @@ async fn only_services_may_open_edge_follow_streams() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("service"), "{}", status.message());
 }
+
+#[tokio::test]
+async fn requests_sent_right_behind_auth_wait_for_it_instead_of_failing() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+    let token = app.token("alice", &[]);
+    socket
+        .send_text(json!({ "id": 1, "method": "auth", "params": { "token": token } }).to_string())
+        .await;
+    socket
+        .send_text(
+            json!({ "id": 2, "method": "subscribe", "params": { "topic": "room:eager" } })
+                .to_string(),
+        )
+        .await;
+    socket
+        .send_text(json!({ "id": 3, "method": "ping" }).to_string())
+        .await;
+    assert!(socket.reply_to(1).await.get("result").is_some());
+    let reply = socket.reply_to(2).await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    assert_eq!(socket.reply_to(3).await["result"], json!({}));
+    app.service().await.publish("room:eager", 1).await;
+    assert_eq!(socket.offsets(1).await, vec![1]);
+}

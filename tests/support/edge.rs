@@ -91,6 +91,8 @@ pub struct WsClient {
     next_id: u64,
     /// Pushes that arrived while waiting for a reply.
     pushes: VecDeque<Value>,
+    /// Replies that arrived while waiting for something else.
+    replies: Vec<Value>,
 }
 
 /// How a socket ended.
@@ -113,6 +115,7 @@ impl WsClient {
             socket,
             next_id: 1,
             pushes: VecDeque::new(),
+            replies: Vec::new(),
         }
     }
 
@@ -132,27 +135,37 @@ impl WsClient {
         self.reply_to(id).await
     }
 
-    /// Waits for the reply to `id`, keeping pushes for later.
+    /// Waits for the reply to `id`, keeping pushes and other replies for later.
     pub async fn reply_to(&mut self, id: u64) -> Value {
         loop {
-            let frame = self.next_frame().await.unwrap_or_else(|closed| {
-                panic!("socket closed while waiting for reply {id}: {closed:?}")
-            });
-            if frame.get("id").and_then(Value::as_u64) == Some(id) {
-                return frame;
+            let is_reply = |frame: &Value| frame.get("id").and_then(Value::as_u64) == Some(id);
+            if let Some(index) = self.replies.iter().position(is_reply) {
+                return self.replies.swap_remove(index);
             }
-            self.pushes.push_back(frame);
+            self.read_one("a reply").await;
         }
     }
 
-    /// The next push (event, presence or unsubscribed).
+    /// The next push (event, presence or unsubscribed), keeping replies for later.
     pub async fn next_push(&mut self) -> Value {
-        if let Some(push) = self.pushes.pop_front() {
-            return push;
+        loop {
+            if let Some(push) = self.pushes.pop_front() {
+                return push;
+            }
+            self.read_one("a push").await;
         }
-        self.next_frame()
-            .await
-            .unwrap_or_else(|closed| panic!("socket closed while waiting for a push: {closed:?}"))
+    }
+
+    /// Reads one frame and files it as a reply (it has an `id`) or a push.
+    async fn read_one(&mut self, waiting_for: &str) {
+        let frame = self.next_frame().await.unwrap_or_else(|closed| {
+            panic!("socket closed while waiting for {waiting_for}: {closed:?}")
+        });
+        if frame.get("id").is_some() {
+            self.replies.push(frame);
+        } else {
+            self.pushes.push_back(frame);
+        }
     }
 
     /// The next event push, skipping presence pushes.
