@@ -31,7 +31,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::{
     backends::Backends,
-    outbound::{OutItem, Outbound},
+    outbound::{Ended, OutItem, Outbound},
     protocol,
 };
 
@@ -517,11 +517,11 @@ impl Feed {
 }
 
 fn end(topic: &Arc<str>, subscriber: u64, out: &Outbound, frame: String) {
-    out.push(OutItem::Ended {
+    out.push(OutItem::Ended(Box::new(Ended {
         topic: topic.clone(),
         subscriber,
         frame: frame.into(),
-    });
+    })));
 }
 
 fn attach_request(subscriber: u64, token: String, since: Option<StreamPosition>) -> FollowRequest {

@@ -4,16 +4,21 @@
 //! its limit, the frame is refused, the socket is marked slow and its session closes it with
 //! the "slow" code: a slow browser never holds up the feed or other sockets.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Frames queued at most, whatever their size (the byte limit usually binds first).
 const MAX_QUEUED_FRAMES: usize = 8192;
+/// A drained queue keeps at most this much capacity, so idle sockets hold no buffer.
+const IDLE_CAPACITY: usize = 16;
 
 #[derive(Debug)]
 pub enum OutItem {
@@ -21,47 +26,63 @@ pub enum OutItem {
     Text(Utf8Bytes),
     /// A frame that also ends one of the socket's subscriptions (an error reply to its
     /// `subscribe`, or an `unsubscribed` push).
-    Ended {
-        topic: Arc<str>,
-        subscriber: u64,
-        frame: Utf8Bytes,
-    },
+    Ended(Box<Ended>),
+}
+
+#[derive(Debug)]
+pub struct Ended {
+    pub topic: Arc<str>,
+    pub subscriber: u64,
+    pub frame: Utf8Bytes,
 }
 
 impl OutItem {
     fn len(&self) -> usize {
         match self {
             OutItem::Text(text) => text.as_str().len(),
-            OutItem::Ended { frame, .. } => frame.as_str().len(),
+            OutItem::Ended(ended) => ended.frame.as_str().len(),
         }
     }
 }
 
+/// The queue itself: a plain deque, so an idle socket costs no preallocated slots.
 #[derive(Debug)]
 struct Shared {
+    queue: Mutex<VecDeque<OutItem>>,
+    ready: Notify,
+    receiver_gone: AtomicBool,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
     slow_notify: Notify,
 }
 
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<OutItem>> {
+        // Each critical section is one deque operation; a poisoned deque is still consistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The sending side; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<OutItem>,
     shared: Arc<Shared>,
 }
 
 /// The session's receiving side.
 #[derive(Debug)]
 pub struct OutboundReceiver {
-    rx: mpsc::Receiver<OutItem>,
     shared: Arc<Shared>,
 }
 
 pub fn channel(max_bytes: usize) -> (Outbound, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
     let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        receiver_gone: AtomicBool::new(false),
         queued_bytes: AtomicUsize::new(0),
         max_bytes,
         slow: AtomicBool::new(false),
@@ -69,38 +90,32 @@ pub fn channel(max_bytes: usize) -> (Outbound, OutboundReceiver) {
     });
     (
         Outbound {
-            tx,
             shared: shared.clone(),
         },
-        OutboundReceiver { rx, shared },
+        OutboundReceiver { shared },
     )
 }
 
 impl Outbound {
     /// Queues a frame without waiting. False when the socket is slow (now or already) or gone.
     pub fn push(&self, item: OutItem) -> bool {
-        if self.shared.slow.load(Ordering::Relaxed) {
+        let shared = &self.shared;
+        if shared.slow.load(Ordering::Relaxed) || shared.receiver_gone.load(Ordering::Relaxed) {
             return false;
         }
         let len = item.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.max_bytes {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let mut queue = shared.queue();
+        if before + len > shared.max_bytes || queue.len() >= MAX_QUEUED_FRAMES {
+            drop(queue);
+            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.mark_slow();
             return false;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                self.mark_slow();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                false
-            }
-        }
+        queue.push_back(item);
+        drop(queue);
+        shared.ready.notify_one();
+        true
     }
 
     pub fn text(&self, frame: impl Into<Utf8Bytes>) -> bool {
@@ -115,16 +130,24 @@ impl Outbound {
 }
 
 impl OutboundReceiver {
-    pub async fn recv(&mut self) -> Option<OutItem> {
-        let item = self.rx.recv().await?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(item.len(), Ordering::AcqRel);
-        Some(item)
+    /// The next queued frame, waiting for one.
+    pub async fn recv(&mut self) -> OutItem {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            self.shared.ready.notified().await;
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<OutItem> {
-        let item = self.rx.try_recv().ok()?;
+        let mut queue = self.shared.queue();
+        let item = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > IDLE_CAPACITY {
+            queue.shrink_to(0);
+        }
+        drop(queue);
+        let item = item?;
         self.shared
             .queued_bytes
             .fetch_sub(item.len(), Ordering::AcqRel);
@@ -138,6 +161,13 @@ impl OutboundReceiver {
 
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Relaxed);
+        self.shared.queue().clear();
     }
 }
 
@@ -169,7 +199,7 @@ mod tests {
         assert!(!out.text("1"), "11 bytes exceed the limit of 10");
         rx.slow_signal().wait().await;
         assert!(!out.text("1"), "a slow socket gets nothing more");
-        assert!(matches!(rx.recv().await, Some(OutItem::Text(_))));
+        assert!(matches!(rx.recv().await, OutItem::Text(_)));
         assert_eq!(rx.queued_bytes(), 5);
     }
 }

@@ -106,7 +106,6 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
             () = shutdown.cancelled() => break Some((CloseCode::Shutdown as u16, "shutdown: reconnect")),
             () = slow.wait() => break Some((CloseCode::SlowConsumer as u16, "slow: the socket fell too far behind")),
             item = out_rx.recv() => {
-                let Some(item) = item else { break None };
                 if session.write(item, &mut out_rx).await.is_err() {
                     break None;
                 }
@@ -211,15 +210,11 @@ impl Session {
     async fn feed_one(&mut self, item: OutItem) -> Result<(), axum::Error> {
         let text = match item {
             OutItem::Text(text) => text,
-            OutItem::Ended {
-                topic,
-                subscriber,
-                frame,
-            } => {
-                if self.subscriptions.get(&topic) == Some(&subscriber) {
-                    self.subscriptions.remove(&topic);
+            OutItem::Ended(ended) => {
+                if self.subscriptions.get(&ended.topic) == Some(&ended.subscriber) {
+                    self.subscriptions.remove(&ended.topic);
                 }
-                frame
+                ended.frame
             }
         };
         self.sink.feed(Message::Text(text)).await

@@ -422,7 +422,7 @@ async fn resubscribing_with_since_on_any_edge_replays_what_was_missed() {
 async fn an_expiring_token_ends_subscriptions_unless_refreshed() {
     let app = spawn_app().await;
     let edge = spawn_edge(&app).await;
-    let short = app.sign(&TokenClaims::new("alice", &[], Duration::from_secs(2)));
+    let short = app.sign(&TokenClaims::new("alice", &[], Duration::from_secs(3)));
     let mut expiring = edge.connect_as(&short).await;
     let mut refreshed = edge.connect_as(&short).await;
     for socket in [&mut expiring, &mut refreshed] {
