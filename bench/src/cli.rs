@@ -1,0 +1,297 @@
+//! Command-line options, parsed once into a [`Plan`] of typed, checked values.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{ArgGroup, Parser};
+
+use crate::error::BenchError;
+
+/// Streams one HTTP/2 connection carries by default.
+const STREAMS_PER_CONNECTION: usize = 500;
+/// The server's default `grpc.max_concurrent_streams`; more streams per connection would queue.
+const SERVER_MAX_STREAMS_PER_CONNECTION: usize = 10_000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Load generator for herald.v1.Rooms: many subscriber streams, paced or saturating \
+             publishers; reports deliveries/s, publish-to-receive latency, loss and memory.",
+    long_about = "Load generator for herald.v1.Rooms.\n\n\
+        Opens --subscribers streams spread round-robin over --topics topics \
+        (`room:bench-0` …), shared by --connections HTTP/2 connections, waits until every \
+        stream received `subscribed`, then publishes (--rate or --saturate) for --warmup + \
+        --duration seconds and measures during the last --duration seconds. Every subscriber \
+        checks offsets (lost, duplicated, reordered) and resumes with `since` when the server \
+        ends its stream (slow consumer, shutdown).\n\n\
+        Example:\n  herald serve --data-dir /tmp/benchdata &\n  \
+        herald-bench --data-dir /tmp/benchdata --subscribers 10000 --rate 100 --server-pid $!\n\n\
+        The last line of output is one JSON object with every figure."
+)]
+#[command(group(ArgGroup::new("mode").required(true).args(["rate", "saturate", "idle"])))]
+#[command(group(ArgGroup::new("credentials").args(["token", "secret", "data_dir"])))]
+pub(crate) struct Args {
+    /// The Herald gRPC server.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
+    server: String,
+
+    /// A token to present; it needs rights to subscribe and publish on the bench topics.
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
+
+    /// Mint a `service` token with this HS256 secret (the server's auth.hs256_secret).
+    #[arg(long, value_name = "SECRET")]
+    secret: Option<String>,
+
+    /// Mint a `service` token with the development key in DIR/dev-signing-key, like
+    /// `herald token` [default: ./herald-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Subscriber streams to open.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    subscribers: usize,
+
+    /// Topics the subscribers are spread over, round-robin.
+    #[arg(long, default_value_t = 1, value_name = "T")]
+    topics: usize,
+
+    /// HTTP/2 connections the streams share [default: subscribers / 500, rounded up]
+    #[arg(long, value_name = "C")]
+    connections: Option<usize>,
+
+    /// Publish R events per second in total, round-robin over the topics.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+
+    /// Publish as fast as the server acknowledges, with --publishers publishes in flight.
+    #[arg(long)]
+    saturate: bool,
+
+    /// Only open the streams, hold them for --duration, and report memory per stream.
+    #[arg(long)]
+    idle: bool,
+
+    /// Concurrent publish loops: the most publishes in flight.
+    #[arg(long, default_value_t = 16, value_name = "P")]
+    publishers: usize,
+
+    /// HTTP/2 connections the publishers share.
+    #[arg(long, default_value_t = 1, value_name = "C")]
+    publish_connections: usize,
+
+    /// Closed loop: hold a topic's publishes while its slowest subscriber is more than this
+    /// many events behind the last acknowledged offset [default: open loop]
+    #[arg(long, value_name = "EVENTS")]
+    max_lag: Option<u64>,
+
+    /// Seconds of measurement (with --idle: seconds the streams are held).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    duration: f64,
+
+    /// Seconds of publishing before measurement starts.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    warmup: f64,
+
+    /// Seconds to wait, after publishing stops, for subscribers to receive every event.
+    #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+    drain_timeout: f64,
+
+    /// The most streams being opened (or resumed) at once.
+    #[arg(long, default_value_t = 500, value_name = "K")]
+    open_concurrency: usize,
+
+    /// Seconds allowed for opening every stream.
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    open_timeout: f64,
+
+    /// The server's process id: its resident memory (VmRSS) and CPU time are read from /proc.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+
+    /// Topic names are PREFIX-0 … PREFIX-{T-1}.
+    #[arg(long, default_value = "room:bench", value_name = "PREFIX")]
+    topic_prefix: String,
+
+    /// A name for this run in the report [default: derived from the options]
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+}
+
+/// Where the bearer token comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Credentials {
+    Token(String),
+    Secret(String),
+    DataDir(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Mode {
+    /// Publishes per second, in total.
+    Rate(f64),
+    Saturate,
+    Idle,
+}
+
+/// A checked run description.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) server: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) subscribers: usize,
+    pub(crate) topics: Vec<String>,
+    pub(crate) connections: usize,
+    pub(crate) mode: Mode,
+    pub(crate) publishers: usize,
+    pub(crate) publish_connections: usize,
+    pub(crate) max_lag: Option<u64>,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) open_concurrency: usize,
+    pub(crate) open_timeout: Duration,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) scenario: String,
+}
+
+impl Plan {
+    /// The topic index of subscriber `index`.
+    pub(crate) fn topic_of(&self, index: usize) -> usize {
+        index % self.topics.len()
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| BenchError::new(format!("--{flag} {value}: give a number of seconds ≥ 0")))
+}
+
+fn at_least_one(flag: &str, value: usize) -> Result<usize, BenchError> {
+    if value == 0 {
+        return Err(BenchError::new(format!("--{flag} must be at least 1")));
+    }
+    Ok(value)
+}
+
+impl Args {
+    pub(crate) fn into_plan(self) -> Result<Plan, BenchError> {
+        let subscribers = at_least_one("subscribers", self.subscribers)?;
+        let topic_count = at_least_one("topics", self.topics)?;
+        let publishers = at_least_one("publishers", self.publishers)?;
+        let publish_connections = at_least_one("publish-connections", self.publish_connections)?;
+        let open_concurrency = at_least_one("open-concurrency", self.open_concurrency)?;
+        let connections = match self.connections {
+            Some(c) => at_least_one("connections", c)?.min(subscribers),
+            None => subscribers.div_ceil(STREAMS_PER_CONNECTION),
+        };
+        if subscribers.div_ceil(connections) > SERVER_MAX_STREAMS_PER_CONNECTION {
+            eprintln!(
+                "warning: {} streams per connection exceed the server's default limit of \
+                 {SERVER_MAX_STREAMS_PER_CONNECTION} (grpc.max_concurrent_streams); raise --connections",
+                subscribers.div_ceil(connections)
+            );
+        }
+        let mode = match (self.rate, self.saturate, self.idle) {
+            (Some(rate), false, false) if rate.is_finite() && rate > 0.0 => Mode::Rate(rate),
+            (Some(rate), false, false) => {
+                return Err(BenchError::new(format!(
+                    "--rate {rate}: give a number of publishes per second > 0"
+                )));
+            }
+            (None, true, false) => Mode::Saturate,
+            (None, false, true) => Mode::Idle,
+            // clap's `mode` group makes exactly one of them present.
+            _ => {
+                return Err(BenchError::new(
+                    "choose one of --rate R, --saturate, --idle",
+                ));
+            }
+        };
+        if let Some(0) = self.max_lag {
+            return Err(BenchError::new("--max-lag must be at least 1"));
+        }
+        let credentials = match (self.token, self.secret, self.data_dir) {
+            (Some(token), _, _) => Credentials::Token(token),
+            (None, Some(secret), _) => Credentials::Secret(secret),
+            (None, None, Some(dir)) => Credentials::DataDir(dir),
+            (None, None, None) => Credentials::DataDir(PathBuf::from("herald-data")),
+        };
+        let topics: Vec<String> = (0..topic_count)
+            .map(|i| format!("{}-{i}", self.topic_prefix))
+            .collect();
+        let scenario = self.scenario.unwrap_or_else(|| {
+            let what = match mode {
+                Mode::Rate(rate) => format!("{rate} publishes/s"),
+                Mode::Saturate => format!("saturate ({publishers} in flight)"),
+                Mode::Idle => "idle".to_owned(),
+            };
+            format!(
+                "{subscribers} streams, {topic_count} topic{}, {what}",
+                if topic_count == 1 { "" } else { "s" }
+            )
+        });
+        Ok(Plan {
+            server: self.server,
+            credentials,
+            subscribers,
+            topics,
+            connections,
+            mode,
+            publishers,
+            publish_connections,
+            max_lag: self.max_lag,
+            duration: seconds("duration", self.duration)?,
+            warmup: seconds("warmup", self.warmup)?,
+            drain_timeout: seconds("drain-timeout", self.drain_timeout)?,
+            open_concurrency,
+            open_timeout: seconds("open-timeout", self.open_timeout)?,
+            server_pid: self.server_pid,
+            scenario,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Result<Plan, BenchError> {
+        let mut argv = vec!["herald-bench"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv)
+            .map_err(BenchError::new)?
+            .into_plan()
+    }
+
+    #[test]
+    fn connections_default_to_one_per_five_hundred_streams() {
+        let plan = plan(&["--subscribers", "10001", "--rate", "10"]).unwrap();
+        assert_eq!(plan.connections, 21);
+        assert_eq!(plan.topics, vec!["room:bench-0".to_owned()]);
+    }
+
+    #[test]
+    fn subscribers_are_spread_round_robin_over_topics() {
+        let plan = plan(&["--subscribers", "10", "--topics", "3", "--saturate"]).unwrap();
+        assert_eq!(plan.topic_of(0), 0);
+        assert_eq!(plan.topic_of(4), 1);
+        assert_eq!(plan.topics[2], "room:bench-2");
+    }
+
+    #[test]
+    fn a_mode_is_required_and_modes_exclude_each_other() {
+        assert!(plan(&["--subscribers", "10"]).is_err());
+        assert!(plan(&["--rate", "5", "--saturate"]).is_err());
+        assert!(plan(&["--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn credentials_exclude_each_other() {
+        assert!(plan(&["--idle", "--token", "t", "--secret", "s"]).is_err());
+        assert!(matches!(
+            plan(&["--idle"]).unwrap().credentials,
+            Credentials::DataDir(_)
+        ));
+    }
+}

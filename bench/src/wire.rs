@@ -1,0 +1,162 @@
+//! Lean client-side decoding of `Subscribe` frames.
+//!
+//! A subscriber in this benchmark needs an event's offset and the send time carried in its
+//! data, nothing else. Decoding the full `herald.v1.Event` (topic, id, epoch, type, publisher
+//! strings and a `Struct` map per frame) would make the load generator, which shares the
+//! machine with the server, spend its CPU on allocations. These messages read the same wire
+//! format and let prost skip every other field.
+
+use std::{
+    collections::HashMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use herald_proto::{
+    v1::{SubscribeRequest, Subscribed},
+    wkt::{Struct, Value, value::Kind},
+};
+use tonic::{
+    Request, Status, codec::Streaming, codegen::http::uri::PathAndQuery, transport::Channel,
+};
+
+/// The data key carrying the publish time, in nanoseconds since the Unix epoch.
+pub(crate) const SENT_NS: &str = "sent_ns";
+
+/// `herald.v1.SubscribeResponse`: the `frame` oneof read as optional fields. `presence`
+/// (tag 3) is skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Frame {
+    #[prost(message, optional, tag = "1")]
+    pub(crate) subscribed: Option<Subscribed>,
+    #[prost(message, optional, tag = "2")]
+    pub(crate) event: Option<LeanEvent>,
+}
+
+/// `herald.v1.Event` with only `offset` and `data`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct LeanEvent {
+    #[prost(uint64, tag = "2")]
+    pub(crate) offset: u64,
+    #[prost(message, optional, tag = "7")]
+    pub(crate) data: Option<LeanStruct>,
+}
+
+/// `google.protobuf.Struct`: its map entries, keys skipped. The benchmark publishes exactly
+/// one field, [`SENT_NS`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct LeanStruct {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) fields: Vec<LeanEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct LeanEntry {
+    #[prost(message, optional, tag = "2")]
+    pub(crate) value: Option<LeanValue>,
+}
+
+/// `google.protobuf.Value` read only as `number_value`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct LeanValue {
+    #[prost(double, optional, tag = "2")]
+    pub(crate) number_value: Option<f64>,
+}
+
+impl LeanEvent {
+    /// The publish time the benchmark put in the event's data.
+    pub(crate) fn sent_ns(&self) -> Option<u64> {
+        let number = self
+            .data
+            .as_ref()?
+            .fields
+            .first()?
+            .value
+            .as_ref()?
+            .number_value?;
+        // An f64 holds today's nanosecond timestamps to within 256 ns: plenty for latency.
+        (number.is_finite() && number >= 0.0).then_some(number as u64)
+    }
+}
+
+/// The data of a benchmark event: `{"sent_ns": <now>}`.
+pub(crate) fn event_data(sent_ns: u64) -> Struct {
+    Struct {
+        fields: HashMap::from([(
+            SENT_NS.to_owned(),
+            Value {
+                kind: Some(Kind::NumberValue(sent_ns as f64)),
+            },
+        )]),
+    }
+}
+
+/// Wall-clock nanoseconds since the Unix epoch; publisher and subscriber share the machine.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Calls `herald.v1.Rooms/Subscribe`, decoding responses as [`Frame`]s.
+pub(crate) async fn subscribe(
+    channel: Channel,
+    request: Request<SubscribeRequest>,
+) -> Result<Streaming<Frame>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|error| Status::unavailable(format!("connection not ready: {error}")))?;
+    // Herald's own codec: small initial buffers, as on the server.
+    let codec = herald_proto::codec::HeraldCodec::<SubscribeRequest, Frame>::default();
+    let path = PathAndQuery::from_static("/herald.v1.Rooms/Subscribe");
+    Ok(grpc
+        .server_streaming(request, path, codec)
+        .await?
+        .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_proto::v1::{Event, StreamPosition, SubscribeResponse, subscribe_response};
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_full_event_frame_decodes_to_its_offset_and_send_time() {
+        let full = SubscribeResponse {
+            frame: Some(subscribe_response::Frame::Event(Event {
+                topic: "room:bench-0".into(),
+                offset: 42,
+                epoch: "abc".into(),
+                id: "id".into(),
+                r#type: "bench.tick".into(),
+                data: Some(event_data(1_700_000_000_123_456_789)),
+                publisher: "herald-bench".into(),
+                ..Event::default()
+            })),
+        };
+        let lean = Frame::decode(full.encode_to_vec().as_slice()).unwrap();
+        let event = lean.event.unwrap();
+        assert_eq!(event.offset, 42);
+        let sent = event.sent_ns().unwrap();
+        assert!(sent.abs_diff(1_700_000_000_123_456_789) < 1_000);
+        assert!(lean.subscribed.is_none());
+    }
+
+    #[test]
+    fn a_subscribed_frame_decodes_with_its_position() {
+        let full = SubscribeResponse {
+            frame: Some(subscribe_response::Frame::Subscribed(Subscribed {
+                position: Some(StreamPosition {
+                    offset: 7,
+                    epoch: "e".into(),
+                }),
+                recovered: true,
+            })),
+        };
+        let lean = Frame::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(lean.subscribed.unwrap().position.unwrap().offset, 7);
+        assert!(lean.event.is_none());
+    }
+}
