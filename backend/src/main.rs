@@ -15,7 +15,13 @@ async fn main() -> std::process::ExitCode {
                 cli::serve(config, !args.no_edge, &args.edge_auth, shutdown_on_signal()).await
             }
             Command::Edge(args) => {
-                cli::serve_edge(config, &args.edge_auth, shutdown_on_signal()).await
+                cli::serve_edge(
+                    config,
+                    &args.edge_auth,
+                    args.reuse_port,
+                    shutdown_on_signal(),
+                )
+                .await
             }
             _ => cli::run_tool(cli, config).await,
         }

@@ -624,3 +624,22 @@ async fn requests_sent_right_behind_auth_wait_for_it_instead_of_failing() {
     app.service().await.publish("room:eager", 1).await;
     assert_eq!(socket.offsets(1).await, vec![1]);
 }
+
+#[tokio::test]
+async fn edges_started_with_reuse_port_share_one_address() {
+    use herald_e2e::process::spawn_edge_process_with;
+
+    let app = spawn_app().await;
+    let first = spawn_edge_process_with(&[app.addr], "127.0.0.1:0", &["--reuse-port"]).await;
+    let shared = first.addr.to_string();
+    let second = spawn_edge_process_with(&[app.addr], &shared, &["--reuse-port"]).await;
+    assert_eq!(second.addr, first.addr);
+    // Sockets on the shared address work, whichever process accepts them.
+    for _ in 0..4 {
+        let mut socket = WsClient::connect(&first.ws_url()).await;
+        let reply = socket
+            .request("auth", json!({ "token": app.token("alice", &[]) }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+}

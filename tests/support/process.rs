@@ -33,9 +33,19 @@ pub struct HeraldProcess {
 
 /// Starts `herald edge` in front of `backends` on a free port and waits until it listens.
 pub async fn spawn_edge_process(backends: &[SocketAddr]) -> HeraldProcess {
+    spawn_edge_process_with(backends, "127.0.0.1:0", &[]).await
+}
+
+/// Starts `herald edge` on `http_addr` with extra flags.
+pub async fn spawn_edge_process_with(
+    backends: &[SocketAddr],
+    http_addr: &str,
+    flags: &[&str],
+) -> HeraldProcess {
     let backends: Vec<String> = backends.iter().map(|a| format!("http://{a}")).collect();
     let mut child = Command::new(herald_binary())
-        .args(["--log-format", "json", "edge", "--http-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "edge", "--http-addr", http_addr])
+        .args(flags)
         .arg("--backend")
         .arg(backends.join(","))
         .env("HERALD_AUTH_HS256_SECRET", SECRET)

@@ -136,6 +136,11 @@ pub struct EdgeArgs {
     #[command(flatten)]
     pub edge_auth: EdgeAuthArgs,
 
+    /// Share the listening port with other edge processes (SO_REUSEPORT): the kernel spreads
+    /// new connections over them, so one address serves more sockets than one process can hold.
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Sign the edge's service tokens with this HS256 secret (the backends' secret).
     #[arg(
         long,

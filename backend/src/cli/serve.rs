@@ -1,8 +1,8 @@
 //! `herald serve` (backend and edge in one process) and `herald edge` (an edge alone).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::{CliError, EdgeAuthArgs};
@@ -10,6 +10,9 @@ use crate::{
     auth::dev_key::{self, TokenClaims},
     config::Config,
 };
+
+/// Pending connections the kernel queues per listener.
+const ACCEPT_BACKLOG: u32 = 4096;
 
 /// Binds both listeners, then runs the backend and (unless disabled) the edge until
 /// `shutdown`.
@@ -19,12 +22,12 @@ pub async fn serve(
     edge_auth: &EdgeAuthArgs,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
-    let grpc = bind(config.grpc_addr, "--grpc-addr").await?;
+    let grpc = bind(config.grpc_addr, "--grpc-addr", false)?;
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| CliError::new(format!("gRPC listener: {e}")))?;
     let http = if with_edge {
-        Some(bind(config.edge.http_addr, "--http-addr").await?)
+        Some(bind(config.edge.http_addr, "--http-addr", false)?)
     } else {
         None
     };
@@ -69,21 +72,36 @@ pub async fn serve(
 pub async fn serve_edge(
     config: Config,
     edge_auth: &EdgeAuthArgs,
+    reuse_port: bool,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
     let mut config = config;
     if config.auth.hs256_secret.is_none() && edge_auth.edge_service_token.is_none() {
         config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
     }
-    let http = bind(config.edge.http_addr, "--http-addr").await?;
+    let http = bind(config.edge.http_addr, "--http-addr", reuse_port)?;
     let token = service_token(&config, edge_auth)?;
     herald_edge::run(http, config.edge.clone(), token, shutdown)
         .await
         .map_err(CliError::new)
 }
 
-async fn bind(addr: std::net::SocketAddr, flag: &str) -> Result<TcpListener, CliError> {
-    TcpListener::bind(addr).await.map_err(|e| {
+/// Binds a listener with a deep accept queue (bursts of connects), optionally sharing the
+/// port with other processes.
+fn bind(addr: SocketAddr, flag: &str, reuse_port: bool) -> Result<TcpListener, CliError> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(reuse_port)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    };
+    listen().map_err(|e| {
         CliError::new(format!(
             "cannot listen on {addr}: {e}; choose another address with {flag}"
         ))
