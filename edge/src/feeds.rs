@@ -50,7 +50,7 @@ pub struct AttachRequest {
     /// The socket's `subscribe` request id, answered by the feed (result or error) before any
     /// event of the topic, so replies always precede pushes.
     pub request_id: u64,
-    pub token: String,
+    pub token: Arc<str>,
     pub since: Option<StreamPosition>,
     pub out: Outbound,
 }
@@ -59,7 +59,7 @@ pub struct AttachRequest {
 enum Command {
     Attach(AttachRequest),
     Detach { subscriber: u64 },
-    Refresh { subscriber: u64, token: String },
+    Refresh { subscriber: u64, token: Arc<str> },
 }
 
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl Feeds {
             .await;
     }
 
-    pub async fn refresh(self: &Arc<Self>, topic: &Arc<str>, subscriber: u64, token: String) {
+    pub async fn refresh(self: &Arc<Self>, topic: &Arc<str>, subscriber: u64, token: Arc<str>) {
         self.send(topic, Command::Refresh { subscriber, token }, false)
             .await;
     }
@@ -163,7 +163,8 @@ enum SubState {
 #[derive(Debug)]
 struct Subscriber {
     out: Outbound,
-    token: String,
+    /// Shared with the socket's session: one copy of the token per socket.
+    token: Arc<str>,
     /// The last offset this subscriber was sent.
     last: u64,
     state: SubState,
@@ -307,7 +308,7 @@ impl Feed {
                     since: since.clone(),
                 };
             }
-            let attach = attach_request(id, sub.token.clone(), since);
+            let attach = attach_request(id, &sub.token, since);
             if requests.send(attach).await.is_err() {
                 return StreamEnd::Failed(Status::unavailable("the follow stream closed"));
             }
@@ -358,11 +359,8 @@ impl Feed {
     fn queue_command(&mut self, command: Command) -> Option<FollowRequest> {
         match command {
             Command::Attach(request) => {
-                let attach = attach_request(
-                    request.subscriber,
-                    request.token.clone(),
-                    request.since.clone(),
-                );
+                let attach =
+                    attach_request(request.subscriber, &request.token, request.since.clone());
                 self.subscribers.insert(
                     request.subscriber,
                     Subscriber {
@@ -387,7 +385,10 @@ impl Feed {
                 let sub = self.subscribers.get_mut(&subscriber)?;
                 sub.token.clone_from(&token);
                 Some(FollowRequest {
-                    action: Some(Action::Refresh(FollowRefresh { subscriber, token })),
+                    action: Some(Action::Refresh(FollowRefresh {
+                        subscriber,
+                        token: token.to_string(),
+                    })),
                 })
             }
         }
@@ -524,11 +525,11 @@ fn end(topic: &Arc<str>, subscriber: u64, out: &Outbound, frame: String) {
     })));
 }
 
-fn attach_request(subscriber: u64, token: String, since: Option<StreamPosition>) -> FollowRequest {
+fn attach_request(subscriber: u64, token: &str, since: Option<StreamPosition>) -> FollowRequest {
     FollowRequest {
         action: Some(Action::Attach(FollowAttach {
             subscriber,
-            token,
+            token: token.to_owned(),
             since,
         })),
     }

@@ -103,7 +103,7 @@ async fn upgrade(
     let limits = &ctx.config.limits;
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_outbound_bytes.max(64 * 1024))
         .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, bearer)))

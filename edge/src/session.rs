@@ -14,7 +14,7 @@ use futures_util::{
 };
 use herald_proto::v1::{CloseCode, WhoamiRequest, auth_client::AuthClient};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::{
@@ -58,7 +58,7 @@ enum Completion {
 
 /// The identity a socket authenticated as.
 struct Auth {
-    token: String,
+    token: Arc<str>,
 }
 
 pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option<String>) {
@@ -93,10 +93,9 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
             return;
         }
     }
-    let auth_deadline = Instant::now() + limits.auth_timeout;
+    // One timer per socket: the auth deadline first, then each ping.
+    let mut timer = Box::pin(tokio::time::sleep(limits.auth_timeout));
     let mut last_heard = Instant::now();
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     let shutdown = ctx.shutdown.clone();
     let slow = out_rx.slow_signal();
 
@@ -139,16 +138,17 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
                     }
                 }
             }
-            () = sleep_until(auth_deadline), if session.auth.is_none() => {
-                break Some((CloseCode::Stale as u16, "stale: no auth within the time limit"));
-            }
-            _ = ping.tick() => {
+            () = &mut timer => {
+                if session.auth.is_none() {
+                    break Some((CloseCode::Stale as u16, "stale: no auth within the time limit"));
+                }
                 if last_heard.elapsed() > limits.idle_timeout {
                     break Some((CloseCode::Stale as u16, "stale: no pong within the time limit"));
                 }
                 if session.sink.send(Message::Ping(Default::default())).await.is_err() {
                     break None;
                 }
+                timer.as_mut().reset(Instant::now() + limits.ping_interval);
             }
         }
     };
@@ -406,6 +406,7 @@ impl Session {
                 identity,
                 refresh,
             } => {
+                let token: Arc<str> = Arc::from(token);
                 if refresh {
                     for (topic, subscriber) in &self.subscriptions {
                         let feeds = self.ctx.feeds.clone();
