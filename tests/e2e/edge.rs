@@ -643,3 +643,43 @@ async fn edges_started_with_reuse_port_share_one_address() {
         assert!(reply.get("result").is_some(), "{reply}");
     }
 }
+
+#[tokio::test]
+async fn a_socket_that_stops_answering_pings_is_closed_as_stale() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| {
+        c.limits.ping_interval = Duration::from_millis(100);
+        c.limits.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    // A client that reads nothing sends no pongs (tungstenite answers pings while reading).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let closed = socket.closed().await;
+    assert_eq!(closed.code, 3004, "{closed:?}");
+    assert!(closed.reason.contains("pong"), "{closed:?}");
+}
+
+#[tokio::test]
+async fn a_socket_that_answers_pings_stays_open() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| {
+        c.limits.ping_interval = Duration::from_millis(100);
+        c.limits.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "room:alive" }))
+        .await;
+    assert!(reply.get("result").is_some());
+    // Reading keeps answering pings; well past the idle timeout the socket still works.
+    let reader = tokio::spawn(async move {
+        let push = socket.next_event().await;
+        (socket, push)
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.service().await.publish("room:alive", 1).await;
+    let (_socket, push) = reader.await.unwrap();
+    assert_eq!(push["offset"], "1", "{push}");
+}
