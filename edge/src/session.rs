@@ -93,8 +93,14 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
             return;
         }
     }
-    // One timer per socket: the auth deadline first, then each ping.
-    let mut timer = Box::pin(tokio::time::sleep(limits.auth_timeout));
+    // One timer per socket: the auth deadline until authenticated, then each ping.
+    let mut pinging = session.auth.is_some();
+    let first = if pinging {
+        limits.ping_interval
+    } else {
+        limits.auth_timeout
+    };
+    let mut timer = Box::pin(tokio::time::sleep(first));
     let mut last_heard = Instant::now();
     let shutdown = ctx.shutdown.clone();
     let slow = out_rx.slow_signal();
@@ -112,6 +118,10 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
             Some(done) = session.pending.next(), if !session.pending.is_empty() => {
                 if let Some(close) = session.complete(done) {
                     break Some(close);
+                }
+                if !pinging && session.auth.is_some() {
+                    pinging = true;
+                    timer.as_mut().reset(Instant::now() + limits.ping_interval);
                 }
             }
             message = stream.next() => {
@@ -167,7 +177,21 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let _ = session.sink.send(Message::Close(Some(frame))).await;
+            if session
+                .sink
+                .send(Message::Close(Some(frame)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Complete the closing handshake: wait for the peer's close frame, so the peer
+            // reads ours before the connection goes away.
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
     }
