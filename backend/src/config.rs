@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, node::NodeConfig,
+    store::StoreConfig,
 };
 
 /// Everything `herald serve` needs. Every section and field is optional in the file.
@@ -33,6 +34,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// The browser edge `herald serve` runs next to the backend.
     pub edge: herald_edge::EdgeConfig,
+    /// The database pool, durable writes and the outbox relay.
+    pub database: StoreConfig,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             grpc: GrpcConfig::default(),
             edge: herald_edge::EdgeConfig::default(),
+            database: StoreConfig::default(),
         }
     }
 }

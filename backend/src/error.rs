@@ -8,7 +8,7 @@
 use herald_proto::v1::{CloseCode, StreamPosition};
 use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::{auth::AuthError, broker::BrokerError, topic::TopicError};
+use crate::{auth::AuthError, broker::BrokerError, store::StoreError, topic::TopicError};
 
 /// Trailer carrying the [`CloseCode`] name of a stream Herald ended.
 pub const CLOSE_CODE_TRAILER: &str = "herald-close-code";
@@ -16,6 +16,10 @@ pub const CLOSE_CODE_TRAILER: &str = "herald-close-code";
 pub const OFFSET_TRAILER: &str = "herald-offset";
 /// Trailer carrying the epoch of the last event delivered on the ended stream.
 pub const EPOCH_TRAILER: &str = "herald-epoch";
+/// Trailer on UNAVAILABLE answers caused by the database: milliseconds to wait before retrying.
+pub const RETRY_AFTER_TRAILER: &str = "herald-retry-after-ms";
+/// The wait suggested to clients when the database is unavailable.
+pub const DATABASE_RETRY_AFTER_MS: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +38,8 @@ pub enum Error {
     HistoryGone(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Error {
@@ -73,6 +79,40 @@ impl From<Error> for Status {
                     CloseCode::Unavailable,
                 )
             }
+            Error::Store(error) => store_status(error),
+        }
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "database unavailable");
+            let mut status = with_code(
+                Code::Unavailable,
+                format!(
+                    "the database is temporarily unavailable; retry in {DATABASE_RETRY_AFTER_MS} ms with backoff"
+                ),
+                CloseCode::Unavailable,
+            );
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_TRAILER, DATABASE_RETRY_AFTER_MS.into());
+            status
+        }
+        StoreError::Invalid(message) => {
+            with_code(Code::InvalidArgument, message, CloseCode::BadRequest)
+        }
+        StoreError::PublishPending(wait) => {
+            tracing::warn!(?wait, "durable publish committed but not yet relayed");
+            Status::deadline_exceeded(
+                "the event is committed and will be delivered, but its position is not known yet; \
+                 do not publish it again",
+            )
+        }
+        StoreError::Database(cause) => {
+            tracing::error!(error = %cause, "database failed");
+            Status::internal("internal database error")
         }
     }
 }

@@ -9,6 +9,7 @@
 //!                   │  └──► subscription (EventStream: replay + live, ends with a CloseCode)
 //!  auth (interceptor: JWT → Principal)   error (the one Error → Status mapping)
 //!  topic (parse `kind:id` once)          config, db (sea-orm + migrations), server (assembly)
+//!  store (domain transactions + outbox) ──► store::relay ──► broker   (durable events)
 //! ```
 //!
 //! Start with [`server::run`]: it binds nothing itself; callers pass a listener (tests bind
@@ -27,6 +28,7 @@ pub mod hub;
 pub mod node;
 pub mod presence;
 pub mod server;
+pub mod store;
 pub mod subscription;
 pub mod topic;
 

@@ -283,8 +283,51 @@ impl Node {
         data: Option<Struct>,
         idempotency_key: Option<String>,
     ) -> Result<Published, Error> {
-        self.authorize(who, Action::Publish, &topic)?;
-        validate_event_type(&event_type)?;
+        let idempotency_key = self.check_publish(who, &topic, &event_type, &data, idempotency_key)?;
+        let published = self
+            .broker
+            .publish(EventDraft {
+                topic,
+                event_type,
+                data,
+                publisher: who.user_id.clone(),
+                idempotency_key,
+            })
+            .await?;
+        Ok(published)
+    }
+
+    /// Publishes through the transactional outbox: commits the event, then waits (at most
+    /// `wait`) for the relay to publish it. See [`crate::store`].
+    pub async fn publish_durable(
+        &self,
+        store: &crate::store::Store,
+        who: &Principal,
+        topic: Topic,
+        event_type: String,
+        data: Option<Struct>,
+        wait: std::time::Duration,
+    ) -> Result<Published, Error> {
+        self.check_publish(who, &topic, &event_type, &data, None)?;
+        let mut tx = store.begin_as(&who.user_id).await?;
+        tx.emit_struct(&topic, &event_type, data)?;
+        let mut published = tx.commit_and_wait(wait).await?;
+        published
+            .pop()
+            .ok_or_else(|| Error::Unavailable("the durable publish produced no event".into()))
+    }
+
+    /// Authorizes and validates a publish; returns the idempotency key in effect.
+    fn check_publish(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        event_type: &str,
+        data: &Option<Struct>,
+        idempotency_key: Option<String>,
+    ) -> Result<Option<String>, Error> {
+        self.authorize(who, Action::Publish, topic)?;
+        validate_event_type(event_type)?;
         let size = data.as_ref().map_or(0, Message::encoded_len);
         if size > self.config.max_event_data_bytes {
             return Err(Error::invalid(format!(
@@ -301,17 +344,7 @@ impl Node {
                 key.len()
             )));
         }
-        let published = self
-            .broker
-            .publish(EventDraft {
-                topic,
-                event_type,
-                data,
-                publisher: who.user_id.clone(),
-                idempotency_key,
-            })
-            .await?;
-        Ok(published)
+        Ok(idempotency_key)
     }
 
     pub async fn history(
@@ -385,7 +418,7 @@ fn subscribed(top: &StreamPosition, recovered: bool) -> Subscribed {
     }
 }
 
-fn validate_event_type(event_type: &str) -> Result<(), Error> {
+pub(crate) fn validate_event_type(event_type: &str) -> Result<(), Error> {
     let valid_char =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
     if event_type.is_empty()

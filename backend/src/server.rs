@@ -15,11 +15,11 @@ use crate::{
     authz::Policy,
     broker::memory::MemoryBroker,
     config::Config,
-    db,
     grpc::{auth::AuthService, edge::EdgeService, rooms::RoomsService},
     hub::Hub,
     node::Node,
     presence::memory::MemoryPresence,
+    store::{RelayFaults, Store, StoreError, relay},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum ServeError {
     },
     #[error("database: {0}; check --database-url (HERALD_DATABASE_URL)")]
     Database(#[from] sea_orm::DbErr),
+    #[error("database: {0}; check --database-url (HERALD_DATABASE_URL)")]
+    Store(#[from] StoreError),
     #[error("auth configuration: {0}")]
     Auth(#[from] AuthConfigError),
     #[error("configuration: {0}")]
@@ -46,6 +48,8 @@ pub struct Backend {
     node: Arc<Node>,
     broker: Arc<MemoryBroker>,
     verifier: Arc<TokenVerifier>,
+    store: Store,
+    relay_faults: Arc<RelayFaults>,
 }
 
 impl Backend {
@@ -57,7 +61,7 @@ impl Backend {
             path: data_dir.clone(),
             source,
         })?;
-        let _db = db::connect(&config.database_url()).await?;
+        let store = Store::open(&config.database_url(), config.database.clone()).await?;
 
         if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
             let (secret, created) =
@@ -91,11 +95,23 @@ impl Backend {
             node,
             broker,
             verifier,
+            store,
+            relay_faults: Arc::new(RelayFaults::default()),
         })
     }
 
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// The database and outbox, for domain services (see [`crate::store`]).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Fault injection into the outbox relay (tests).
+    pub fn relay_faults(&self) -> &Arc<RelayFaults> {
+        &self.relay_faults
     }
 
     /// Serves gRPC on `listener` until `shutdown` is cancelled. Then every open stream ends
@@ -111,6 +127,8 @@ impl Backend {
             node,
             broker,
             verifier,
+            store,
+            relay_faults,
         } = self;
         let tracker = tokio_util::task::TaskTracker::new();
         tracker.spawn(
@@ -119,16 +137,29 @@ impl Backend {
                 .run_sweeper(std::time::Duration::from_secs(30), shutdown.clone()),
         );
 
+        tracker.spawn(relay::run(
+            store.clone(),
+            broker.clone(),
+            relay_faults,
+            shutdown.clone(),
+        ));
+        tracker.spawn(store.clone().run_health(shutdown.clone()));
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<RoomsServer<RoomsService>>()
             .await;
+        tracker.spawn(report_readiness(
+            store.ready(),
+            health_reporter,
+            shutdown.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-        let rooms = RoomsServer::new(RoomsService::new(node.clone()))
+        let rooms = RoomsServer::new(RoomsService::new(node.clone()).with_store(store))
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let rooms = tonic::service::interceptor::InterceptedService::new(
             rooms,
@@ -174,6 +205,32 @@ impl Backend {
         tracker.close();
         tracker.wait().await;
         result
+    }
+}
+
+/// Readiness follows the database: NOT_SERVING (overall and for `herald.v1.Rooms`) while it is
+/// unreachable, SERVING again as soon as it answers.
+async fn report_readiness(
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *ready.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status(<RoomsServer<RoomsService> as NamedService>::NAME, status)
+            .await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = ready.changed() => if changed.is_err() { return },
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! Every schema change of Herald, in order. The same migrations run on SQLite and
 //! PostgreSQL; `herald serve` applies them at start.
 
-pub use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::{migrator::MigrationStatus, prelude::*};
 
 mod m20261122_000001_create_server_meta;
+mod m20261122_000002_create_outbox;
 
 /// The ordered list of migrations.
 #[derive(Debug)]
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_server_meta::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_server_meta::Migration),
+            Box::new(m20261122_000002_create_outbox::Migration),
+        ]
     }
 }

@@ -181,6 +181,7 @@ pub(crate) async fn publish(args: PublishArgs, config: &Config) -> Result<(), Cl
         r#type: args.event_type,
         data: Some(data),
         idempotency_key: args.idempotency_key,
+        durable: args.durable,
     })?;
     let response = client
         .publish(request)

@@ -1,7 +1,8 @@
-//! The `herald` command line: `serve`, `token`, and the small gRPC clients `subscribe`,
-//! `publish` and `history` that let a newcomer watch events flow in two terminals.
+//! The `herald` command line: `serve`, `token`, `migrate`, and the small gRPC clients
+//! `subscribe`, `publish` and `history` that let a newcomer watch events flow in two terminals.
 
 mod client;
+mod migrate;
 mod serve;
 
 pub use serve::{serve, serve_edge};
@@ -67,6 +68,42 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's retained events as JSON.
     History(HistoryArgs),
+    /// Apply, roll back or list database migrations (`serve` applies pending ones by itself).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// What to do.
+    #[arg(value_enum, default_value_t = MigrateAction::Status)]
+    pub action: MigrateAction,
+
+    /// How many migrations to apply or roll back [default: every pending one for `up`, the
+    /// newest one for `down`]
+    #[arg(long)]
+    pub steps: Option<u32>,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Database URL [default: SQLite in the data directory]
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateAction {
+    /// Apply pending migrations.
+    Up,
+    /// Roll back applied migrations, newest first.
+    Down,
+    /// List every migration and whether it is applied.
+    Status,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +296,10 @@ pub struct PublishArgs {
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
+    /// Commit the event to the database first (transactional outbox); answers once published.
+    #[arg(long)]
+    pub durable: bool,
+
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -331,6 +372,11 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
             config.auth.hs256_secret = Some(secret.clone());
         }
     }
+    if let Command::Migrate(args) = &cli.command
+        && let Some(url) = &args.database_url
+    {
+        config.database_url = Some(url.clone());
+    }
     let data_dir = match &cli.command {
         Command::Serve(args) => &args.data.data_dir,
         Command::Edge(args) => &args.data.data_dir,
@@ -338,6 +384,7 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
         Command::Subscribe(SubscribeArgs { client, .. })
         | Command::Publish(PublishArgs { client, .. })
         | Command::History(HistoryArgs { client, .. }) => &client.data.data_dir,
+        Command::Migrate(args) => &args.data.data_dir,
     };
     if let Some(dir) = data_dir {
         config.data_dir = dir.clone();
@@ -357,6 +404,7 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Subscribe(args) => client::subscribe(args, &config).await,
         Command::Publish(args) => client::publish(args, &config).await,
         Command::History(args) => client::history(args, &config).await,
+        Command::Migrate(args) => migrate::run(args, &config).await,
     }
 }
 

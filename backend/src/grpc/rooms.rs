@@ -10,22 +10,64 @@ use herald_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::interceptor::principal, error::Error, node::Node, subscription::EventStream, topic::Topic,
+    auth::interceptor::principal, error::Error, node::Node, store::Store,
+    subscription::EventStream, topic::Topic,
 };
 
 #[derive(Debug, Clone)]
 pub struct RoomsService {
     node: Arc<Node>,
+    store: Option<Store>,
 }
 
 impl RoomsService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, store: None }
+    }
+
+    /// Enables durable publishes (`PublishRequest.durable`) through this store's outbox.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
     }
 }
 
 fn parse_topic(topic: &str) -> Result<Topic, Status> {
     Topic::parse(topic).map_err(|e| Error::from(e).into())
+}
+
+impl RoomsService {
+    async fn publish_durable(
+        &self,
+        who: &crate::auth::Principal,
+        topic: Topic,
+        request: PublishRequest,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let Some(store) = &self.store else {
+            return Err(Error::Unavailable("durable publishing is not enabled".into()).into());
+        };
+        if request.idempotency_key.as_ref().is_some_and(|k| !k.is_empty()) {
+            return Err(Error::invalid(
+                "durable publishes are idempotent by themselves; drop idempotency_key",
+            )
+            .into());
+        }
+        let published = self
+            .node
+            .publish_durable(
+                store,
+                who,
+                topic,
+                request.r#type,
+                request.data,
+                store.config().durable_publish_wait,
+            )
+            .await?;
+        Ok(Response::new(PublishResponse {
+            position: Some(published.position),
+            id: published.id,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -51,6 +93,9 @@ impl Rooms for RoomsService {
         let who = principal(&request)?;
         let request = request.into_inner();
         let topic = parse_topic(&request.topic)?;
+        if request.durable {
+            return self.publish_durable(&who, topic, request).await;
+        }
         let published = self
             .node
             .publish(

@@ -1,0 +1,66 @@
+//! sea-orm entities of the outbox tables (the schema itself lives in `migrations/`).
+
+/// `outbox`: one row per durable event, from its transaction's commit until it is purged.
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    /// Where a row is in its life.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+    pub enum Status {
+        /// Committed, not yet published (or published but not yet marked).
+        #[sea_orm(string_value = "pending")]
+        Pending,
+        /// Published; `published_*` say where it landed.
+        #[sea_orm(string_value = "published")]
+        Published,
+        /// Can never be published (unreadable data); kept for inspection, logged once.
+        #[sea_orm(string_value = "dead")]
+        Dead,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub topic: String,
+        /// 1, 2, 3… per topic in commit order (see `outbox_topic`).
+        pub topic_seq: i64,
+        pub event_type: String,
+        /// The event data as a JSON object.
+        #[sea_orm(column_type = "Text")]
+        pub data: String,
+        pub publisher: String,
+        pub status: Status,
+        pub created_at_ms: i64,
+        pub published_at_ms: Option<i64>,
+        pub published_offset: Option<i64>,
+        pub published_epoch: Option<String>,
+        pub published_event_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `outbox_topic`: the last sequence number handed out per topic. Its row lock, held from a
+/// transaction's first event on the topic to its commit, orders the topic's writers.
+pub mod outbox_topic {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_topic")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topic: String,
+        pub last_seq: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,600 @@
+//! Durable state: the database (sea-orm on SQLite or PostgreSQL) and the transactional
+//! outbox that turns committed writes into published events.
+//!
+//! A domain service changes rows and appends events **in one transaction**; the events are
+//! rows of the `outbox` table, so they commit or roll back together with the change. After
+//! the commit the [relay](relay) publishes them to the [`Broker`](crate::broker::Broker) in
+//! commit order per topic, with the outbox row id as the idempotency key, and marks them
+//! published. A process that dies after the commit publishes on restart; one that dies after
+//! publishing and before marking publishes again, and the broker drops the duplicate.
+//!
+//! ```no_run
+//! # use herald_backend::{store::{Store, StoreError}, topic::Topic};
+//! # use sea_orm::ConnectionTrait;
+//! # async fn approve(store: &Store) -> Result<(), StoreError> {
+//! let reviewers = Topic::parse("role:admin").expect("a valid topic");
+//! let mut tx = store.begin().await?;
+//! // Any sea-orm write on `tx.conn()` is part of the transaction.
+//! tx.conn()
+//!     .execute_unprepared("UPDATE server_meta SET value = 'approved' WHERE key = 'signup:7'")
+//!     .await?;
+//! tx.emit(&reviewers, "signup.approved", serde_json::json!({ "signup": 7 }))?;
+//! tx.commit().await?; // the change and the event are durable; the relay is woken
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Rules for callers:
+//! - Emit whenever it is convenient: events are buffered and written at commit (or at
+//!   [`DomainTx::flush`]). From then until the commit the transaction holds each of its
+//!   topics' `outbox_topic` row lock, which is what makes a topic's order its commit order.
+//! - Dropping a [`DomainTx`] without committing rolls it back: nothing is published.
+//! - Errors that mean "the database is unreachable or busy" are
+//!   [`StoreError::Unavailable`]; they become gRPC UNAVAILABLE with a retry hint.
+
+pub mod entity;
+pub mod relay;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use herald_migrations::{Migrator, MigratorTrait};
+use herald_proto::wkt::Struct;
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+    sea_query::{Expr, ExprTrait, OnConflict},
+};
+use serde::Deserialize;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::{broker::Published, topic::Topic};
+use entity::{outbox, outbox_topic};
+
+pub use relay::RelayFaults;
+
+/// Settings of the database pool, the write path and the relay (`[database]` in the file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The most pooled connections (PostgreSQL; SQLite uses at most 4: one writer at a time).
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// How long one attempt waits for a connection before it counts as a failure.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub acquire_timeout: Duration,
+    /// How long a write keeps retrying transient failures (with backoff) before it answers
+    /// UNAVAILABLE.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub write_retry_budget: Duration,
+    /// How often readiness pings the database.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub health_interval: Duration,
+    /// The most outbox rows the relay publishes per round trip.
+    pub relay_batch: u64,
+    /// The slow safety sweep of the relay (it is otherwise woken by commits and NOTIFY).
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub relay_sweep: Duration,
+    /// How long a durable `Publish` waits for the relay after its commit.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub durable_publish_wait: Duration,
+    /// How long published outbox rows are kept before they are purged.
+    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    pub published_retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(2),
+            write_retry_budget: Duration::from_secs(3),
+            health_interval: Duration::from_secs(1),
+            relay_batch: 512,
+            relay_sweep: Duration::from_secs(5),
+            durable_publish_wait: Duration::from_secs(10),
+            published_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable, restarting or too busy; retrying later can succeed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] DbErr),
+    #[error("database error: {0}")]
+    Database(#[source] DbErr),
+    /// The caller passed something that can never be stored (a programming error).
+    #[error("{0}")]
+    Invalid(String),
+    /// The event was committed but not published within the wait; it will still be.
+    #[error("the event is committed but was not published within {0:?}")]
+    PublishPending(Duration),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(error: DbErr) -> StoreError {
+        if is_transient(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+/// Whether a database error is about reachability or contention rather than the statement.
+fn is_transient(error: &DbErr) -> bool {
+    let runtime = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    use sea_orm::sqlx::Error as E;
+    match sqlx.as_ref() {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Protocol(_) => true,
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08), serialization failure and deadlock (40),
+            // too many connections (53300), shutting down / starting up (57P01–57P03).
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes.
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code == "53300"
+                || code.starts_with("57P0")
+                || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// The id of an outbox row; its broker idempotency key is `outbox:{id}`.
+pub type OutboxId = i64;
+
+/// The idempotency key the relay publishes an outbox row with.
+pub fn idempotency_key(id: OutboxId) -> String {
+    format!("outbox:{id}")
+}
+
+/// The database handle shared by domain services, the relay and readiness.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: DatabaseConnection,
+    config: StoreConfig,
+    relay_wake: Notify,
+    health_nudge: Notify,
+    ready: watch::Sender<bool>,
+    waiters: Mutex<HashMap<OutboxId, oneshot::Sender<Published>>>,
+}
+
+impl Store {
+    /// Connects and applies every pending migration. SQLite runs in WAL mode with a busy
+    /// timeout, so readers never block the writer and writers queue instead of failing.
+    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
+        let db = connect(url, &config).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Store::from_connection(db, config))
+    }
+
+    fn from_connection(db: DatabaseConnection, config: StoreConfig) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                relay_wake: Notify::new(),
+                health_nudge: Notify::new(),
+                ready: watch::Sender::new(true),
+                waiters: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The sea-orm connection, for reads outside a transaction.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.inner.db.get_database_backend()
+    }
+
+    /// Begins a transaction for a domain write; its events are published as `herald`.
+    ///
+    /// Transient failures (no connection, busy database) are retried with exponential
+    /// backoff for `write_retry_budget`, then answered with [`StoreError::Unavailable`].
+    pub async fn begin(&self) -> Result<DomainTx, StoreError> {
+        self.begin_as("herald").await
+    }
+
+    /// Like [`Store::begin`], with the events' `publisher` set to `publisher`.
+    pub async fn begin_as(&self, publisher: &str) -> Result<DomainTx, StoreError> {
+        let options = TransactionOptions {
+            // One writer at a time: taking the write lock at BEGIN means a transaction that
+            // reads first never fails to upgrade (SQLITE_BUSY without waiting).
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.inner.db.begin_with_options(options).await {
+                Ok(tx) => {
+                    return Ok(DomainTx {
+                        store: self.clone(),
+                        tx: Some(tx),
+                        publisher: publisher.to_owned(),
+                        buffered: Vec::new(),
+                        written: Vec::new(),
+                    });
+                }
+                Err(error) => {
+                    let error = StoreError::from(error);
+                    let retry = matches!(error, StoreError::Unavailable(_))
+                        && started.elapsed() + pause < self.inner.config.write_retry_budget;
+                    if !retry {
+                        self.report(&error);
+                        return Err(error);
+                    }
+                    tracing::debug!(%error, ?pause, "retrying a transaction begin");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Whether the database answered its last readiness ping.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
+    }
+
+    /// Wakes the relay: it publishes what is pending now rather than at its next sweep.
+    pub fn wake_relay(&self) {
+        self.inner.relay_wake.notify_one();
+    }
+
+    /// Pings the database every `health_interval` (and at once after a failed write) and
+    /// publishes the result through [`Store::ready`] until `shutdown`.
+    pub async fn run_health(self, shutdown: tokio_util::sync::CancellationToken) {
+        let every = self.inner.config.health_interval;
+        loop {
+            let ping = tokio::time::timeout(
+                self.inner.config.acquire_timeout + every,
+                self.inner.db.ping(),
+            )
+            .await;
+            let up = matches!(ping, Ok(Ok(())));
+            let was = self.inner.ready.send_replace(up);
+            if was != up {
+                if up {
+                    tracing::info!("database reachable again: ready");
+                } else {
+                    tracing::warn!(error = ?ping.ok().and_then(Result::err), "database unreachable: not ready");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.inner.health_nudge.notified() => {}
+            }
+        }
+    }
+
+    /// Records a failure seen by a caller: an unavailable database is re-checked at once.
+    fn report(&self, error: &StoreError) {
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.inner.health_nudge.notify_one();
+        }
+    }
+
+    fn register_waiter(&self, id: OutboxId) -> oneshot::Receiver<Published> {
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.inner.waiters).insert(id, sender);
+        receiver
+    }
+
+    fn forget_waiters(&self, ids: &[OutboxId]) {
+        let mut waiters = lock(&self.inner.waiters);
+        for id in ids {
+            waiters.remove(id);
+        }
+    }
+
+    /// Hands a published position to whoever waits for this outbox row.
+    fn resolve(&self, id: OutboxId, published: Published) {
+        if let Some(waiter) = lock(&self.inner.waiters).remove(&id) {
+            let _ = waiter.send(published); // the waiter may have given up: fine
+        }
+    }
+
+    fn waiting_ids(&self) -> Vec<OutboxId> {
+        lock(&self.inner.waiters).keys().copied().collect()
+    }
+}
+
+/// Opens the pool without migrating (what `herald migrate` uses).
+pub async fn connect(url: &str, config: &StoreConfig) -> Result<DatabaseConnection, DbErr> {
+    let sqlite = url.starts_with("sqlite:");
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(if sqlite {
+            config.max_connections.clamp(1, 4)
+        } else {
+            std::cmp::max(config.max_connections, 2)
+        })
+        .min_connections(config.min_connections)
+        .connect_timeout(config.acquire_timeout)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|options| {
+            options
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+        });
+    Database::connect(options).await
+}
+
+/// One domain transaction: sea-orm writes through [`DomainTx::conn`], events through
+/// [`DomainTx::emit`], both made durable by [`DomainTx::commit`].
+#[derive(Debug)]
+pub struct DomainTx {
+    store: Store,
+    tx: Option<DatabaseTransaction>,
+    publisher: String,
+    buffered: Vec<PendingEvent>,
+    written: Vec<OutboxId>,
+}
+
+#[derive(Debug)]
+struct PendingEvent {
+    topic: Topic,
+    event_type: String,
+    data: String,
+}
+
+/// What a commit made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The outbox ids of the transaction's events, in emit order.
+    pub ids: Vec<OutboxId>,
+}
+
+impl DomainTx {
+    /// The transaction, for sea-orm reads and writes.
+    pub fn conn(&self) -> &DatabaseTransaction {
+        // Only `commit`, `rollback` and `Drop` take the transaction, and they consume self.
+        self.tx
+            .as_ref()
+            .expect("the transaction is present until commit or rollback")
+    }
+
+    /// Appends an event for `topic` (a JSON object, or null for no data). It becomes visible
+    /// to subscribers after the commit, in commit order with the topic's other events.
+    pub fn emit(
+        &mut self,
+        topic: &Topic,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let data = match data {
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(map) => Some(map),
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "event data must be a JSON object, not {other}"
+                )));
+            }
+        };
+        self.push(topic, event_type, data.map(serde_json::Value::Object))
+    }
+
+    /// [`DomainTx::emit`] for data already in protobuf form.
+    pub fn emit_struct(
+        &mut self,
+        topic: &Topic,
+        event_type: &str,
+        data: Option<Struct>,
+    ) -> Result<(), StoreError> {
+        let data = data
+            .map(|data| serde_json::to_value(data))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("event data: {e}")))?;
+        self.push(topic, event_type, data)
+    }
+
+    fn push(
+        &mut self,
+        topic: &Topic,
+        event_type: &str,
+        data: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        crate::node::validate_event_type(event_type)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.buffered.push(PendingEvent {
+            topic: topic.clone(),
+            event_type: event_type.to_owned(),
+            data: data.map_or_else(|| "{}".to_owned(), |data| data.to_string()),
+        });
+        Ok(())
+    }
+
+    /// Writes the buffered events now (commit does this by itself) and returns their ids.
+    /// From here to the commit, the transaction holds its topics' order locks.
+    pub async fn flush(&mut self) -> Result<Vec<OutboxId>, StoreError> {
+        let result = self.write_buffered().await;
+        if let Err(error) = &result {
+            self.store.report(error);
+        }
+        result
+    }
+
+    async fn write_buffered(&mut self) -> Result<Vec<OutboxId>, StoreError> {
+        if self.buffered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = std::mem::take(&mut self.buffered);
+        let tx = self.conn();
+
+        // Next sequence numbers, one upsert per topic, in topic order: transactions that
+        // emit to several topics lock them in the same order and cannot deadlock.
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for event in &events {
+            *counts.entry(event.topic.as_str()).or_default() += 1;
+        }
+        let mut next_seq: HashMap<&str, i64> = HashMap::new();
+        for (topic, count) in counts {
+            let row = outbox_topic::Entity::insert(outbox_topic::ActiveModel {
+                topic: Set(topic.to_owned()),
+                last_seq: Set(count),
+            })
+            .on_conflict(
+                OnConflict::column(outbox_topic::Column::Topic)
+                    .value(
+                        outbox_topic::Column::LastSeq,
+                        Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq))
+                            .add(count),
+                    )
+                    .to_owned(),
+            )
+            .exec_with_returning(tx)
+            .await?;
+            next_seq.insert(topic, row.last_seq - count + 1);
+        }
+
+        let now = unix_ms(SystemTime::now());
+        let rows = events.iter().map(|event| {
+            let seq = next_seq.entry(event.topic.as_str()).or_default();
+            *seq += 1;
+            outbox::ActiveModel {
+                topic: Set(event.topic.to_string()),
+                topic_seq: Set(*seq - 1),
+                event_type: Set(event.event_type.clone()),
+                data: Set(event.data.clone()),
+                publisher: Set(self.publisher.clone()),
+                status: Set(outbox::Status::Pending),
+                created_at_ms: Set(now),
+                ..Default::default()
+            }
+        });
+        let mut ids: Vec<OutboxId> = outbox::Entity::insert_many(rows)
+            .exec_with_returning(tx)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        // One INSERT assigns ids in row order.
+        ids.sort_unstable();
+        self.written.extend_from_slice(&ids);
+        Ok(ids)
+    }
+
+    /// Commits the writes and events, then wakes the relay (and, on PostgreSQL, the relays
+    /// of other nodes through NOTIFY).
+    pub async fn commit(self) -> Result<Committed, StoreError> {
+        let (store, committed) = self.commit_inner(false).await?;
+        store.wake_relay();
+        Ok(committed.0)
+    }
+
+    /// Commits, then waits at most `wait` until the relay published every event of the
+    /// transaction; returns where each landed, in emit order.
+    pub async fn commit_and_wait(self, wait: Duration) -> Result<Vec<Published>, StoreError> {
+        let (store, (committed, receivers)) = self.commit_inner(true).await?;
+        store.wake_relay();
+        let all = futures_util::future::join_all(receivers);
+        match tokio::time::timeout(wait, all).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| result.map_err(|_| StoreError::PublishPending(wait)))
+                .collect(),
+            Err(_) => {
+                store.forget_waiters(&committed.ids);
+                Err(StoreError::PublishPending(wait))
+            }
+        }
+    }
+
+    async fn commit_inner(
+        mut self,
+        wait: bool,
+    ) -> Result<(Store, (Committed, Vec<oneshot::Receiver<Published>>)), StoreError> {
+        let store = self.store.clone();
+        let result = async {
+            self.write_buffered().await?;
+            let receivers: Vec<_> = if wait {
+                self.written
+                    .iter()
+                    .map(|id| store.register_waiter(*id))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let tx = self
+                .tx
+                .take()
+                .expect("the transaction is present until commit or rollback");
+            if !self.written.is_empty() && tx.get_database_backend() == DbBackend::Postgres {
+                // Delivered to listeners when (and only if) the transaction commits.
+                tx.execute_unprepared(&format!("NOTIFY {}", relay::NOTIFY_CHANNEL))
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok((
+                Committed {
+                    ids: std::mem::take(&mut self.written),
+                },
+                receivers,
+            ))
+        }
+        .await;
+        match result {
+            Ok(done) => Ok((store, done)),
+            Err(error) => {
+                store.forget_waiters(&self.written);
+                store.report(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Rolls back: nothing written in the transaction is kept, no event is published.
+    pub async fn rollback(mut self) -> Result<(), StoreError> {
+        match self.tx.take() {
+            Some(tx) => Ok(tx.rollback().await?),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are single map operations; a poisoned map is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
