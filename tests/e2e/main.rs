@@ -4,5 +4,6 @@ mod auth;
 mod delivery;
 mod edge;
 mod lifecycle;
+mod outbox;
 mod resume;
 mod validation;

@@ -1,17 +1,23 @@
 //! The end-to-end test harness: [`spawn_app`] starts a real Herald backend in-process on
-//! port 0 with a fresh data directory, and typed clients talk to it over real gRPC
-//! connections, exactly as applications do.
+//! port 0 with a fresh data directory and a fresh database, and typed clients talk to it
+//! over real gRPC connections, exactly as applications do.
+//!
+//! The database is a fresh SQLite file, or with `HERALD_TEST_DATABASE=postgres` a fresh
+//! database on a real PostgreSQL cluster the harness starts ([`postgres`]); the same suite
+//! runs on both (`tests/run.sh` runs it twice).
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod edge;
+pub mod postgres;
 pub mod process;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use herald_backend::{
-    Config, ServeError,
+    Backend, Config, ServeError,
     auth::dev_key::{self, TokenClaims},
+    store::{RelayFaults, Store},
 };
 use herald_proto::{
     v1::{
@@ -27,6 +33,10 @@ use tonic::{
     Request, Status, Streaming,
     transport::{Channel, Endpoint},
 };
+pub use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
+};
 
 /// How long a test waits for something that should happen promptly before failing. A guard
 /// against hangs, never a performance assertion.
@@ -38,9 +48,40 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub config: Config,
+    /// The app's database and outbox, as domain services use them.
+    pub store: Store,
+    /// Fault injection into the app's outbox relay.
+    pub relay_faults: Arc<RelayFaults>,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
-    _data_dir: tempfile::TempDir,
+    data_dir: Arc<tempfile::TempDir>,
+}
+
+/// Which database a test app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDatabase {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDatabase {
+    /// `HERALD_TEST_DATABASE=postgres` selects PostgreSQL; SQLite otherwise.
+    pub fn from_env() -> TestDatabase {
+        match std::env::var("HERALD_TEST_DATABASE").as_deref() {
+            Ok("postgres" | "postgresql") => TestDatabase::Postgres,
+            _ => TestDatabase::Sqlite,
+        }
+    }
+
+    /// A URL of a fresh, empty database of this kind (SQLite files go into `dir`).
+    pub async fn fresh_url(self, dir: &std::path::Path) -> String {
+        match self {
+            TestDatabase::Sqlite => {
+                format!("sqlite://{}?mode=rwc", dir.join("herald.db").display())
+            }
+            TestDatabase::Postgres => postgres::shared().fresh_database().await,
+        }
+    }
 }
 
 /// Starts a backend with default settings.
@@ -48,41 +89,82 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts a backend after `configure` adjusted its settings.
+/// Starts a backend after `configure` adjusted its settings, on the database selected by
+/// `HERALD_TEST_DATABASE` (a fresh one) unless `configure` set `database_url`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_app_at("127.0.0.1:0", configure).await
+    spawn_app_on_at(TestDatabase::from_env(), "127.0.0.1:0", configure).await
 }
 
 /// Starts a backend on a given address (to restart one where its clients expect it).
 pub async fn spawn_app_at(addr: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on_at(TestDatabase::from_env(), addr, configure).await
+}
+
+/// Starts a backend on a fresh database of the given kind.
+pub async fn spawn_app_on(database: TestDatabase, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on_at(database, "127.0.0.1:0", configure).await
+}
+
+async fn spawn_app_on_at(
+    database: TestDatabase,
+    addr: &str,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("create a temporary data directory");
     let mut config = Config {
         data_dir: data_dir.path().to_owned(),
+        database_url: Some(database.fresh_url(data_dir.path()).await),
         ..Config::default()
     };
     config.auth.hs256_secret = Some(SECRET.to_owned());
     config.shutdown_grace = Duration::from_secs(5);
     configure(&mut config);
+    start(config, Arc::new(data_dir), addr).await
+}
+
+async fn start(config: Config, data_dir: Arc<tempfile::TempDir>, addr: &str) -> TestApp {
+    let backend = Backend::build(config.clone())
+        .await
+        .expect("the backend builds");
+    let store = backend.store().clone();
+    let relay_faults = backend.relay_faults().clone();
     let listener = TcpListener::bind(addr)
         .await
         .expect("bind the backend address");
     let addr = listener.local_addr().expect("listener address");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(herald_backend::run(
-        listener,
-        config.clone(),
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(backend.serve(listener, shutdown.clone()));
     TestApp {
         addr,
         config,
+        store,
+        relay_faults,
         shutdown,
         server,
-        _data_dir: data_dir,
+        data_dir,
     }
 }
 
 impl TestApp {
+    /// Stops this app and starts a new one on the same database and data directory, as after
+    /// a process restart (the in-memory broker starts empty).
+    pub async fn restart(self) -> TestApp {
+        let config = self.config.clone();
+        let data_dir = self.data_dir.clone();
+        self.shutdown().await.expect("the old app stops cleanly");
+        start(config, data_dir, "127.0.0.1:0").await
+    }
+
+    /// A grpc.health.v1 client on its own connection.
+    pub async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(
+            self.endpoint()
+                .connect()
+                .await
+                .expect("connect to the test server"),
+        )
+    }
+
     /// A token for `sub` with `roles`, valid for an hour.
     pub fn token(&self, sub: &str, roles: &[&str]) -> String {
         self.sign(&TokenClaims::new(sub, roles, Duration::from_secs(3600)))
@@ -195,6 +277,25 @@ impl Client {
             r#type: event_type.to_owned(),
             data: Some(data),
             idempotency_key: idempotency_key.map(str::to_owned),
+            durable: false,
+        });
+        Ok(self.rooms.clone().publish(request).await?.into_inner())
+    }
+
+    /// A durable publish (transactional outbox): answers once committed and published.
+    pub async fn try_publish_durable(
+        &self,
+        topic: &str,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<PublishResponse, Status> {
+        let data: Struct = serde_json::from_value(data).expect("data is a JSON object");
+        let request = self.request(PublishRequest {
+            topic: topic.to_owned(),
+            r#type: event_type.to_owned(),
+            data: Some(data),
+            idempotency_key: None,
+            durable: true,
         });
         Ok(self.rooms.clone().publish(request).await?.into_inner())
     }

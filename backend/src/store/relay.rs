@@ -28,7 +28,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -40,6 +40,7 @@ use sea_orm::{
     sea_query::{CaseStatement, Expr, ExprTrait},
     sqlx::{self, PgConnection, PgPool, postgres::PgListener},
 };
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, entity::outbox, idempotency_key, unix_ms};
@@ -59,32 +60,53 @@ const LEADER_LOCK_KEY: i64 = 0x6865_7261_6c64;
 /// Fault injection for tests: makes the relay die at a chosen point of its next batch, as a
 /// killed process would (its leadership, if any, is released and a fresh relay starts from
 /// what the database says).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RelayFaults {
-    kill_before_publish: AtomicBool,
-    kill_before_mark: AtomicBool,
-    kills: AtomicU64,
+    kill_before_publish: AtomicU64,
+    kill_before_mark: AtomicU64,
+    kills: watch::Sender<u64>,
+}
+
+impl Default for RelayFaults {
+    fn default() -> Self {
+        RelayFaults {
+            kill_before_publish: AtomicU64::new(0),
+            kill_before_mark: AtomicU64::new(0),
+            kills: watch::Sender::new(0),
+        }
+    }
 }
 
 impl RelayFaults {
-    /// The next batch dies after reading committed rows and before publishing any.
-    pub fn kill_before_publish_once(&self) {
-        self.kill_before_publish.store(true, Ordering::SeqCst);
+    /// The next `times` batches die after reading committed rows and before publishing any
+    /// (`u64::MAX`: every batch, a relay that never gets further).
+    pub fn kill_before_publish(&self, times: u64) {
+        self.kill_before_publish.store(times, Ordering::SeqCst);
     }
 
-    /// The next batch dies after publishing and before marking the rows published.
-    pub fn kill_before_mark_once(&self) {
-        self.kill_before_mark.store(true, Ordering::SeqCst);
+    /// The next `times` batches die after publishing and before marking the rows published.
+    pub fn kill_before_mark(&self, times: u64) {
+        self.kill_before_mark.store(times, Ordering::SeqCst);
     }
 
     /// How many times a fault killed the relay.
     pub fn kills(&self) -> u64 {
-        self.kills.load(Ordering::SeqCst)
+        *self.kills.borrow()
     }
 
-    fn check(&self, armed: &AtomicBool, point: &'static str) -> Result<(), RelayError> {
-        if armed.swap(false, Ordering::SeqCst) {
-            self.kills.fetch_add(1, Ordering::SeqCst);
+    /// Waits until faults killed the relay at least `count` times.
+    pub async fn killed(&self, count: u64) {
+        let mut kills = self.kills.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = kills.wait_for(|kills| *kills >= count).await;
+    }
+
+    fn check(&self, armed: &AtomicU64, point: &'static str) -> Result<(), RelayError> {
+        let fire = armed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        if fire {
+            self.kills.send_modify(|kills| *kills += 1);
             return Err(RelayError::Killed(point));
         }
         Ok(())
@@ -130,6 +152,11 @@ pub async fn run(
             Ok(()) => break,
             Err(RelayError::Killed(point)) => {
                 tracing::warn!(point, "relay killed by fault injection; starting over");
+                // Like a restarted process: a fresh relay, at once but not in a hot loop.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
                 continue;
             }
             Err(error) => {
@@ -139,6 +166,8 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
+            // A commit means the database is back: no need to wait out the backoff.
+            _ = store.inner.relay_wake.notified() => store.wake_relay(),
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }

@@ -1,0 +1,114 @@
+//! Every migration goes up and down on both databases, and a database migrated step by step
+//! (including a full roll-back) ends with exactly the schema of a fresh one.
+
+use herald_e2e::TestDatabase;
+use herald_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+
+async fn fresh(kind: TestDatabase, dir: &tempfile::TempDir, name: &str) -> DatabaseConnection {
+    let url = match kind {
+        TestDatabase::Sqlite => {
+            format!("sqlite://{}?mode=rwc", dir.path().join(name).display())
+        }
+        TestDatabase::Postgres => kind.fresh_url(dir.path()).await,
+    };
+    Database::connect(url).await.unwrap()
+}
+
+/// The schema as comparable text: tables, columns with types, nullability and defaults,
+/// and indexes; without the migration bookkeeping table.
+async fn schema_of(db: &DatabaseConnection) -> Vec<String> {
+    let backend = db.get_database_backend();
+    let queries: &[&str] = match backend {
+        DbBackend::Sqlite => &["SELECT type || ' ' || name || ': ' || coalesce(sql, '') AS line \
+             FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND tbl_name <> 'seaql_migrations' \
+             ORDER BY type, name"],
+        _ => &[
+            "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable \
+             || ' ' || coalesce(column_default, '') || ' ' || coalesce(character_maximum_length::text, '') AS line \
+             FROM information_schema.columns WHERE table_schema = 'public' \
+             AND table_name <> 'seaql_migrations' ORDER BY table_name, column_name",
+            "SELECT indexdef AS line FROM pg_indexes WHERE schemaname = 'public' \
+             AND tablename <> 'seaql_migrations' ORDER BY indexname",
+        ],
+    };
+    let mut lines = vec![];
+    for sql in queries {
+        let rows = db
+            .query_all_raw(Statement::from_string(backend, *sql))
+            .await
+            .unwrap();
+        for row in rows {
+            lines.push(row.try_get::<String>("", "line").unwrap());
+        }
+    }
+    lines
+}
+
+async fn applied(db: &DatabaseConnection) -> usize {
+    Migrator::get_applied_migrations(db).await.unwrap().len()
+}
+
+async fn every_migration_goes_up_and_down(kind: TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh(kind, &dir, "steps.db").await;
+    let total = Migrator::migrations().len();
+    assert!(total >= 2);
+    let empty = schema_of(&db).await;
+    let mut after_step = vec![empty.clone()];
+    for step in 1..=total {
+        Migrator::up(&db, Some(1)).await.unwrap();
+        assert_eq!(applied(&db).await, step);
+        after_step.push(schema_of(&db).await);
+        assert_ne!(after_step[step], after_step[step - 1], "migration {step} changes the schema");
+    }
+    for step in (0..total).rev() {
+        Migrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(applied(&db).await, step);
+        assert_eq!(
+            schema_of(&db).await,
+            after_step[step],
+            "rolling back migration {} restores the schema before it",
+            step + 1
+        );
+    }
+    assert!(schema_of(&db).await.is_empty(), "nothing is left after a full roll-back");
+}
+
+async fn a_migrated_database_matches_a_fresh_one(kind: TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh_db = fresh(kind, &dir, "fresh.db").await;
+    Migrator::up(&fresh_db, None).await.unwrap();
+
+    let migrated = fresh(kind, &dir, "migrated.db").await;
+    for _ in Migrator::migrations() {
+        Migrator::up(&migrated, Some(1)).await.unwrap();
+    }
+    Migrator::down(&migrated, None).await.unwrap();
+    Migrator::up(&migrated, Some(1)).await.unwrap();
+    Migrator::up(&migrated, None).await.unwrap();
+
+    let expected = schema_of(&fresh_db).await;
+    assert!(expected.iter().any(|line| line.contains("outbox")), "{expected:#?}");
+    assert_eq!(schema_of(&migrated).await, expected);
+}
+
+#[tokio::test]
+async fn every_migration_goes_up_and_down_on_sqlite() {
+    every_migration_goes_up_and_down(TestDatabase::Sqlite).await;
+}
+
+#[tokio::test]
+async fn every_migration_goes_up_and_down_on_postgres() {
+    every_migration_goes_up_and_down(TestDatabase::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_stepwise_migrated_sqlite_database_has_the_schema_of_a_fresh_one() {
+    a_migrated_database_matches_a_fresh_one(TestDatabase::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stepwise_migrated_postgres_database_has_the_schema_of_a_fresh_one() {
+    a_migrated_database_matches_a_fresh_one(TestDatabase::Postgres).await;
+}
