@@ -283,8 +283,12 @@ impl Store {
             )
             .await;
             let up = matches!(ping, Ok(Ok(())));
-            let was = self.inner.ready.send_replace(up);
-            if was != up {
+            let changed = self.inner.ready.send_if_modified(|ready| {
+                let changed = *ready != up;
+                *ready = up;
+                changed
+            });
+            if changed {
                 if up {
                     tracing::info!("database reachable again: ready");
                 } else {
