@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Herald's one test command: installs whatever the tests need and is missing on a fresh
-# Debian machine (Node.js for the proto linter), then lints and runs every test.
+# Debian machine (Node.js for the proto linter, PostgreSQL for the database tests), then
+# lints and runs every test. The end-to-end suite runs twice: on SQLite, then on PostgreSQL.
 #
 #   bash tests/run.sh            # everything
 #   HERALD_SKIP_LINT=1 bash tests/run.sh   # tests only
@@ -20,6 +21,9 @@ install_apt() {
 missing=()
 command -v cargo >/dev/null || { echo "error: cargo is missing; install Rust from rustup first" >&2; exit 1; }
 command -v npx >/dev/null || missing+=(nodejs npm)
+# The tests start their own throwaway PostgreSQL clusters with initdb and pg_ctl.
+pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
+[ -x "$pg_bindir/initdb" ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] || install_apt "${missing[@]}"
 
 if [ -z "${HERALD_SKIP_LINT:-}" ]; then
@@ -36,8 +40,11 @@ fi
 step "cargo build --bin herald (end-to-end tests start it as a separate process)"
 cargo build --bin herald
 
-step "cargo test (unit, property and end-to-end tests)"
+step "cargo test (unit, property, database and end-to-end tests on SQLite)"
 cargo test --workspace
+
+step "cargo test (the end-to-end suite again, on PostgreSQL)"
+HERALD_TEST_DATABASE=postgres cargo test -p herald-e2e --test e2e
 
 step "grpc-web end-to-end tests with Connect-ES (tests/web: npm ci, buf generate, node --test)"
 (cd tests/web && npm ci --no-audit --no-fund && npx buf generate && node --test)

@@ -283,7 +283,8 @@ impl Node {
         data: Option<Struct>,
         idempotency_key: Option<String>,
     ) -> Result<Published, Error> {
-        let idempotency_key = self.check_publish(who, &topic, &event_type, &data, idempotency_key)?;
+        let idempotency_key =
+            self.check_publish(who, &topic, &event_type, &data, idempotency_key)?;
         let published = self
             .broker
             .publish(EventDraft {

@@ -48,7 +48,11 @@ impl MigrationTrait for Migration {
                             .not_null()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(OutboxTopic::LastSeq).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(OutboxTopic::LastSeq)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -73,7 +77,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Outbox::PublishedAtMs).big_integer().null())
                     .col(ColumnDef::new(Outbox::PublishedOffset).big_integer().null())
                     .col(ColumnDef::new(Outbox::PublishedEpoch).string_len(64).null())
-                    .col(ColumnDef::new(Outbox::PublishedEventId).string_len(64).null())
+                    .col(
+                        ColumnDef::new(Outbox::PublishedEventId)
+                            .string_len(64)
+                            .null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -21,8 +21,7 @@ const WRITERS: u64 = 50;
 const TOPICS: u64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_slow_concurrent_writers_never_have_an_event_skipped_or_reordered_within_its_topic()
-{
+async fn fifty_slow_concurrent_writers_never_have_an_event_skipped_or_reordered_within_its_topic() {
     let app = spawn_app_on(TestDatabase::Postgres, |config| {
         config.database.max_connections = 80;
         config.database.acquire_timeout = Duration::from_secs(30);

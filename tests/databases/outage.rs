@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use herald_backend::error::RETRY_AFTER_TRAILER;
 use herald_e2e::{
-    HealthCheckRequest, PATIENCE, ServingStatus, TestDatabase, postgres::PgCluster,
-    spawn_app_on,
+    HealthCheckRequest, PATIENCE, ServingStatus, TestDatabase, postgres::PgCluster, spawn_app_on,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;

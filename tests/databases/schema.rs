@@ -20,9 +20,11 @@ async fn fresh(kind: TestDatabase, dir: &tempfile::TempDir, name: &str) -> Datab
 async fn schema_of(db: &DatabaseConnection) -> Vec<String> {
     let backend = db.get_database_backend();
     let queries: &[&str] = match backend {
-        DbBackend::Sqlite => &["SELECT type || ' ' || name || ': ' || coalesce(sql, '') AS line \
+        DbBackend::Sqlite => &[
+            "SELECT type || ' ' || name || ': ' || coalesce(sql, '') AS line \
              FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND tbl_name <> 'seaql_migrations' \
-             ORDER BY type, name"],
+             ORDER BY type, name",
+        ],
         _ => &[
             "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable \
              || ' ' || coalesce(column_default, '') || ' ' || coalesce(character_maximum_length::text, '') AS line \
@@ -60,7 +62,11 @@ async fn every_migration_goes_up_and_down(kind: TestDatabase) {
         Migrator::up(&db, Some(1)).await.unwrap();
         assert_eq!(applied(&db).await, step);
         after_step.push(schema_of(&db).await);
-        assert_ne!(after_step[step], after_step[step - 1], "migration {step} changes the schema");
+        assert_ne!(
+            after_step[step],
+            after_step[step - 1],
+            "migration {step} changes the schema"
+        );
     }
     for step in (0..total).rev() {
         Migrator::down(&db, Some(1)).await.unwrap();
@@ -72,7 +78,10 @@ async fn every_migration_goes_up_and_down(kind: TestDatabase) {
             step + 1
         );
     }
-    assert!(schema_of(&db).await.is_empty(), "nothing is left after a full roll-back");
+    assert!(
+        schema_of(&db).await.is_empty(),
+        "nothing is left after a full roll-back"
+    );
 }
 
 async fn a_migrated_database_matches_a_fresh_one(kind: TestDatabase) {
@@ -89,7 +98,10 @@ async fn a_migrated_database_matches_a_fresh_one(kind: TestDatabase) {
     Migrator::up(&migrated, None).await.unwrap();
 
     let expected = schema_of(&fresh_db).await;
-    assert!(expected.iter().any(|line| line.contains("outbox")), "{expected:#?}");
+    assert!(
+        expected.iter().any(|line| line.contains("outbox")),
+        "{expected:#?}"
+    );
     assert_eq!(schema_of(&migrated).await, expected);
 }
 

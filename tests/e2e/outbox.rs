@@ -4,10 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use herald_backend::{
-    store::entity::outbox,
-    topic::Topic,
-};
+use herald_backend::{store::entity::outbox, topic::Topic};
 use herald_e2e::{Subscription, TestApp, range, spawn_app};
 use herald_proto::v1::Event;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -136,7 +133,11 @@ async fn a_rolled_back_transaction_never_publishes() {
 
     commit_and_wait(&app, "room:phantom", 3).await;
     let event = sub.next_event().await;
-    assert_eq!((n_of(&event), event.offset), (3, 1), "only the committed event");
+    assert_eq!(
+        (n_of(&event), event.offset),
+        (3, 1),
+        "only the committed event"
+    );
     let rows = outbox::Entity::find().all(app.store.db()).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].topic_seq, 1, "rolled-back events leave no gap");
@@ -174,7 +175,11 @@ async fn a_relay_killed_after_publish_and_before_marking_delivers_every_event_ex
     let (ns, offsets) = read(&mut sub, 11).await;
     let delivered: BTreeSet<u64> = ns.iter().copied().collect();
     assert_eq!(delivered, (1..=11).collect::<BTreeSet<u64>>());
-    assert_eq!(ns, range(1, 11), "no duplicate between the crash and the next event");
+    assert_eq!(
+        ns,
+        range(1, 11),
+        "no duplicate between the crash and the next event"
+    );
     assert_eq!(offsets, range(1, 11));
     assert_eq!(app.relay_faults.kills(), 1);
     assert_eq!(pending_rows(&app).await, 0);

@@ -96,7 +96,16 @@ impl PgCluster {
         let log = self.dir.join("server.log").display().to_string();
         self.run(
             "pg_ctl",
-            &["-D", &self.data_dir(), "-o", &options, "-l", &log, "-w", "start"],
+            &[
+                "-D",
+                &self.data_dir(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
         )
     }
 

@@ -46,7 +46,11 @@ impl RoomsService {
         let Some(store) = &self.store else {
             return Err(Error::Unavailable("durable publishing is not enabled".into()).into());
         };
-        if request.idempotency_key.as_ref().is_some_and(|k| !k.is_empty()) {
+        if request
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| !k.is_empty())
+        {
             return Err(Error::invalid(
                 "durable publishes are idempotent by themselves; drop idempotency_key",
             )

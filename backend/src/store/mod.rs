@@ -44,9 +44,9 @@ use std::{
 use herald_migrations::{Migrator, MigratorTrait};
 use herald_proto::wkt::Struct;
 use sea_orm::{
-    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ActiveValue::Set,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 use serde::Deserialize;
@@ -476,8 +476,7 @@ impl DomainTx {
                 OnConflict::column(outbox_topic::Column::Topic)
                     .value(
                         outbox_topic::Column::LastSeq,
-                        Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq))
-                            .add(count),
+                        Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq)).add(count),
                     )
                     .to_owned(),
             )

@@ -103,7 +103,9 @@ impl RelayFaults {
 
     fn check(&self, armed: &AtomicU64, point: &'static str) -> Result<(), RelayError> {
         let fire = armed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
             .is_ok();
         if fire {
             self.kills.send_modify(|kills| *kills += 1);
