@@ -91,7 +91,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Delivery times (ns since `origin`) per event sequence number, and commit times.
     let origin = Instant::now();
     let total = args.events + args.rate * args.latency_for.as_secs() + 1;
-    let committed_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let committed_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let latency_from = Arc::new(AtomicU64::new(u64::MAX));

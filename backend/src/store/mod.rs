@@ -421,7 +421,7 @@ impl DomainTx {
         data: Option<Struct>,
     ) -> Result<(), StoreError> {
         let data = data
-            .map(|data| serde_json::to_value(data))
+            .map(serde_json::to_value)
             .transpose()
             .map_err(|e| StoreError::Invalid(format!("event data: {e}")))?;
         self.push(topic, event_type, data)

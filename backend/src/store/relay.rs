@@ -150,7 +150,12 @@ pub async fn run(
             broker: broker.clone(),
             faults: faults.clone(),
         };
-        match relay.run(&shutdown).await {
+        let began = tokio::time::Instant::now();
+        let result = relay.run(&shutdown).await;
+        if began.elapsed() > Duration::from_secs(30) {
+            pause = Duration::from_millis(100); // it had been healthy: a fresh failure
+        }
+        match result {
             Ok(()) => break,
             Err(RelayError::Killed(point)) => {
                 tracing::warn!(point, "relay killed by fault injection; starting over");
