@@ -47,10 +47,10 @@ use sea_orm::{
     ActiveValue::Set,
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use serde::Deserialize;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::{broker::Published, topic::Topic};
 use entity::{outbox, outbox_topic};
@@ -180,6 +180,9 @@ struct Inner {
     health_nudge: Notify,
     ready: watch::Sender<bool>,
     waiters: Mutex<HashMap<OutboxId, oneshot::Sender<Published>>>,
+    /// SQLite has one writer at a time: writers queue here, in order, instead of in SQLite's
+    /// busy handler, whose sleeps would add milliseconds of latency.
+    writer: Option<Arc<Semaphore>>,
 }
 
 impl Store {
@@ -192,8 +195,11 @@ impl Store {
     }
 
     fn from_connection(db: DatabaseConnection, config: StoreConfig) -> Store {
+        let writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Semaphore::new(1)));
         Store {
             inner: Arc::new(Inner {
+                writer,
                 db,
                 config,
                 relay_wake: Notify::new(),
@@ -234,12 +240,14 @@ impl Store {
             ..TransactionOptions::default()
         };
         let started = tokio::time::Instant::now();
+        let writer = self.write_turn().await?;
         let mut pause = Duration::from_millis(20);
         loop {
             match self.inner.db.begin_with_options(options).await {
                 Ok(tx) => {
                     return Ok(DomainTx {
                         store: self.clone(),
+                        _writer: writer,
                         tx: Some(tx),
                         publisher: publisher.to_owned(),
                         buffered: Vec::new(),
@@ -259,6 +267,25 @@ impl Store {
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
             }
+        }
+    }
+
+    /// Waits for the writer's turn (SQLite only; `None` elsewhere). Hold it while writing.
+    pub(crate) async fn write_turn(&self) -> Result<Option<OwnedSemaphorePermit>, StoreError> {
+        let Some(writer) = &self.inner.writer else {
+            return Ok(None);
+        };
+        let turn = tokio::time::timeout(
+            self.inner.config.write_retry_budget,
+            writer.clone().acquire_owned(),
+        )
+        .await;
+        match turn {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            // The semaphore is never closed; a timeout means the database is too busy.
+            _ => Err(StoreError::Unavailable(DbErr::ConnectionAcquire(
+                sea_orm::error::ConnAcquireErr::Timeout,
+            ))),
         }
     }
 
@@ -364,6 +391,8 @@ pub async fn connect(url: &str, config: &StoreConfig) -> Result<DatabaseConnecti
 #[derive(Debug)]
 pub struct DomainTx {
     store: Store,
+    /// Held until the transaction ends (SQLite's single writer).
+    _writer: Option<OwnedSemaphorePermit>,
     tx: Option<DatabaseTransaction>,
     publisher: String,
     buffered: Vec<PendingEvent>,
@@ -460,29 +489,33 @@ impl DomainTx {
         let events = std::mem::take(&mut self.buffered);
         let tx = self.conn();
 
-        // Next sequence numbers, one upsert per topic, in topic order: transactions that
-        // emit to several topics lock them in the same order and cannot deadlock.
+        // Next sequence numbers: one upsert for all topics, rows in topic order, so
+        // transactions that emit to several topics lock them in the same order and cannot
+        // deadlock each other.
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         for event in &events {
             *counts.entry(event.topic.as_str()).or_default() += 1;
         }
+        let last_seq = || Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq));
+        let excluded = Expr::col((Alias::new("excluded"), outbox_topic::Column::LastSeq));
+        let bumped = outbox_topic::Entity::insert_many(counts.iter().map(|(topic, count)| {
+            outbox_topic::ActiveModel {
+                topic: Set((*topic).to_owned()),
+                last_seq: Set(*count),
+            }
+        }))
+        .on_conflict(
+            OnConflict::column(outbox_topic::Column::Topic)
+                .value(outbox_topic::Column::LastSeq, last_seq().add(excluded))
+                .to_owned(),
+        )
+        .exec_with_returning(tx)
+        .await?;
         let mut next_seq: HashMap<&str, i64> = HashMap::new();
-        for (topic, count) in counts {
-            let row = outbox_topic::Entity::insert(outbox_topic::ActiveModel {
-                topic: Set(topic.to_owned()),
-                last_seq: Set(count),
-            })
-            .on_conflict(
-                OnConflict::column(outbox_topic::Column::Topic)
-                    .value(
-                        outbox_topic::Column::LastSeq,
-                        Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq)).add(count),
-                    )
-                    .to_owned(),
-            )
-            .exec_with_returning(tx)
-            .await?;
-            next_seq.insert(topic, row.last_seq - count + 1);
+        for row in &bumped {
+            if let Some((topic, count)) = counts.get_key_value(row.topic.as_str()) {
+                next_seq.insert(topic, row.last_seq - count + 1);
+            }
         }
 
         let now = unix_ms(SystemTime::now());

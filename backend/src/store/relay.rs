@@ -270,7 +270,9 @@ impl Relay {
         self.faults
             .check(&self.faults.kill_before_mark, "before mark")?;
 
+        let turn = self.store.write_turn().await?;
         mark(db, &published, &dead).await?;
+        drop(turn);
         let duplicates = published.iter().filter(|(_, p)| p.duplicate).count();
         tracing::debug!(
             relayed = published.len(),
@@ -288,6 +290,7 @@ impl Relay {
     async fn purge(&self) -> Result<(), RelayError> {
         let retention = self.store.config().published_retention;
         let cutoff = unix_ms(SystemTime::now() - retention);
+        let _turn = self.store.write_turn().await?;
         let purged = outbox::Entity::delete_many()
             .filter(outbox::Column::Status.eq(outbox::Status::Published))
             .filter(outbox::Column::PublishedAtMs.lt(cutoff))
