@@ -10,7 +10,7 @@
 //! Two phases against one in-process backend: **throughput** (writers commit transactions of
 //! `--batch` events as fast as they can; events/s from the first commit to the last delivery)
 //! and **latency** (one event per transaction at `--rate` events/s; time from the commit's
-//! return to the subscriber receiving it). Events are spread over `--topics` topics, each
+//! start to the subscriber receiving it). Events are spread over `--topics` topics, each
 //! with `--subscribers-per-topic` gRPC subscribers.
 
 use std::{
@@ -61,6 +61,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let dir = tempfile::tempdir()?;
     let mut config = Config {
         data_dir: dir.path().to_owned(),
@@ -206,8 +213,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pending.spawn(async move {
             let mut tx = store.begin().await?;
             tx.emit(&topic, "bench.durable", serde_json::json!({ "seq": seq }))?;
-            tx.commit().await?;
+            // Measured from the start of the commit (it includes the commit itself): the
+            // relay may deliver before `commit` has returned here.
             committed_at[seq as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
+            tx.commit().await?;
             Ok::<(), herald_backend::store::StoreError>(())
         });
         while pending.try_join_next().is_some() {}
