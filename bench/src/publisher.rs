@@ -137,6 +137,7 @@ pub(crate) async fn run(
             r#type: EVENT_TYPE.to_owned(),
             data: Some(wire::event_data(sent)),
             idempotency_key: None,
+            durable: false,
         });
         request
             .metadata_mut()
