@@ -23,17 +23,18 @@ struct Claims<'a> {
     exp: u64,
 }
 
-/// The `authorization` metadata value, `Bearer <JWT>`. Minted tokens live for `ttl`: a stream
+/// The token to present, given or minted; minted tokens live for `ttl`: a subscription
 /// outlives its token only to be ended with TOKEN_EXPIRED.
-pub(crate) fn bearer(
-    credentials: &Credentials,
-    ttl: Duration,
-) -> Result<AsciiMetadataValue, BenchError> {
-    let token = match credentials {
-        Credentials::Token(token) => token.trim().to_owned(),
-        Credentials::Secret(secret) => mint(secret, ttl)?,
-        Credentials::DataDir(dir) => mint(&read_dev_key(dir)?, ttl)?,
-    };
+pub(crate) fn token(credentials: &Credentials, ttl: Duration) -> Result<String, BenchError> {
+    match credentials {
+        Credentials::Token(token) => Ok(token.trim().to_owned()),
+        Credentials::Secret(secret) => mint(secret, ttl),
+        Credentials::DataDir(dir) => mint(&read_dev_key(dir)?, ttl),
+    }
+}
+
+/// The `authorization` metadata value, `Bearer <JWT>`.
+pub(crate) fn bearer(token: &str) -> Result<AsciiMetadataValue, BenchError> {
     format!("Bearer {token}")
         .parse()
         .map_err(|_| BenchError::new("the token contains characters not allowed in gRPC metadata"))
@@ -76,7 +77,8 @@ mod tests {
     #[test]
     fn a_minted_token_is_a_service_token_signed_with_the_secret() {
         let secret = "0123456789abcdef0123456789abcdef";
-        let value = bearer(&Credentials::Secret(secret.into()), Duration::from_secs(60)).unwrap();
+        let minted = token(&Credentials::Secret(secret.into()), Duration::from_secs(60)).unwrap();
+        let value = bearer(&minted).unwrap();
         let token = value.to_str().unwrap().strip_prefix("Bearer ").unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.validate_aud = false;
@@ -92,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_missing_data_dir_names_the_file_and_the_alternatives() {
-        let error = bearer(
+        let error = token(
             &Credentials::DataDir("/nonexistent/herald".into()),
             Duration::from_secs(60),
         )

@@ -1,39 +1,94 @@
 //! Command-line options, parsed once into a [`Plan`] of typed, checked values.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Parser, ValueEnum};
 
-use crate::error::BenchError;
+use crate::{error::BenchError, net};
 
 /// Streams one HTTP/2 connection carries by default.
 const STREAMS_PER_CONNECTION: usize = 500;
 /// The server's default `grpc.max_concurrent_streams`; more streams per connection would queue.
 const SERVER_MAX_STREAMS_PER_CONNECTION: usize = 10_000;
+/// Herald's edge, as `herald serve` starts it.
+const DEFAULT_WS_URL: &str = "ws://127.0.0.1:8080/ws";
+/// The peer in bench/peers/socketio, started with `node server.js --port 3000`.
+const DEFAULT_SOCKETIO_URL: &str = "ws://127.0.0.1:3000/socket.io/?EIO=4&transport=websocket";
+
+/// How subscribers reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Protocol {
+    /// `herald.v1.Rooms/Subscribe` streams, many per HTTP/2 connection.
+    Grpc,
+    /// Herald's browser protocol: one WebSocket per subscriber to an edge (`--ws-url`);
+    /// publishing still goes through gRPC `Rooms/Publish` (`--server`).
+    Ws,
+    /// Socket.IO 4 (bench/peers/socketio): one socket per subscriber joining a room;
+    /// publishing is an acknowledged `publish` event.
+    Socketio,
+}
+
+impl Protocol {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Ws => "ws",
+            Protocol::Socketio => "socketio",
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "herald-bench",
     version,
-    about = "Load generator for herald.v1.Rooms: many subscriber streams, paced or saturating \
-             publishers; reports deliveries/s, publish-to-receive latency, loss and memory.",
-    long_about = "Load generator for herald.v1.Rooms.\n\n\
-        Opens --subscribers streams spread round-robin over --topics topics \
-        (`room:bench-0` …), shared by --connections HTTP/2 connections, waits until every \
-        stream received `subscribed`, then publishes (--rate or --saturate) for --warmup + \
-        --duration seconds and measures during the last --duration seconds. Every subscriber \
-        checks offsets (lost, duplicated, reordered) and resumes with `since` when the server \
-        ends its stream (slow consumer, shutdown).\n\n\
-        Example:\n  herald serve --data-dir /tmp/benchdata &\n  \
-        herald-bench --data-dir /tmp/benchdata --subscribers 10000 --rate 100 --server-pid $!\n\n\
+    about = "Load generator for Herald (gRPC or the browser WebSocket protocol) and, for \
+             comparison, Socket.IO: many subscribers, paced or saturating publishers; reports \
+             deliveries/s, publish-to-receive latency, loss and memory.",
+    long_about = "Load generator for Herald and, for comparison, Socket.IO.\n\n\
+        Opens --subscribers subscriptions spread round-robin over --topics topics \
+        (`room:bench-0` …): gRPC streams shared by --connections HTTP/2 connections \
+        (--protocol grpc), or one WebSocket each to Herald's edge (--protocol ws) or to the \
+        Socket.IO peer in bench/peers/socketio (--protocol socketio). It waits until every \
+        subscription is answered (the time it takes gives connects+subscribes per second), \
+        then publishes (--rate or --saturate) for --warmup + --duration seconds and measures \
+        during the last --duration seconds. Every subscriber checks offsets (lost, duplicated, \
+        reordered) and resumes with `since` when Herald ends its subscription (slow consumer, \
+        shutdown).\n\n\
+        Examples:\n  herald serve --data-dir /tmp/benchdata &\n  \
+        herald-bench --data-dir /tmp/benchdata --subscribers 10000 --rate 100 --server-pid $!\n  \
+        herald-bench --data-dir /tmp/benchdata --protocol ws --source-ips 127.0.0.2-127.0.0.40 \
+        --subscribers 10000 --rate 100 --server-pid $!\n  \
+        node bench/peers/socketio/server.js --port 3000 &\n  \
+        herald-bench --protocol socketio --source-ips 127.0.0.2-127.0.0.40 \
+        --subscribers 10000 --rate 100 --server-pid $!\n\n\
         The last line of output is one JSON object with every figure."
 )]
 #[command(group(ArgGroup::new("mode").required(true).args(["rate", "saturate", "idle"])))]
 #[command(group(ArgGroup::new("credentials").args(["token", "secret", "data_dir"])))]
 pub(crate) struct Args {
-    /// The Herald gRPC server.
+    /// How subscribers connect.
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    protocol: Protocol,
+
+    /// The Herald gRPC server (subscribers with --protocol grpc, publishers with grpc and ws).
     #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
     server: String,
+
+    /// WebSocket endpoint(s) for --protocol ws or socketio; repeat it to spread sockets
+    /// round-robin over several edges [default: ws://127.0.0.1:8080/ws for ws,
+    /// ws://127.0.0.1:3000/socket.io/?EIO=4&transport=websocket for socketio]
+    #[arg(long = "ws-url", value_name = "URL")]
+    ws_urls: Vec<String>,
+
+    /// Local addresses WebSockets are opened from, round-robin, e.g. 127.0.0.2-127.0.0.40:
+    /// one source address has only ~28,000 ephemeral ports.
+    #[arg(long, value_name = "IPS")]
+    source_ips: Option<String>,
+
+    /// The Socket.IO peer's publish key (its PUBLISH_KEY).
+    #[arg(long, default_value = "bench", value_name = "KEY")]
+    publish_key: String,
 
     /// A token to present; it needs rights to subscribe and publish on the bench topics.
     #[arg(long, value_name = "JWT")]
@@ -56,7 +111,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1, value_name = "T")]
     topics: usize,
 
-    /// HTTP/2 connections the streams share [default: subscribers / 500, rounded up]
+    /// HTTP/2 connections the gRPC streams share [default: subscribers / 500, rounded up]
     #[arg(long, value_name = "C")]
     connections: Option<usize>,
 
@@ -106,8 +161,9 @@ pub(crate) struct Args {
     open_timeout: f64,
 
     /// The server's process id: its resident memory (VmRSS) and CPU time are read from /proc.
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// Repeat it (or give PID,PID) to add up several processes, e.g. an edge and its backend.
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
+    server_pids: Vec<u32>,
 
     /// Topic names are PREFIX-0 … PREFIX-{T-1}.
     #[arg(long, default_value = "room:bench", value_name = "PREFIX")]
@@ -137,7 +193,11 @@ pub(crate) enum Mode {
 /// A checked run description.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    pub(crate) protocol: Protocol,
     pub(crate) server: String,
+    pub(crate) ws_urls: Vec<String>,
+    pub(crate) source_ips: Vec<IpAddr>,
+    pub(crate) publish_key: String,
     pub(crate) credentials: Credentials,
     pub(crate) subscribers: usize,
     pub(crate) topics: Vec<String>,
@@ -151,7 +211,7 @@ pub(crate) struct Plan {
     pub(crate) drain_timeout: Duration,
     pub(crate) open_concurrency: usize,
     pub(crate) open_timeout: Duration,
-    pub(crate) server_pid: Option<u32>,
+    pub(crate) server_pids: Vec<u32>,
     pub(crate) scenario: String,
 }
 
@@ -220,6 +280,16 @@ impl Args {
         let topics: Vec<String> = (0..topic_count)
             .map(|i| format!("{}-{i}", self.topic_prefix))
             .collect();
+        let ws_urls = match (self.protocol, self.ws_urls.is_empty()) {
+            (Protocol::Grpc, _) | (_, false) => self.ws_urls,
+            (Protocol::Ws, true) => vec![DEFAULT_WS_URL.to_owned()],
+            (Protocol::Socketio, true) => vec![DEFAULT_SOCKETIO_URL.to_owned()],
+        };
+        let source_ips = match &self.source_ips {
+            Some(spec) => net::parse_source_ips(spec)?,
+            None => Vec::new(),
+        };
+        let protocol = self.protocol;
         let scenario = self.scenario.unwrap_or_else(|| {
             let what = match mode {
                 Mode::Rate(rate) => format!("{rate} publishes/s"),
@@ -227,12 +297,22 @@ impl Args {
                 Mode::Idle => "idle".to_owned(),
             };
             format!(
-                "{subscribers} streams, {topic_count} topic{}, {what}",
+                "{}: {subscribers} {}, {topic_count} topic{}, {what}",
+                protocol.name(),
+                if protocol == Protocol::Grpc {
+                    "streams"
+                } else {
+                    "sockets"
+                },
                 if topic_count == 1 { "" } else { "s" }
             )
         });
         Ok(Plan {
+            protocol,
             server: self.server,
+            ws_urls,
+            source_ips,
+            publish_key: self.publish_key,
             credentials,
             subscribers,
             topics,
@@ -246,7 +326,7 @@ impl Args {
             drain_timeout: seconds("drain-timeout", self.drain_timeout)?,
             open_concurrency,
             open_timeout: seconds("open-timeout", self.open_timeout)?,
-            server_pid: self.server_pid,
+            server_pids: self.server_pids,
             scenario,
         })
     }
@@ -284,6 +364,32 @@ mod tests {
         assert!(plan(&["--subscribers", "10"]).is_err());
         assert!(plan(&["--rate", "5", "--saturate"]).is_err());
         assert!(plan(&["--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn websocket_protocols_default_to_the_local_edge_or_peer() {
+        let ws = plan(&["--protocol", "ws", "--idle"]).unwrap();
+        assert_eq!(ws.ws_urls, [DEFAULT_WS_URL]);
+        let sio = plan(&["--protocol", "socketio", "--idle"]).unwrap();
+        assert_eq!(sio.ws_urls, [DEFAULT_SOCKETIO_URL]);
+        let two = plan(&[
+            "--protocol",
+            "ws",
+            "--idle",
+            "--ws-url",
+            "ws://a:1/ws",
+            "--ws-url",
+            "ws://b:2/ws",
+            "--source-ips",
+            "127.0.0.2-127.0.0.3",
+            "--server-pid",
+            "10,11",
+        ])
+        .unwrap();
+        assert_eq!(two.ws_urls.len(), 2);
+        assert_eq!(two.source_ips.len(), 2);
+        assert_eq!(two.server_pids, [10, 11]);
+        assert!(plan(&["--idle", "--source-ips", "nope"]).is_err());
     }
 
     #[test]

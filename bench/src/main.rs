@@ -1,15 +1,20 @@
-//! `herald-bench`: a load generator for `herald.v1.Rooms`.
+//! `herald-bench`: a load generator for Herald, and for a Socket.IO peer to compare it with.
 //!
-//! It opens many subscriber streams over a few HTTP/2 connections, publishes events that carry
-//! their send time, and reports deliveries per second, publish-to-receive latency, and whether
-//! every subscriber saw every acknowledged event exactly once and in order.
+//! It opens many subscribers — gRPC streams over a few HTTP/2 connections, or one WebSocket
+//! each to Herald's edge or to Socket.IO — publishes events that carry their send time, and
+//! reports deliveries per second, publish-to-receive latency, connects per second, server
+//! memory per subscriber, and whether every subscriber saw every acknowledged event exactly
+//! once and in order.
 //!
 //! ```text
 //!  cli (options → Plan) ──► run (phases: connect, open, warm up, measure, drain, report)
-//!                              ├──► subscriber (one task per stream: resume, count, time)
-//!                              ├──► publisher  (rate-paced or saturating publish loops)
+//!                              ├──► subscriber (one task per subscriber: resume, count, time)
+//!                              │      grpc │ ws (Herald's browser protocol) │ socketio
+//!                              ├──► publisher  (rate-paced or saturating publish loops:
+//!                              │                Rooms/Publish, or Socket.IO `publish`)
 //!                              └──► proc_stats (server RSS and CPU from /proc)
-//!  wire (lean decoding of Subscribe frames)   histogram (latencies)   auth (bearer token)
+//!  net (WebSockets from many source addresses)   engineio (Socket.IO packets)
+//!  wire (lean decoding of event frames)   histogram (latencies)   auth (token)
 //!  report (human summary + one JSON line)
 //! ```
 
@@ -18,8 +23,10 @@
 
 mod auth;
 mod cli;
+mod engineio;
 mod error;
 mod histogram;
+mod net;
 mod proc_stats;
 mod publisher;
 mod report;

@@ -48,6 +48,16 @@ pub(crate) fn cpu_ns(pid: Option<u32>) -> Result<u64, BenchError> {
     Ok(total)
 }
 
+/// Resident memory of each process of `pids`, in order.
+pub(crate) fn rss_each_kib(pids: &[u32]) -> Result<Vec<u64>, BenchError> {
+    pids.iter().map(|&pid| rss_kib(Some(pid))).collect()
+}
+
+/// CPU time of every process of `pids` together.
+pub(crate) fn cpu_ns_sum(pids: &[u32]) -> Result<u64, BenchError> {
+    pids.iter().map(|&pid| cpu_ns(Some(pid))).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! Publish loops: `--publishers` tasks, each with one publish in flight, so the number in
 //! flight is bounded. With a rate, publish `n` (counted across all loops) is due at
 //! `start + n / rate`; saturating loops publish again as soon as the last is acknowledged.
-//! Publish `n` goes to topic `n % topics`.
+//! Publish `n` goes to topic `n % topics`. Herald is published to with `Rooms/Publish`
+//! (for gRPC and WebSocket subscribers alike), the Socket.IO peer with an acknowledged
+//! `publish` event on a socket of its own per loop.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +18,7 @@ use herald_proto::v1::{PublishRequest, rooms_client::RoomsClient};
 use tokio::time::Instant;
 use tonic::{Request, metadata::AsciiMetadataValue, transport::Channel};
 
-use crate::{histogram::Histogram, wire};
+use crate::{engineio, histogram::Histogram, wire};
 
 /// The event type of benchmark events.
 const EVENT_TYPE: &str = "bench.tick";
@@ -80,12 +82,10 @@ impl Publishing {
             .clone()
     }
 
-    fn failed(&self, status: &tonic::Status) {
+    fn failed(&self, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        *errors
-            .entry(format!("{:?}: {}", status.code(), status.message()))
-            .or_default() += 1;
+        *errors.entry(error).or_default() += 1;
     }
 
     /// Waits while the topic's slowest subscriber is more than `max_lag` behind; false when
@@ -108,10 +108,56 @@ impl Publishing {
     }
 }
 
+/// Where a loop publishes.
+#[derive(Debug)]
+pub(crate) enum Client {
+    /// `herald.v1.Rooms/Publish`.
+    Herald(RoomsClient<Channel>),
+    /// The Socket.IO peer's acknowledged `publish` event.
+    SocketIo(Box<engineio::Publisher>),
+}
+
+impl Client {
+    /// Publishes a benchmark event sent at `sent` (ns); returns its offset.
+    async fn publish(
+        &mut self,
+        publishing: &Publishing,
+        topic: usize,
+        sent: u64,
+    ) -> Result<u64, String> {
+        match self {
+            Client::Herald(client) => {
+                let mut request = Request::new(PublishRequest {
+                    topic: publishing.topics[topic].clone(),
+                    r#type: EVENT_TYPE.to_owned(),
+                    data: Some(wire::event_data(sent)),
+                    idempotency_key: None,
+                    durable: false,
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", publishing.bearer.clone());
+                match client.publish(request).await {
+                    Ok(response) => {
+                        Ok(response.get_ref().position.as_ref().map_or(0, |p| p.offset))
+                    }
+                    Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+                }
+            }
+            Client::SocketIo(publisher) => {
+                let data = serde_json::json!({ wire::SENT_NS: sent });
+                publisher
+                    .publish(&publishing.topics[topic], EVENT_TYPE, &data)
+                    .await
+            }
+        }
+    }
+}
+
 /// One publish loop; runs from `start` until `deadline`.
 pub(crate) async fn run(
     publishing: Arc<Publishing>,
-    mut client: RoomsClient<Channel>,
+    mut client: Client,
     start: Instant,
     deadline: Instant,
 ) {
@@ -132,19 +178,8 @@ pub(crate) async fn run(
             return;
         }
         let sent = wire::now_ns();
-        let mut request = Request::new(PublishRequest {
-            topic: publishing.topics[topic].clone(),
-            r#type: EVENT_TYPE.to_owned(),
-            data: Some(wire::event_data(sent)),
-            idempotency_key: None,
-            durable: false,
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", publishing.bearer.clone());
-        match client.publish(request).await {
-            Ok(response) => {
-                let offset = response.get_ref().position.as_ref().map_or(0, |p| p.offset);
+        match client.publish(&publishing, topic, sent).await {
+            Ok(offset) => {
                 publishing.tops[topic].fetch_max(offset, Ordering::Relaxed);
                 publishing.acked.fetch_add(1, Ordering::Relaxed);
                 if sent >= publishing.window_start_ns.load(Ordering::Relaxed) {
@@ -156,8 +191,8 @@ pub(crate) async fn run(
                         .record(micros);
                 }
             }
-            Err(status) => {
-                publishing.failed(&status);
+            Err(error) => {
+                publishing.failed(error);
                 tokio::time::sleep(ERROR_PAUSE).await;
             }
         }

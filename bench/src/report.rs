@@ -9,6 +9,7 @@ use crate::histogram::Histogram;
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) scenario: String,
+    pub(crate) protocol: String,
     pub(crate) mode: String,
     pub(crate) server: String,
     pub(crate) subscribers: usize,
@@ -42,12 +43,13 @@ pub(crate) struct Report {
     pub(crate) first_failure: Option<String>,
     pub(crate) drain_secs: f64,
     pub(crate) drained: bool,
-    /// Server RSS before this run connected.
-    pub(crate) server_rss_unconnected_kib: Option<u64>,
-    /// Server RSS with the connections open, before any stream.
-    pub(crate) server_rss_before_kib: Option<u64>,
-    pub(crate) server_rss_subscribed_kib: Option<u64>,
-    pub(crate) server_rss_end_kib: Option<u64>,
+    /// RSS of each server process (`--server-pid`, in order) before this run connected.
+    pub(crate) server_rss_unconnected_kib: Vec<u64>,
+    /// … with the gRPC connections open, before any subscription.
+    pub(crate) server_rss_before_kib: Vec<u64>,
+    /// … once every subscription was answered.
+    pub(crate) server_rss_subscribed_kib: Vec<u64>,
+    pub(crate) server_rss_end_kib: Vec<u64>,
     pub(crate) server_cpu_percent: Option<f64>,
     pub(crate) bench_cpu_percent: Option<f64>,
     pub(crate) bench_rss_kib: Option<u64>,
@@ -66,15 +68,35 @@ fn round(value: f64, digits: i32) -> f64 {
     (value * scale).round() / scale
 }
 
+/// The sum of every process's figure; `None` when no process was watched.
+fn total(each: &[u64]) -> Option<u64> {
+    (!each.is_empty()).then(|| each.iter().sum())
+}
+
 impl Report {
-    /// Server resident memory per stream, from before opening to `after`.
-    fn kib_per_stream(&self, after: Option<u64>) -> Option<f64> {
-        let before = self.server_rss_before_kib?;
-        let after = after?;
+    /// Server resident memory per subscription (all processes), from before opening to
+    /// `after`.
+    fn kib_per_stream(&self, after: &[u64]) -> Option<f64> {
+        let before = total(&self.server_rss_before_kib)?;
+        let after = total(after)?;
         Some(round(
             (after as f64 - before as f64) / self.subscribers.max(1) as f64,
             3,
         ))
+    }
+
+    /// The same, process by process, once subscribed.
+    fn kib_per_stream_each(&self) -> Vec<f64> {
+        self.server_rss_before_kib
+            .iter()
+            .zip(&self.server_rss_subscribed_kib)
+            .map(|(&before, &after)| {
+                round(
+                    (after as f64 - before as f64) / self.subscribers.max(1) as f64,
+                    3,
+                )
+            })
+            .collect()
     }
 
     fn is_idle(&self) -> bool {
@@ -84,7 +106,8 @@ impl Report {
     pub(crate) fn print(&self) {
         println!("== herald-bench: {} ==", self.scenario);
         println!(
-            "server {}  streams {}  topics {}  connections {}  open {:.2}s ({:.0} streams/s)",
+            "{} {}  subscribers {}  topics {}  connections {}  open {:.2}s ({:.0} connects+subscribes/s)",
+            self.protocol,
             self.server,
             self.subscribers,
             self.topics,
@@ -92,22 +115,28 @@ impl Report {
             self.open_secs,
             per_sec(self.subscribers as u64, self.open_secs),
         );
-        if let (Some(before), Some(subscribed)) =
-            (self.server_rss_before_kib, self.server_rss_subscribed_kib)
-        {
+        if let (Some(before), Some(subscribed)) = (
+            total(&self.server_rss_before_kib),
+            total(&self.server_rss_subscribed_kib),
+        ) {
             println!(
                 "server RSS  unconnected {} KiB  connected {before} KiB  subscribed {subscribed} KiB  end {} KiB",
-                self.server_rss_unconnected_kib
-                    .map_or("?".into(), |v| v.to_string()),
-                self.server_rss_end_kib
-                    .map_or("?".into(), |v| v.to_string()),
+                total(&self.server_rss_unconnected_kib).map_or("?".into(), |v| v.to_string()),
+                total(&self.server_rss_end_kib).map_or("?".into(), |v| v.to_string()),
             );
             println!(
-                "server RSS per stream (growth since connected ÷ streams): {} KiB subscribed, {} KiB at end",
-                self.kib_per_stream(Some(subscribed)).unwrap_or(0.0),
-                self.kib_per_stream(self.server_rss_end_kib)
+                "server RSS per subscriber (growth since connected ÷ subscribers): {} KiB subscribed, {} KiB at end",
+                self.kib_per_stream(&self.server_rss_subscribed_kib)
+                    .unwrap_or(0.0),
+                self.kib_per_stream(&self.server_rss_end_kib)
                     .map_or("?".into(), |v| v.to_string()),
             );
+            if self.server_rss_before_kib.len() > 1 {
+                println!(
+                    "  per process (--server-pid order): {:?} KiB per subscriber",
+                    self.kib_per_stream_each()
+                );
+            }
         }
         if !self.is_idle() {
             println!(
@@ -194,6 +223,7 @@ impl Report {
     pub(crate) fn json(&self) -> serde_json::Value {
         json!({
             "scenario": self.scenario,
+            "protocol": self.protocol,
             "mode": self.mode,
             "subscribers": self.subscribers,
             "topics": self.topics,
@@ -202,6 +232,7 @@ impl Report {
             "target_rate": self.target_rate,
             "max_lag": self.max_lag,
             "open_secs": round(self.open_secs, 3),
+            "subscribes_per_sec": round(per_sec(self.subscribers as u64, self.open_secs), 1),
             "window_secs": round(self.window_secs, 3),
             "publishes_per_sec": round(per_sec(self.window_publishes, self.window_secs), 1),
             "deliveries_per_sec": round(per_sec(self.window_deliveries, self.window_secs), 1),
@@ -227,12 +258,13 @@ impl Report {
             "subscriber_failures": self.subscriber_failures,
             "drain_secs": round(self.drain_secs, 3),
             "drained": self.drained,
-            "server_rss_unconnected_kib": self.server_rss_unconnected_kib,
-            "server_rss_before_kib": self.server_rss_before_kib,
-            "server_rss_subscribed_kib": self.server_rss_subscribed_kib,
-            "server_rss_end_kib": self.server_rss_end_kib,
-            "kib_per_stream": self.kib_per_stream(self.server_rss_subscribed_kib),
-            "kib_per_stream_end": self.kib_per_stream(self.server_rss_end_kib),
+            "server_rss_unconnected_kib": total(&self.server_rss_unconnected_kib),
+            "server_rss_before_kib": total(&self.server_rss_before_kib),
+            "server_rss_subscribed_kib": total(&self.server_rss_subscribed_kib),
+            "server_rss_end_kib": total(&self.server_rss_end_kib),
+            "kib_per_stream": self.kib_per_stream(&self.server_rss_subscribed_kib),
+            "kib_per_stream_end": self.kib_per_stream(&self.server_rss_end_kib),
+            "kib_per_stream_each": self.kib_per_stream_each(),
             "server_cpu_percent": self.server_cpu_percent.map(|v| round(v, 1)),
             "bench_cpu_percent": self.bench_cpu_percent.map(|v| round(v, 1)),
             "bench_rss_kib": self.bench_rss_kib,

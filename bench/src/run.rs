@@ -12,10 +12,12 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     auth,
-    cli::{Mode, Plan},
+    cli::{Mode, Plan, Protocol},
+    engineio,
     error::BenchError,
+    net::Target,
     proc_stats,
-    publisher::{self, Publishing},
+    publisher::{self, Client, Publishing},
     report::Report,
     subscriber::{self, Outcome, Shared},
     wire,
@@ -58,17 +60,17 @@ async fn connect(server: &str, count: usize) -> Result<Vec<Channel>, BenchError>
     Ok(channels)
 }
 
-fn server_rss(plan: &Plan) -> Result<Option<u64>, BenchError> {
-    plan.server_pid
-        .map(|pid| proc_stats::rss_kib(Some(pid)))
-        .transpose()
+/// Resident memory of each server process; empty when no `--server-pid` was given.
+fn server_rss(plan: &Plan) -> Result<Vec<u64>, BenchError> {
+    proc_stats::rss_each_kib(&plan.server_pids)
 }
 
-/// CPU time of the server (if known) and of this process, in ns.
+/// CPU time of the server processes (if known) and of this process, in ns.
 fn cpu_now(plan: &Plan) -> (Option<u64>, Option<u64>) {
     (
-        plan.server_pid
-            .and_then(|pid| proc_stats::cpu_ns(Some(pid)).ok()),
+        (!plan.server_pids.is_empty())
+            .then(|| proc_stats::cpu_ns_sum(&plan.server_pids).ok())
+            .flatten(),
         proc_stats::cpu_ns(None).ok(),
     )
 }
@@ -213,12 +215,26 @@ async fn drain(
 
 pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
     let ttl = plan.open_timeout + plan.warmup + plan.duration + plan.drain_timeout + TOKEN_MARGIN;
-    let bearer = auth::bearer(&plan.credentials, ttl)?;
+    // The Socket.IO peer takes no token.
+    let token = if plan.protocol == Protocol::Socketio {
+        String::new()
+    } else {
+        auth::token(&plan.credentials, ttl)?
+    };
+    let bearer = auth::bearer(&token)?;
     let idle = plan.mode == Mode::Idle;
+    let mut targets = Vec::with_capacity(plan.ws_urls.len());
+    for url in &plan.ws_urls {
+        targets.push(Arc::new(Target::resolve(url).await?));
+    }
     // Before any connection of ours, so connection overhead can be told apart from streams'.
     let server_rss_unconnected_kib = server_rss(&plan)?;
-    let channels = connect(&plan.server, plan.connections).await?;
-    let publish_channels = if idle {
+    let channels = if plan.protocol == Protocol::Grpc {
+        connect(&plan.server, plan.connections).await?
+    } else {
+        Vec::new()
+    };
+    let publish_channels = if idle || plan.protocol == Protocol::Socketio {
         Vec::new()
     } else {
         connect(&plan.server, plan.publish_connections).await?
@@ -226,16 +242,23 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
 
     let mut report = Report {
         scenario: plan.scenario.clone(),
+        protocol: plan.protocol.name().to_owned(),
         mode: match plan.mode {
             Mode::Rate(_) => "rate",
             Mode::Saturate => "saturate",
             Mode::Idle => "idle",
         }
         .to_owned(),
-        server: plan.server.clone(),
+        server: match plan.protocol {
+            Protocol::Grpc => plan.server.clone(),
+            Protocol::Ws | Protocol::Socketio => plan.ws_urls.join(" "),
+        },
         subscribers: plan.subscribers,
         topics: plan.topics.len(),
-        connections: plan.connections,
+        connections: match plan.protocol {
+            Protocol::Grpc => plan.connections,
+            Protocol::Ws | Protocol::Socketio => plan.subscribers,
+        },
         publishers: if idle { 0 } else { plan.publishers },
         target_rate: match plan.mode {
             Mode::Rate(rate) => Some(rate),
@@ -249,6 +272,7 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
 
     let shared = Arc::new(Shared::new(
         bearer.clone(),
+        token,
         plan.subscribers,
         plan.open_concurrency,
     ));
@@ -257,14 +281,28 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
     let tasks: Vec<JoinHandle<Outcome>> = (0..plan.subscribers)
         .map(|i| {
             let topic = plan.topic_of(i);
-            tokio::spawn(subscriber::run(
-                shared.clone(),
-                i,
-                topic,
-                plan.topics[topic].clone(),
-                channels[i % channels.len()].clone(),
-                stop_rx.clone(),
-            ))
+            let name = plan.topics[topic].clone();
+            let (shared, stop) = (shared.clone(), stop_rx.clone());
+            let source =
+                (!plan.source_ips.is_empty()).then(|| plan.source_ips[i % plan.source_ips.len()]);
+            match plan.protocol {
+                Protocol::Grpc => {
+                    let channel = channels[i % channels.len()].clone();
+                    tokio::spawn(subscriber::grpc::run(shared, i, topic, name, channel, stop))
+                }
+                Protocol::Ws => {
+                    let target = targets[i % targets.len()].clone();
+                    tokio::spawn(subscriber::ws::run(
+                        shared, i, topic, name, target, source, stop,
+                    ))
+                }
+                Protocol::Socketio => {
+                    let target = targets[i % targets.len()].clone();
+                    tokio::spawn(subscriber::socketio::run(
+                        shared, i, topic, name, target, source, stop,
+                    ))
+                }
+            }
         })
         .collect();
     wait_open(&shared, &plan, started).await?;
@@ -315,7 +353,15 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
         let deadline = window_start + plan.duration;
         let publishers: Vec<JoinHandle<()>> = (0..plan.publishers)
             .map(|p| {
-                let client = RoomsClient::new(publish_channels[p % publish_channels.len()].clone());
+                let client = match plan.protocol {
+                    Protocol::Grpc | Protocol::Ws => Client::Herald(RoomsClient::new(
+                        publish_channels[p % publish_channels.len()].clone(),
+                    )),
+                    Protocol::Socketio => Client::SocketIo(Box::new(engineio::Publisher::new(
+                        (*targets[p % targets.len()]).clone(),
+                        &plan.publish_key,
+                    ))),
+                };
                 tokio::spawn(publisher::run(publishing.clone(), client, start, deadline))
             })
             .collect();

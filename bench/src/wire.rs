@@ -1,10 +1,11 @@
-//! Lean client-side decoding of `Subscribe` frames.
+//! Lean client-side decoding of event frames: gRPC `Subscribe` frames and JSON pushes.
 //!
 //! A subscriber in this benchmark needs an event's offset and the send time carried in its
 //! data, nothing else. Decoding the full `herald.v1.Event` (topic, id, epoch, type, publisher
 //! strings and a `Struct` map per frame) would make the load generator, which shares the
 //! machine with the server, spend its CPU on allocations. These messages read the same wire
-//! format and let prost skip every other field.
+//! format and let prost skip every other field; JSON pushes (Herald's WebSocket protocol,
+//! Socket.IO) are scanned for the two numbers without building a document.
 
 use std::{
     collections::HashMap,
@@ -97,6 +98,42 @@ pub(crate) fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The number after the first `"key":` in a JSON text, quoted (`"18"`, as proto3 JSON writes
+/// 64-bit integers) or not. Enough for frames whose producer this benchmark knows: the key
+/// must not also appear inside an earlier string.
+pub(crate) fn json_number<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let mut from = 0;
+    while let Some(found) = text[from..].find(key) {
+        let at = from + found;
+        from = at + key.len();
+        let quoted_key = at > 0 && text.as_bytes()[at - 1] == b'"';
+        let Some(rest) = text[from..].strip_prefix("\":") else {
+            continue;
+        };
+        if !quoted_key {
+            continue;
+        }
+        let rest = rest.trim_start();
+        let rest = rest.strip_prefix('"').unwrap_or(rest);
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')))
+            .unwrap_or(rest.len());
+        return (end > 0).then(|| &rest[..end]);
+    }
+    None
+}
+
+/// An event's offset and send time read from a JSON push: the first `"offset"` and the
+/// `"sent_ns"` of its data.
+pub(crate) fn json_event(text: &str) -> Option<(u64, Option<u64>)> {
+    let offset = json_number(text, "offset")?.parse().ok()?;
+    let sent_ns = json_number(text, SENT_NS)
+        .and_then(|n| n.parse::<f64>().ok())
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| n as u64);
+    Some((offset, sent_ns))
+}
+
 /// Calls `herald.v1.Rooms/Subscribe`, decoding responses as [`Frame`]s.
 pub(crate) async fn subscribe(
     channel: Channel,
@@ -142,6 +179,34 @@ mod tests {
         let sent = event.sent_ns().unwrap();
         assert!(sent.abs_diff(1_700_000_000_123_456_789) < 1_000);
         assert!(lean.subscribed.is_none());
+    }
+
+    #[test]
+    fn a_herald_push_yields_its_offset_and_send_time() {
+        // As the edge writes it (edge/src/protocol.rs, event_push).
+        let push = r#"{"topic":"room:bench-0","offset":"18","epoch":"3f9a0c2d11e4b7a8","event":{"topic":"room:bench-0","offset":"18","epoch":"3f9a0c2d11e4b7a8","id":"019aa8","time":"2026-11-22T06:20:01.120Z","type":"bench.tick","data":{"sent_ns":1.7637970123456788e18},"publisher":"herald-bench"}}"#;
+        let (offset, sent) = json_event(push).unwrap();
+        assert_eq!(offset, 18);
+        assert!(sent.unwrap().abs_diff(1_763_797_012_345_678_800) < 1_000);
+    }
+
+    #[test]
+    fn a_socketio_event_yields_its_offset_and_send_time() {
+        let packet = r#"42["event",{"topic":"room:bench-3","offset":7,"id":"x","time":"t","type":"bench.tick","data":{"sent_ns":1763797012345678800},"publisher":"herald-bench"}]"#;
+        assert_eq!(
+            json_event(packet),
+            Some((7, Some(1_763_797_012_345_678_848)))
+        );
+    }
+
+    #[test]
+    fn keys_inside_strings_or_other_keys_are_not_numbers() {
+        assert_eq!(
+            json_number(r#"{"my_offset":3,"offset":"9"}"#, "offset"),
+            Some("9")
+        );
+        assert_eq!(json_number(r#"{"offset":"abc"}"#, "offset"), None);
+        assert_eq!(json_event(r#"{"id":1,"result":{}}"#), None);
     }
 
     #[test]
