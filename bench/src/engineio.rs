@@ -58,7 +58,7 @@ pub(crate) fn parse(text: &str) -> Packet<'_> {
             match text[2..2 + digits].parse() {
                 Ok(id) => Packet::Ack(
                     id,
-                    wire::json_number(text, "offset").and_then(|n| n.parse().ok()),
+                    wire::json_number(text, wire::OFFSET_FIELD).and_then(|n| n.parse().ok()),
                 ),
                 Err(_) => Packet::Other(text),
             }

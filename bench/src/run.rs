@@ -309,8 +309,8 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
     report.open_secs = started.elapsed().as_secs_f64();
     report.server_rss_subscribed_kib = server_rss(&plan)?;
     eprintln!(
-        "{} streams subscribed in {:.2}s over {} connections",
-        plan.subscribers, report.open_secs, plan.connections
+        "{} subscribed in {:.2}s over {} connections",
+        plan.subscribers, report.open_secs, report.connections
     );
 
     let publishing = Arc::new(Publishing::new(

@@ -98,36 +98,36 @@ pub(crate) fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The number after the first `"key":` in a JSON text, quoted (`"18"`, as proto3 JSON writes
-/// 64-bit integers) or not. Enough for frames whose producer this benchmark knows: the key
-/// must not also appear inside an earlier string.
-pub(crate) fn json_number<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let mut from = 0;
-    while let Some(found) = text[from..].find(key) {
-        let at = from + found;
-        from = at + key.len();
-        let quoted_key = at > 0 && text.as_bytes()[at - 1] == b'"';
-        let Some(rest) = text[from..].strip_prefix("\":") else {
-            continue;
-        };
-        if !quoted_key {
-            continue;
-        }
-        let rest = rest.trim_start();
-        let rest = rest.strip_prefix('"').unwrap_or(rest);
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')))
-            .unwrap_or(rest.len());
-        return (end > 0).then(|| &rest[..end]);
-    }
-    None
+/// The number after the first `field` (a quoted key and its colon, `"offset":`) in a JSON
+/// text, quoted (`"18"`, as proto3 JSON writes 64-bit integers) or not. Enough for frames
+/// whose producer this benchmark knows: the field must not also appear inside a string.
+pub(crate) fn json_number<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    number_at(&text[text.find(field)? + field.len()..])
 }
 
-/// An event's offset and send time read from a JSON push: the first `"offset"` and the
-/// `"sent_ns"` of its data.
+/// Like [`json_number`], for the last occurrence: found sooner when the field is near the end.
+pub(crate) fn json_number_last<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    number_at(&text[text.rfind(field)? + field.len()..])
+}
+
+fn number_at(rest: &str) -> Option<&str> {
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix('"').unwrap_or(rest);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')))
+        .unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+/// The `"offset":` field of a JSON frame.
+pub(crate) const OFFSET_FIELD: &str = "\"offset\":";
+const SENT_NS_FIELD: &str = "\"sent_ns\":";
+
+/// An event's offset and send time read from a JSON push: the first `"offset"` (the push's
+/// own, before the event) and the `"sent_ns"` of its data, at the end.
 pub(crate) fn json_event(text: &str) -> Option<(u64, Option<u64>)> {
-    let offset = json_number(text, "offset")?.parse().ok()?;
-    let sent_ns = json_number(text, SENT_NS)
+    let offset = json_number(text, OFFSET_FIELD)?.parse().ok()?;
+    let sent_ns = json_number_last(text, SENT_NS_FIELD)
         .and_then(|n| n.parse::<f64>().ok())
         .filter(|n| n.is_finite() && *n >= 0.0)
         .map(|n| n as u64);
@@ -202,10 +202,14 @@ mod tests {
     #[test]
     fn keys_inside_strings_or_other_keys_are_not_numbers() {
         assert_eq!(
-            json_number(r#"{"my_offset":3,"offset":"9"}"#, "offset"),
+            json_number(r#"{"my_offset":3,"offset":"9"}"#, OFFSET_FIELD),
             Some("9")
         );
-        assert_eq!(json_number(r#"{"offset":"abc"}"#, "offset"), None);
+        assert_eq!(json_number(r#"{"offset":"abc"}"#, OFFSET_FIELD), None);
+        assert_eq!(
+            json_number_last(r#"{"a":{"n":1},"b":{"n":2}}"#, "\"n\":"),
+            Some("2")
+        );
         assert_eq!(json_event(r#"{"id":1,"result":{}}"#), None);
     }
 

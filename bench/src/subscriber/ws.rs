@@ -233,7 +233,7 @@ pub(crate) async fn run(
                             tally.event(offset, sent);
                         }
                     } else if text.starts_with("{\"unsubscribed\":") {
-                        let code = wire::json_number(text, "code")
+                        let code = wire::json_number(text, "\"code\":")
                             .and_then(|c| c.parse::<u16>().ok())
                             .unwrap_or(0);
                         let (label, reconnect) = close_label(code);
