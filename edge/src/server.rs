@@ -10,6 +10,7 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,6 +26,8 @@ use crate::{
     transcode::{TranscodeError, Transcoder},
 };
 
+/// Bytes of frames gathered before a socket write, unless a flush comes first.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
 /// How long open sockets get to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -72,6 +75,14 @@ pub async fn run(
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
     let stop = shutdown.clone();
+    // Replies and pushes are batched by the session (one flush per batch), so Nagle's delay
+    // would only hold back the last frame of each batch, e.g. the reply to a pipelined
+    // `subscribe` behind `auth`.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
@@ -104,7 +115,9 @@ async fn upgrade(
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .read_buffer_size(512)
-        .write_buffer_size(0)
+        // Frames are gathered up to this size and written with one system call per flush;
+        // the session flushes after each batch of queued frames.
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(limits.max_outbound_bytes.max(64 * 1024))
         .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, bearer)))
 }
