@@ -9,6 +9,9 @@
 //! | `order:N`      | admins, services (customers and couriers come with orders) | services      |
 //! | `deployment:N` | admins, services (owners come with deployments) | services                 |
 //! | `conv:N`, `group:N` | services (members come with messaging)  | services                     |
+//!
+//! Signals (`Action::Signal`, ephemeral): rooms — anyone who may read them; `order:` and
+//! `deployment:` — admins; every other kind — services (members come with their domains).
 
 use serde::Deserialize;
 
@@ -24,6 +27,9 @@ pub enum Action {
     Read,
     /// Publish an event.
     Publish,
+    /// Send an ephemeral signal (typing, a position). Separate from `Publish`, so members can
+    /// signal where only services may publish events.
+    Signal,
 }
 
 /// The configurable parts of the policy.
@@ -69,6 +75,9 @@ impl Policy {
             (Action::Read, TopicKind::Role) => who.has_role(topic.id()),
             (Action::Read, TopicKind::Room) => self.config.rooms_public,
             (Action::Publish, TopicKind::Room) => self.config.rooms_user_publish,
+            (Action::Signal, TopicKind::Room) => self.config.rooms_public,
+            (Action::Signal, TopicKind::Order | TopicKind::Deployment) => who.has_role(ADMIN_ROLE),
+            (Action::Signal, _) => false,
             (Action::Read, TopicKind::Order | TopicKind::Deployment) => who.has_role(ADMIN_ROLE),
             (Action::Read, TopicKind::Conv | TopicKind::Group) => false,
             (Action::Publish, _) => false,
@@ -85,10 +94,16 @@ fn refusal(action: Action, topic: &Topic) -> String {
     let verb = match action {
         Action::Read => "subscribe to",
         Action::Publish => "publish to",
+        Action::Signal => "signal on",
     };
     let rule = match (action, topic.kind()) {
         (Action::Publish, TopicKind::Room) => "publishing to rooms is disabled for users",
         (Action::Publish, _) => "only services publish to this kind of topic",
+        (Action::Signal, TopicKind::Room) => "rooms are not public on this server",
+        (Action::Signal, TopicKind::Order | TopicKind::Deployment) => {
+            "signals on this topic are for admins and services"
+        }
+        (Action::Signal, _) => "only services signal on this kind of topic",
         (Action::Read, TopicKind::User) => "user topics are open to their own user and services",
         (Action::Read, TopicKind::Role) => "role topics are open to holders of the role",
         (Action::Read, TopicKind::Room) => "rooms are not public on this server",

@@ -10,8 +10,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, node::NodeConfig,
-    store::StoreConfig,
+    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, lanes::TopicsConfig,
+    node::NodeConfig, store::StoreConfig,
 };
 
 /// Everything `herald serve` needs. Every section and field is optional in the file.
@@ -36,6 +36,8 @@ pub struct Config {
     pub edge: herald_edge::EdgeConfig,
     /// The database pool, durable writes and the outbox relay.
     pub database: StoreConfig,
+    /// Lanes per topic kind, durable retention, signals.
+    pub topics: TopicsConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             edge: herald_edge::EdgeConfig::default(),
             database: StoreConfig::default(),
+            topics: TopicsConfig::default(),
         }
     }
 }

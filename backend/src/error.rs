@@ -8,7 +8,9 @@
 use herald_proto::v1::{CloseCode, StreamPosition};
 use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::{auth::AuthError, broker::BrokerError, store::StoreError, topic::TopicError};
+use crate::{
+    auth::AuthError, broker::BrokerError, history::LogError, store::StoreError, topic::TopicError,
+};
 
 /// Trailer carrying the [`CloseCode`] name of a stream Herald ended.
 pub const CLOSE_CODE_TRAILER: &str = "herald-close-code";
@@ -36,10 +38,15 @@ pub enum Error {
     /// History no longer reaches back to the requested position.
     #[error("{0}")]
     HistoryGone(String),
+    /// Too many requests of one kind from one sender; retry later.
+    #[error("{0}")]
+    RateLimited(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 impl Error {
@@ -79,7 +86,17 @@ impl From<Error> for Status {
                     CloseCode::Unavailable,
                 )
             }
+            Error::RateLimited(message) => {
+                with_code(Code::ResourceExhausted, message, CloseCode::RateLimited)
+            }
             Error::Store(error) => store_status(error),
+            Error::Log(LogError::Unavailable(cause)) => {
+                store_status(StoreError::Unavailable(sea_orm::DbErr::Custom(cause)))
+            }
+            Error::Log(LogError::Failed(cause)) => {
+                tracing::error!(error = %cause, "event log failed");
+                Status::internal("internal database error")
+            }
         }
     }
 }
@@ -102,13 +119,6 @@ fn store_status(error: StoreError) -> Status {
         }
         StoreError::Invalid(message) => {
             with_code(Code::InvalidArgument, message, CloseCode::BadRequest)
-        }
-        StoreError::PublishPending(wait) => {
-            tracing::warn!(?wait, "durable publish committed but not yet relayed");
-            Status::deadline_exceeded(
-                "the event is committed and will be delivered, but its position is not known yet; \
-                 do not publish it again",
-            )
         }
         StoreError::Database(cause) => {
             tracing::error!(error = %cause, "database failed");

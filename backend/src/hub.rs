@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use herald_proto::v1::PresenceChange;
+use herald_proto::v1::{PresenceChange, Signal};
 use tokio::sync::mpsc;
 
 use crate::{event::SharedEvent, topic::Topic};
@@ -27,6 +27,7 @@ use crate::{event::SharedEvent, topic::Topic};
 pub enum HubItem {
     Event(Arc<SharedEvent>),
     Presence(Arc<PresenceChange>),
+    Signal(Arc<Signal>),
 }
 
 /// Why the hub stopped feeding a subscriber.

@@ -1,24 +1,26 @@
 //! The node: the core every transport calls. It validates, authorizes through the
-//! [`Policy`], and joins the hub, the broker and presence into subscriptions with gapless
-//! resume.
+//! [`Policy`], and joins the hub, history, presence and signals into subscriptions with
+//! gapless resume. Domain services add nothing here: they use the store, the policy and the
+//! publish and attach API below.
 //!
-//! Resume, step by step (see [`Node::subscribe`]):
-//! 1. register with the hub first, so every event published from now on is queued for us;
-//! 2. read history after `since` (the broker guarantees an event in the hub is in history);
-//! 3. replay it, then stream live events, skipping offsets already replayed.
+//! Attaching a subscriber, step by step (see [`Node::attach`]):
+//! 1. register with the hub first ([`Node::register`]), so every event published from now
+//!    on is queued for us — `attach` takes the registration as proof;
+//! 2. read where `since` stands in history: a memory topic replays from the broker's window
+//!    (at most `replay_cap` events), a durable topic pages from the broker cache or the
+//!    database from `since` on, however far back retention reaches;
+//! 3. replay, then stream live events, skipping offsets already replayed
+//!    ([`crate::cursor::LiveCursor`]).
 //!
-//! Positions history cannot continue from (other epoch, trimmed, beyond the top) and gaps
-//! larger than the replay cap answer `recovered = false` with the current top, never a
-//! partial replay.
+//! Positions history cannot continue from (other epoch, purged or trimmed, beyond the top)
+//! and memory gaps larger than the replay cap answer `recovered = false` with the current
+//! top, never a partial replay.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::{sync::Arc, time::SystemTime};
 
 use herald_proto::{
-    v1::{PresenceChange, PresenceMember, StreamPosition, Subscribed, presence_change::Kind},
-    wkt::Struct,
+    v1::{PresenceMember, Signal, StreamPosition, Subscribed},
+    wkt::{Struct, Timestamp},
 };
 use prost::Message;
 use serde::Deserialize;
@@ -26,12 +28,16 @@ use serde::Deserialize;
 use crate::{
     auth::Principal,
     authz::{Action, Policy},
-    broker::{Broker, EventDraft, HistoryPage, HistoryStart, Published},
+    broker::{Broker, EventDraft, HistoryStart, Published},
+    cursor::LiveCursor,
     error::Error,
-    event::SharedEvent,
-    hub::{Hub, HubItem},
-    presence::{ConnectionId, Presence},
-    subscription::{EventStream, PresenceGuard, PresenceLeave},
+    event::{EventType, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, SharedEvent},
+    history::{EventLog, History, HistoryError, PageBudget},
+    hub::{Hub, HubItem, HubSubscription},
+    lanes::Lanes,
+    presence::{Presence, PresenceGuard, PresenceNotifier},
+    signals::{SignalBoard, SignalRate},
+    subscription::EventStream,
     topic::{Topic, TopicKind},
 };
 
@@ -39,20 +45,20 @@ use crate::{
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 /// The number of events `History` returns when no limit is given.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
-/// The longest event type.
-pub const MAX_EVENT_TYPE_LEN: usize = 128;
-/// The longest idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// The most encoded bytes one `History` page returns; a page ends early at this budget.
+pub const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Limits and switches of the core.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// How many events a subscriber may have queued before it is ended as a slow consumer.
+    /// How many events a subscriber may have queued before it is ended as a slow consumer
+    /// (memory topics) or falls back to reading the database (durable topics).
     pub subscriber_queue: usize,
-    /// The most events a resume replays; a larger gap answers `recovered = false`.
+    /// The most events a memory topic's resume replays; a larger gap answers
+    /// `recovered = false`. Durable topics have no cap.
     pub replay_cap: u64,
-    /// The largest encoded `data` of one event.
+    /// The largest encoded `data` of one event or signal.
     pub max_event_data_bytes: usize,
     /// Topic kinds whose subscribers receive presence join/leave pushes.
     pub presence_events: Vec<String>,
@@ -82,98 +88,95 @@ impl NodeConfig {
     }
 }
 
+/// What a node is made of.
+#[derive(Debug)]
+pub struct NodeParts {
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+    pub policy: Policy,
+    pub config: NodeConfig,
+    pub lanes: Arc<Lanes>,
+    /// The history of record of durable topics (the database); without one, durable topics
+    /// read from the broker alone.
+    pub log: Option<Arc<dyn EventLog>>,
+}
+
 #[derive(Debug)]
 pub struct Node {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
-    presence: Arc<dyn Presence>,
-    presence_notifier: Arc<PresenceNotifier>,
+    presence: Arc<PresenceNotifier>,
     policy: Policy,
     config: NodeConfig,
-    next_connection: AtomicU64,
+    history: History,
+    signals: SignalBoard,
+    signal_rate: SignalRate,
 }
 
-/// Announces presence changes on topics configured for them.
+/// Everything a new subscriber needs, from [`Node::attach`].
 #[derive(Debug)]
-struct PresenceNotifier {
-    broker: Arc<dyn Broker>,
-    presence: Arc<dyn Presence>,
-    kinds: Vec<TopicKind>,
+pub struct Attachment {
+    /// The first frame for the subscriber.
+    pub subscribed: Subscribed,
+    /// The latest keyed signals within their TTL, to send right after `subscribed`.
+    pub signals: Vec<Signal>,
+    /// Where the subscriber stands before the replay.
+    pub cursor: LiveCursor,
+    pub replay: Replay,
+    /// Leaves presence when dropped.
+    pub presence: Option<PresenceGuard>,
 }
 
-impl PresenceNotifier {
-    async fn announce(&self, topic: &Topic, kind: Kind, member: PresenceMember) {
-        if !self.kinds.contains(&topic.kind()) {
-            return;
-        }
-        let change = PresenceChange {
-            topic: topic.to_string(),
-            kind: kind as i32,
-            member: Some(member),
-        };
-        if let Err(error) = self
-            .broker
-            .broadcast(topic, HubItem::Presence(Arc::new(change)))
-            .await
-        {
-            tracing::warn!(%topic, %error, "could not announce a presence change");
-        }
-    }
-}
-
-impl PresenceLeave for PresenceNotifier {
-    fn leave(&self, topic: Topic, user_id: String, connection: ConnectionId) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the runtime is gone: so is every subscriber that could be told
-        };
-        let presence = self.presence.clone();
-        let notifier = PresenceNotifier {
-            broker: self.broker.clone(),
-            presence: self.presence.clone(),
-            kinds: self.kinds.clone(),
-        };
-        runtime.spawn(async move {
-            match presence.leave(&topic, &user_id, connection).await {
-                Ok(Some(member)) => notifier.announce(&topic, Kind::Leave, member).await,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%topic, %error, "could not record a presence leave"),
-            }
-        });
-    }
+/// What a new subscriber is replayed before live events.
+#[derive(Debug)]
+pub enum Replay {
+    /// Nothing: live from the cursor on.
+    Nothing,
+    /// These events (a memory topic's window, at most `replay_cap`).
+    Events(Vec<Arc<SharedEvent>>),
+    /// Pages of history from the cursor on, until caught up (durable topics).
+    Pages,
 }
 
 impl Node {
-    pub fn new(
-        hub: Arc<Hub>,
-        broker: Arc<dyn Broker>,
-        presence: Arc<dyn Presence>,
-        policy: Policy,
-        config: NodeConfig,
-    ) -> Result<Arc<Node>, String> {
-        let kinds = config.presence_kinds()?;
+    pub fn new(parts: NodeParts) -> Result<Arc<Node>, String> {
+        let kinds = parts.config.presence_kinds()?;
+        let topics = parts.lanes.config();
         Ok(Arc::new(Node {
-            presence_notifier: Arc::new(PresenceNotifier {
-                broker: broker.clone(),
-                presence: presence.clone(),
-                kinds,
-            }),
-            hub,
-            broker,
-            presence,
-            policy,
-            config,
-            next_connection: AtomicU64::new(1),
+            signals: SignalBoard::new(topics.max_kept_signals),
+            signal_rate: SignalRate::new(topics.signal_rate, topics.signal_burst),
+            presence: PresenceNotifier::new(parts.broker.clone(), parts.presence, kinds),
+            history: History::new(parts.broker.clone(), parts.log, parts.lanes),
+            hub: parts.hub,
+            broker: parts.broker,
+            policy: parts.policy,
+            config: parts.config,
         }))
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    /// Where history is read from (transports page replays through it).
+    pub fn history_reader(&self) -> &History {
+        &self.history
+    }
+
+    pub fn lanes(&self) -> &Lanes {
+        self.history.lanes()
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
     }
 
     pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Error> {
         self.policy
             .check(who, action, topic)
             .map_err(|denied| Error::PermissionDenied(denied.0))
+    }
+
+    /// Registers with the hub: from now on every event of `topic` is queued for the holder.
+    pub fn register(&self, topic: &Topic) -> Result<HubSubscription, Error> {
+        self.hub.subscribe(topic).map_err(|_| shutting_down())
     }
 
     /// Subscribes `who` to `topic`, resuming after `since` when given.
@@ -184,35 +187,74 @@ impl Node {
         since: Option<StreamPosition>,
     ) -> Result<EventStream, Error> {
         self.authorize(who, Action::Read, &topic)?;
-        let live = self.hub.subscribe(&topic).map_err(|_| shutting_down())?;
-        let resume = self.resume(&topic, since).await?;
-        let presence = self.join_presence(who, &topic).await;
+        let live = self.register(&topic)?;
+        let attachment = self.attach(who, &topic, since, &live).await?;
         let expiry = Box::pin(tokio::time::sleep(who.time_left()));
         Ok(EventStream::new(
-            resume.subscribed,
-            resume.replay,
+            topic,
+            attachment,
             live,
-            resume.start,
+            self.hub.clone(),
+            self.history.clone(),
             expiry,
-            presence,
         ))
     }
 
-    /// Works out what a subscriber resuming after `since` must be replayed. Call it after
-    /// registering with the hub, so nothing published meanwhile is missed.
-    pub async fn resume(
+    /// Works out what a subscriber of `topic` resuming after `since` is replayed, and joins
+    /// presence. `_registered` is the hub registration that must exist before history is
+    /// read (the subscriber's own, or the shared one of an edge's follow stream).
+    pub async fn attach(
         &self,
+        who: &Principal,
         topic: &Topic,
         since: Option<StreamPosition>,
-    ) -> Result<Resume, Error> {
-        let Some(since) = since else {
-            let top = self.top(topic).await?;
-            return Ok(Resume {
-                subscribed: subscribed(&top, true),
-                replay: Vec::new(),
-                start: top,
-            });
+        _registered: &HubSubscription,
+    ) -> Result<Attachment, Error> {
+        self.authorize(who, Action::Read, topic)?;
+        let durable = self.lanes().is_durable(topic);
+        let (subscribed, start, replay) = match since {
+            None => {
+                let (top, _) = self
+                    .history
+                    .position(topic, None)
+                    .await
+                    .map_err(history_error)?;
+                (subscribed(&top, true), top, Replay::Nothing)
+            }
+            Some(since) if durable => {
+                let (top, covered) = self
+                    .history
+                    .position(topic, Some(&since))
+                    .await
+                    .map_err(history_error)?;
+                if covered {
+                    (subscribed(&top, true), since, Replay::Pages)
+                } else {
+                    (subscribed(&top, false), top, Replay::Nothing)
+                }
+            }
+            Some(since) => self.memory_resume(topic, since).await?,
         };
+        let signals = match self.lanes().signal_ttl(topic.kind()) {
+            Some(ttl) => self.signals.latest(topic, ttl),
+            None => Vec::new(),
+        };
+        let presence = self.presence.join(who, topic).await;
+        Ok(Attachment {
+            subscribed,
+            signals,
+            cursor: LiveCursor::new(start, durable),
+            replay,
+            presence,
+        })
+    }
+
+    /// A memory topic's resume: the broker's window after `since`, within the replay cap.
+    async fn memory_resume(
+        &self,
+        topic: &Topic,
+        since: StreamPosition,
+    ) -> Result<(Subscribed, StreamPosition, Replay), Error> {
         let cap = usize::try_from(self.config.replay_cap).unwrap_or(usize::MAX);
         let page = self
             .broker
@@ -220,61 +262,18 @@ impl Node {
             .await?;
         let gap = page.top.offset.saturating_sub(since.offset);
         Ok(if page.covered && gap <= self.config.replay_cap {
-            Resume {
-                subscribed: subscribed(&page.top, true),
-                replay: page.events,
-                start: since,
-            }
+            (
+                subscribed(&page.top, true),
+                since,
+                Replay::Events(page.events),
+            )
         } else {
-            Resume {
-                subscribed: subscribed(&page.top, false),
-                replay: Vec::new(),
-                start: page.top,
-            }
+            (subscribed(&page.top, false), page.top, Replay::Nothing)
         })
     }
 
-    /// The topic's current top.
-    pub async fn top(&self, topic: &Topic) -> Result<StreamPosition, Error> {
-        Ok(self
-            .broker
-            .history(topic, HistoryStart::Oldest, 0)
-            .await?
-            .top)
-    }
-
-    /// Records `who` as present on `topic` (announcing a join if it is the user's first
-    /// connection); dropping the guard leaves. Services are not recorded.
-    pub(crate) async fn join_presence(
-        &self,
-        who: &Principal,
-        topic: &Topic,
-    ) -> Option<PresenceGuard> {
-        if who.is_service() {
-            return None;
-        }
-        let connection = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
-        match self.presence.join(topic, &who.user_id, connection).await {
-            Ok(joined) => {
-                if let Some(member) = joined {
-                    self.presence_notifier
-                        .announce(topic, Kind::Join, member)
-                        .await;
-                }
-                Some(PresenceGuard {
-                    leave: self.presence_notifier.clone(),
-                    topic: topic.clone(),
-                    user_id: who.user_id.clone(),
-                    connection,
-                })
-            }
-            Err(error) => {
-                tracing::warn!(%topic, %error, "could not record presence");
-                None
-            }
-        }
-    }
-
+    /// Publishes to a memory topic (durable topics go through the store: see
+    /// [`crate::publish`]).
     pub async fn publish(
         &self,
         who: &Principal,
@@ -283,78 +282,111 @@ impl Node {
         data: Option<Struct>,
         idempotency_key: Option<String>,
     ) -> Result<Published, Error> {
-        let idempotency_key =
+        let (event_type, idempotency_key) =
             self.check_publish(who, &topic, &event_type, &data, idempotency_key)?;
+        if self.lanes().is_durable(&topic) {
+            return Err(Error::invalid(format!(
+                "`{topic}` is a durable topic: its events are committed to the database first"
+            )));
+        }
         let published = self
             .broker
             .publish(EventDraft {
                 topic,
-                event_type,
+                event_type: event_type.into_string(),
                 data,
                 publisher: who.user_id.clone(),
-                idempotency_key,
+                idempotency_key: idempotency_key.map(|key| key.as_str().to_owned()),
             })
             .await?;
         Ok(published)
     }
 
-    /// Publishes through the transactional outbox: commits the event, then waits (at most
-    /// `wait`) for the relay to publish it. See [`crate::store`].
-    pub async fn publish_durable(
-        &self,
-        store: &crate::store::Store,
-        who: &Principal,
-        topic: Topic,
-        event_type: String,
-        data: Option<Struct>,
-        wait: std::time::Duration,
-    ) -> Result<Published, Error> {
-        self.check_publish(who, &topic, &event_type, &data, None)?;
-        let mut tx = store.begin_as(&who.user_id).await?;
-        tx.emit_struct(&topic, &event_type, data)?;
-        let mut published = tx.commit_and_wait(wait).await?;
-        published
-            .pop()
-            .ok_or_else(|| Error::Unavailable("the durable publish produced no event".into()))
-    }
-
-    /// Authorizes and validates a publish; returns the idempotency key in effect.
-    fn check_publish(
+    /// Authorizes and validates a publish on any lane; returns the parsed type and key.
+    pub fn check_publish(
         &self,
         who: &Principal,
         topic: &Topic,
         event_type: &str,
         data: &Option<Struct>,
         idempotency_key: Option<String>,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<(EventType, Option<IdempotencyKey>), Error> {
         self.authorize(who, Action::Publish, topic)?;
-        validate_event_type(event_type)?;
+        let event_type = EventType::parse(event_type).map_err(Error::InvalidArgument)?;
+        self.check_data_size(data)?;
+        let key = IdempotencyKey::parse(idempotency_key).map_err(Error::InvalidArgument)?;
+        Ok((event_type, key))
+    }
+
+    fn check_data_size(&self, data: &Option<Struct>) -> Result<(), Error> {
         let size = data.as_ref().map_or(0, Message::encoded_len);
         if size > self.config.max_event_data_bytes {
             return Err(Error::invalid(format!(
-                "event data is {size} bytes encoded; the limit is {} bytes (node.max_event_data_bytes)",
+                "data is {size} bytes encoded; the limit is {} bytes (node.max_event_data_bytes)",
                 self.config.max_event_data_bytes
             )));
         }
-        let idempotency_key = idempotency_key.filter(|key| !key.is_empty());
-        if let Some(key) = &idempotency_key
-            && key.len() > MAX_IDEMPOTENCY_KEY_LEN
-        {
+        Ok(())
+    }
+
+    /// Sends an ephemeral signal to the topic's current subscribers on every node. With a key
+    /// and a TTL for the topic's kind, it is also kept as the latest of its key.
+    pub async fn signal(
+        &self,
+        who: &Principal,
+        topic: Topic,
+        signal_type: &str,
+        key: Option<String>,
+        data: Option<Struct>,
+    ) -> Result<Timestamp, Error> {
+        self.authorize(who, Action::Signal, &topic)?;
+        let signal_type = EventType::parse(signal_type)
+            .map_err(|e| Error::invalid(e.replace("event type", "signal type")))?;
+        let key = key.unwrap_or_default();
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Err(Error::invalid(format!(
-                "idempotency_key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY_LEN}",
+                "key is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY_LEN}",
                 key.len()
             )));
         }
-        Ok(idempotency_key)
+        self.check_data_size(&data)?;
+        if !self.signal_rate.allow(&who.user_id) {
+            let topics = self.lanes().config();
+            return Err(Error::RateLimited(format!(
+                "too many signals: at most {} per second (bursts of {}) per sender \
+                 (topics.signal_rate, topics.signal_burst); slow down and retry",
+                topics.signal_rate, topics.signal_burst
+            )));
+        }
+        let time = herald_proto::timestamp(SystemTime::now());
+        let signal = Arc::new(Signal {
+            topic: topic.to_string(),
+            r#type: signal_type.into_string(),
+            key,
+            data,
+            time: Some(time),
+            publisher: who.user_id.clone(),
+        });
+        if !signal.key.is_empty()
+            && let Some(ttl) = self.lanes().signal_ttl(topic.kind())
+        {
+            self.signals.keep(&topic, signal.clone(), ttl);
+        }
+        self.broker
+            .broadcast(&topic, HubItem::Signal(signal))
+            .await?;
+        Ok(time)
     }
 
+    /// Retained events after `since` (oldest first, at most `limit` and about
+    /// [`MAX_HISTORY_BYTES`]), with the topic's top.
     pub async fn history(
         &self,
         who: &Principal,
         topic: Topic,
         since: Option<StreamPosition>,
         limit: u32,
-    ) -> Result<HistoryPage, Error> {
+    ) -> Result<(Vec<Arc<SharedEvent>>, StreamPosition), Error> {
         self.authorize(who, Action::Read, &topic)?;
         let limit = match limit {
             0 => DEFAULT_HISTORY_LIMIT,
@@ -365,20 +397,50 @@ impl Node {
             }
             n => n,
         };
-        let start = match &since {
-            Some(since) => HistoryStart::After(since.clone()),
-            None => HistoryStart::Oldest,
+        let budget = PageBudget {
+            events: limit as usize,
+            bytes: MAX_HISTORY_BYTES,
         };
-        let page = self.broker.history(&topic, start, limit as usize).await?;
-        if !page.covered {
-            let since = since.unwrap_or_default();
-            return Err(Error::HistoryGone(format!(
-                "history no longer covers offset {} of epoch `{}` (the topic is at offset {} of epoch `{}`); \
-                 reload your state and subscribe without `since`",
-                since.offset, since.epoch, page.top.offset, page.top.epoch
-            )));
+        let (top, covered) = self
+            .history
+            .position(&topic, since.as_ref())
+            .await
+            .map_err(history_error)?;
+        if !covered {
+            return Err(gone(since.as_ref(), &top));
         }
-        Ok(page)
+        let after = match since {
+            Some(since) => since,
+            None => self.oldest_start(&topic, &top).await?,
+        };
+        match self.history.page(&topic, &after, budget).await {
+            Ok(page) => Ok((page.events, top)),
+            Err(HistoryError::Gone(_)) => Err(gone(Some(&after), &top)),
+            Err(error) => Err(history_error(error)),
+        }
+    }
+
+    /// The position just before the oldest retained event.
+    async fn oldest_start(
+        &self,
+        topic: &Topic,
+        top: &StreamPosition,
+    ) -> Result<StreamPosition, Error> {
+        if let Some(bounds) = self.history.bounds(topic).await.map_err(history_error)? {
+            return Ok(StreamPosition {
+                offset: bounds.oldest.saturating_sub(1),
+                epoch: bounds.top.epoch,
+            });
+        }
+        let page = self.broker.history(topic, HistoryStart::Oldest, 1).await?;
+        let offset = page
+            .events
+            .first()
+            .map_or(top.offset, |event| event.offset.saturating_sub(1));
+        Ok(StreamPosition {
+            offset,
+            epoch: top.epoch.clone(),
+        })
     }
 
     pub async fn presence(
@@ -387,25 +449,13 @@ impl Node {
         topic: Topic,
     ) -> Result<Vec<PresenceMember>, Error> {
         self.authorize(who, Action::Read, &topic)?;
-        Ok(self.presence.members(&topic).await?)
+        Ok(self.presence.store().members(&topic).await?)
     }
 
     /// Ends every subscription with a "shutting down" status and refuses new ones.
     pub fn shutdown(&self) {
         self.hub.shutdown();
     }
-}
-
-/// Where a (re)subscription starts.
-#[derive(Debug)]
-pub struct Resume {
-    /// The first frame for the subscriber.
-    pub subscribed: Subscribed,
-    /// Events to replay before live ones, in offset order.
-    pub replay: Vec<Arc<SharedEvent>>,
-    /// The position the subscriber is at before the replay: live events at or below it
-    /// are skipped.
-    pub start: StreamPosition,
 }
 
 pub(crate) fn shutting_down() -> Error {
@@ -419,18 +469,24 @@ fn subscribed(top: &StreamPosition, recovered: bool) -> Subscribed {
     }
 }
 
-pub(crate) fn validate_event_type(event_type: &str) -> Result<(), Error> {
-    let valid_char =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/');
-    if event_type.is_empty()
-        || event_type.len() > MAX_EVENT_TYPE_LEN
-        || !event_type.chars().all(valid_char)
-    {
-        return Err(Error::invalid(format!(
-            "event type must be 1–{MAX_EVENT_TYPE_LEN} characters of A–Z a–z 0–9 . _ - : /, for example `chat.message`"
-        )));
+fn gone(since: Option<&StreamPosition>, top: &StreamPosition) -> Error {
+    let since = since.cloned().unwrap_or_default();
+    Error::HistoryGone(format!(
+        "history no longer covers offset {} of epoch `{}` (the topic is at offset {} of epoch `{}`); \
+         reload your state and subscribe without `since`",
+        since.offset, since.epoch, top.offset, top.epoch
+    ))
+}
+
+pub(crate) fn history_error(error: HistoryError) -> Error {
+    match error {
+        HistoryError::Broker(error) => Error::Broker(error),
+        HistoryError::Log(error) => Error::Log(error),
+        HistoryError::Gone(since) => Error::HistoryGone(format!(
+            "history no longer covers offset {} of epoch `{}`; reload your state and subscribe without `since`",
+            since.offset, since.epoch
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -460,13 +516,15 @@ mod tests {
             replay_cap,
             ..NodeConfig::default()
         };
-        Node::new(
+        Node::new(NodeParts {
             hub,
             broker,
-            Arc::new(MemoryPresence::new()),
-            Policy::new(PolicyConfig::default()),
+            presence: Arc::new(MemoryPresence::new()),
+            policy: Policy::new(PolicyConfig::default()),
             config,
-        )
+            lanes: Arc::new(Lanes::default()),
+            log: None,
+        })
         .unwrap()
     }
 
@@ -561,7 +619,7 @@ mod tests {
                 for _ in 0..published {
                     publish(&node, &topic).await;
                 }
-                let epoch = node.history(&service(), topic.clone(), None, 1).await.unwrap().top.epoch;
+                let epoch = node.history(&service(), topic.clone(), None, 1).await.unwrap().1.epoch;
                 let position = StreamPosition {
                     offset: since,
                     epoch: if right_epoch { epoch.clone() } else { "stale".into() },

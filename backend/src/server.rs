@@ -17,8 +17,10 @@ use crate::{
     config::Config,
     grpc::{auth::AuthService, edge::EdgeService, rooms::RoomsService},
     hub::Hub,
-    node::Node,
+    lanes::Lanes,
+    node::{Node, NodeParts},
     presence::memory::MemoryPresence,
+    publish::Publisher,
     store::{RelayFaults, Store, StoreError, relay},
 };
 
@@ -61,7 +63,13 @@ impl Backend {
             path: data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&config.database_url(), config.database.clone()).await?;
+        let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
+        let store = Store::open(
+            &config.database_url(),
+            config.database.clone(),
+            lanes.clone(),
+        )
+        .await?;
 
         if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
             let (secret, created) =
@@ -82,13 +90,15 @@ impl Backend {
 
         let hub = Hub::new(config.node.subscriber_queue);
         let broker = Arc::new(MemoryBroker::new(hub.clone(), config.retention.clone()));
-        let node = Node::new(
+        let node = Node::new(NodeParts {
             hub,
-            broker.clone(),
-            Arc::new(MemoryPresence::new()),
-            Policy::new(config.policy.clone()),
-            config.node.clone(),
-        )
+            broker: broker.clone(),
+            presence: Arc::new(MemoryPresence::new()),
+            policy: Policy::new(config.policy.clone()),
+            config: config.node.clone(),
+            lanes,
+            log: Some(Arc::new(store.clone())),
+        })
         .map_err(ServeError::Config)?;
         Ok(Backend {
             config,
@@ -144,6 +154,7 @@ impl Backend {
             shutdown.clone(),
         ));
         tracker.spawn(store.clone().run_health(shutdown.clone()));
+        tracker.spawn(store.clone().run_retention(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -159,7 +170,8 @@ impl Backend {
             .build_v1()
             .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-        let rooms = RoomsServer::new(RoomsService::new(node.clone()).with_store(store))
+        let publisher = Publisher::new(node.clone(), store);
+        let rooms = RoomsServer::new(RoomsService::new(node.clone(), publisher))
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let rooms = tonic::service::interceptor::InterceptedService::new(
             rooms,

@@ -1,12 +1,18 @@
 //! [`EventStream`]: one subscription, as the named stream type every transport returns.
 //!
-//! It yields `subscribed`, then the replayed events (history after `since`), then live events
-//! from the hub, skipping live events already replayed. It ends itself, with a status carrying
-//! the [`CloseCode`] and the last offset it delivered, when the token expires, when the hub
-//! ends it (slow consumer, shutdown) or when live delivery would leave a gap. Dropping it
+//! It yields `subscribed`, the latest keyed signals, then the replay, then live items from
+//! the hub. A memory topic's replay is the broker window read at attach; a durable topic's is
+//! read page by page from the broker cache or the database as the client pulls, so a
+//! 100,000-event catch-up holds one page in memory. Every live event goes through the
+//! [`LiveCursor`]: skipped when already replayed, delivered when next, and on a durable topic
+//! a gap (or the hub dropping a subscriber that fell behind) sends the stream back to paging
+//! from where it is. It ends itself, with a status carrying the close code and the last
+//! offset it delivered, when the cursor says so or the token expires. Dropping it
 //! unregisters the subscriber from the hub and from presence.
 
 use std::{
+    collections::VecDeque,
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -16,47 +22,43 @@ use std::{
 use futures_util::Stream;
 use herald_proto::{
     encoded::Encoded,
-    v1::{CloseCode, StreamPosition, SubscribeResponse, Subscribed, subscribe_response::Frame},
+    v1::{StreamPosition, SubscribeResponse, subscribe_response::Frame},
 };
 use tokio::time::Sleep;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::{
-    error::stream_end,
+    cursor::{Ending, LiveCursor, Verdict},
     event::SharedEvent,
-    hub::{CloseReason, HubItem, HubSubscription},
-    presence::ConnectionId,
+    history::{History, HistoryError, Page, PageBudget},
+    hub::{CloseReason, Hub, HubItem, HubSubscription},
+    node::{Attachment, Replay},
+    presence::PresenceGuard,
     topic::Topic,
 };
 
-/// Leaves presence when the subscription ends.
-pub(crate) trait PresenceLeave: Send + Sync + 'static {
-    fn leave(&self, topic: Topic, user_id: String, connection: ConnectionId);
-}
+type PageRead = Pin<Box<dyn Future<Output = Result<Page, HistoryError>> + Send>>;
 
-pub(crate) struct PresenceGuard {
-    pub(crate) leave: Arc<dyn PresenceLeave>,
-    pub(crate) topic: Topic,
-    pub(crate) user_id: String,
-    pub(crate) connection: ConnectionId,
-}
-
-impl Drop for PresenceGuard {
-    fn drop(&mut self) {
-        self.leave.leave(
-            self.topic.clone(),
-            std::mem::take(&mut self.user_id),
-            self.connection,
-        );
-    }
+/// Where the stream is in catching up.
+enum CatchUp {
+    /// Live: caught up.
+    Live,
+    /// A page must be read once the current one is sent.
+    Due,
+    Reading(PageRead),
 }
 
 pub struct EventStream {
-    subscribed: Option<Subscribed>,
-    replay: vec::IntoIter<Arc<SharedEvent>>,
-    live: HubSubscription,
-    /// The last event delivered (or the top the subscription started from).
-    last: StreamPosition,
+    topic: Topic,
+    history: History,
+    hub: Arc<Hub>,
+    /// `None` while a durable stream that fell behind catches up unregistered.
+    live: Option<HubSubscription>,
+    cursor: LiveCursor,
+    /// `subscribed` and the latest signals: sent first.
+    head: VecDeque<Encoded>,
+    page: vec::IntoIter<Arc<SharedEvent>>,
+    catch_up: CatchUp,
     expiry: Pin<Box<Sleep>>,
     done: bool,
     _presence: Option<PresenceGuard>,
@@ -65,7 +67,8 @@ pub struct EventStream {
 impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream")
-            .field("last", &self.last)
+            .field("topic", &self.topic)
+            .field("cursor", &self.cursor)
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -73,42 +76,95 @@ impl std::fmt::Debug for EventStream {
 
 impl EventStream {
     pub(crate) fn new(
-        subscribed: Subscribed,
-        replay: Vec<Arc<SharedEvent>>,
+        topic: Topic,
+        attachment: Attachment,
         live: HubSubscription,
-        start: StreamPosition,
+        hub: Arc<Hub>,
+        history: History,
         expiry: Pin<Box<Sleep>>,
-        presence: Option<PresenceGuard>,
     ) -> EventStream {
+        let mut head = VecDeque::with_capacity(1 + attachment.signals.len());
+        head.push_back(frame(Frame::Subscribed(attachment.subscribed)));
+        head.extend(
+            attachment
+                .signals
+                .into_iter()
+                .map(|signal| frame(Frame::Signal(signal))),
+        );
+        let (page, catch_up) = match attachment.replay {
+            Replay::Nothing => (Vec::new(), CatchUp::Live),
+            Replay::Events(events) => (events, CatchUp::Live),
+            Replay::Pages => (Vec::new(), CatchUp::Due),
+        };
         EventStream {
-            subscribed: Some(subscribed),
-            replay: replay.into_iter(),
-            live,
-            last: start,
+            topic,
+            history,
+            hub,
+            live: Some(live),
+            cursor: attachment.cursor,
+            head,
+            page: page.into_iter(),
+            catch_up,
             expiry,
             done: false,
-            _presence: presence,
+            _presence: attachment.presence,
         }
     }
 
     /// The position of the last event this stream delivered.
     pub fn last_position(&self) -> &StreamPosition {
-        &self.last
+        self.cursor.last()
     }
 
-    fn end(
-        &mut self,
-        code: Code,
-        close: CloseCode,
-        message: &str,
-    ) -> Poll<Option<Result<Encoded, Status>>> {
+    fn end(&mut self, ending: Ending) -> Poll<Option<Result<Encoded, Status>>> {
         self.done = true;
-        Poll::Ready(Some(Err(stream_end(code, close, message, &self.last))))
+        Poll::Ready(Some(Err(ending.status(self.cursor.last()))))
     }
 
-    fn event(&mut self, event: &SharedEvent) -> Poll<Option<Result<Encoded, Status>>> {
-        self.last.offset = event.offset;
-        Poll::Ready(Some(Ok(event.subscribe_frame().clone())))
+    /// Starts reading the next page after the cursor, registering with the hub first if the
+    /// stream had dropped out of it.
+    fn start_read(&mut self) -> Result<(), Ending> {
+        match &self.live {
+            Some(live) if live.close_reason() == CloseReason::Shutdown => {
+                return Err(Ending::Shutdown);
+            }
+            Some(_) => {}
+            None => {
+                self.live = Some(
+                    self.hub
+                        .subscribe(&self.topic)
+                        .map_err(|_| Ending::Shutdown)?,
+                )
+            }
+        }
+        let history = self.history.clone();
+        let topic = self.topic.clone();
+        let after = self.cursor.last().clone();
+        self.catch_up = CatchUp::Reading(Box::pin(async move {
+            history.page(&topic, &after, PageBudget::REPLAY).await
+        }));
+        Ok(())
+    }
+
+    /// Polls the page being read; `Ready(Ok)` once the next page is in place.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ending>> {
+        let CatchUp::Reading(read) = &mut self.catch_up else {
+            return Poll::Ready(Ok(()));
+        };
+        let page = std::task::ready!(read.as_mut().poll(cx)).map_err(|error| match error {
+            HistoryError::Gone(_) => Ending::HistoryGone,
+            error => {
+                tracing::warn!(topic = %self.topic, %error, "could not read history for a subscriber");
+                Ending::Unavailable
+            }
+        })?;
+        self.catch_up = if page.reached_end {
+            CatchUp::Live
+        } else {
+            CatchUp::Due
+        };
+        self.page = page.events.into_iter();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -121,55 +177,66 @@ impl Stream for EventStream {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(subscribed) = this.subscribed.take() {
-            return Poll::Ready(Some(Ok(frame(Frame::Subscribed(subscribed)))));
-        }
-        if let Some(event) = this.replay.next() {
-            return this.event(&event);
-        }
-        if this.expiry.as_mut().poll(cx).is_ready() {
-            return this.end(
-                Code::Unauthenticated,
-                CloseCode::TokenExpired,
-                "token expired",
-            );
+        if let Some(head) = this.head.pop_front() {
+            return Poll::Ready(Some(Ok(head)));
         }
         loop {
-            let Some(item) = std::task::ready!(this.live.receiver().poll_recv(cx)) else {
-                return match this.live.close_reason() {
-                    CloseReason::SlowConsumer => this.end(
-                        Code::ResourceExhausted,
-                        CloseCode::SlowConsumer,
-                        "slow consumer: the subscription fell too far behind",
-                    ),
-                    CloseReason::Shutdown | CloseReason::Open => {
-                        this.end(Code::Unavailable, CloseCode::Shutdown, "shutting down")
+            if let Some(event) = this.page.next() {
+                match this.cursor.accept(&event) {
+                    Verdict::Deliver => {
+                        this.cursor.advance(&event);
+                        return Poll::Ready(Some(Ok(event.subscribe_frame().clone())));
                     }
-                };
+                    Verdict::Skip => continue,
+                    Verdict::Fill | Verdict::End(_) => return this.end(Ending::Gap),
+                }
+            }
+            if this.expiry.as_mut().poll(cx).is_ready() {
+                return this.end(Ending::TokenExpired);
+            }
+            match &this.catch_up {
+                CatchUp::Due => {
+                    if let Err(ending) = this.start_read() {
+                        return this.end(ending);
+                    }
+                    continue;
+                }
+                CatchUp::Reading(_) => match std::task::ready!(this.poll_read(cx)) {
+                    Ok(()) => continue,
+                    Err(ending) => return this.end(ending),
+                },
+                CatchUp::Live => {}
+            }
+            let Some(live) = this.live.as_mut() else {
+                this.catch_up = CatchUp::Due;
+                continue;
+            };
+            let Some(item) = std::task::ready!(live.receiver().poll_recv(cx)) else {
+                match this.cursor.hub_closed(live.close_reason()) {
+                    Verdict::End(ending) => return this.end(ending),
+                    _ => {
+                        // Fell behind on a durable topic: page from the database instead.
+                        this.live = None;
+                        this.catch_up = CatchUp::Due;
+                        continue;
+                    }
+                }
             };
             match item {
-                HubItem::Event(event) => {
-                    if event.epoch != this.last.epoch {
-                        return this.end(
-                            Code::Unavailable,
-                            CloseCode::InsufficientState,
-                            "the topic's epoch changed",
-                        );
+                HubItem::Event(event) => match this.cursor.accept(&event) {
+                    Verdict::Deliver => {
+                        this.cursor.advance(&event);
+                        return Poll::Ready(Some(Ok(event.subscribe_frame().clone())));
                     }
-                    if event.offset <= this.last.offset {
-                        continue; // already replayed from history
-                    }
-                    if event.offset != this.last.offset + 1 {
-                        return this.end(
-                            Code::Unavailable,
-                            CloseCode::InsufficientState,
-                            "live delivery skipped an offset",
-                        );
-                    }
-                    return this.event(&event);
-                }
+                    Verdict::Skip => continue,
+                    Verdict::Fill => this.catch_up = CatchUp::Due,
+                    Verdict::End(ending) => return this.end(ending),
+                },
                 HubItem::Presence(change) => {
                     return Poll::Ready(Some(Ok(frame(Frame::Presence((*change).clone())))));
+                }
+                HubItem::Signal(signal) => {
+                    return Poll::Ready(Some(Ok(frame(Frame::Signal((*signal).clone())))));
                 }
             }
         }

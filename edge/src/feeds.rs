@@ -20,7 +20,7 @@ use std::{
 };
 
 use herald_proto::v1::{
-    CloseCode, FollowAttach, FollowDetach, FollowOpen, FollowRefresh, FollowRequest,
+    CloseCode, FollowAttach, FollowDetach, FollowMore, FollowOpen, FollowRefresh, FollowRequest,
     FollowResponse, StreamPosition, edge_client::EdgeClient, follow_request::Action,
     follow_response::Frame,
 };
@@ -58,8 +58,17 @@ pub struct AttachRequest {
 #[derive(Debug)]
 enum Command {
     Attach(AttachRequest),
-    Detach { subscriber: u64 },
-    Refresh { subscriber: u64, token: Arc<str> },
+    Detach {
+        subscriber: u64,
+    },
+    Refresh {
+        subscriber: u64,
+        token: Arc<str>,
+    },
+    /// A replaying subscriber's socket drained its last page: ask for the next.
+    More {
+        subscriber: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -157,7 +166,9 @@ enum SubState {
         request_id: Option<u64>,
         since: Option<StreamPosition>,
     },
-    Attached,
+    /// Attached; while `replaying`, its events come in its own `replay` pages (asked for
+    /// one at a time as the socket drains), not from the topic's `event` frames.
+    Attached { replaying: bool },
 }
 
 #[derive(Debug)]
@@ -168,6 +179,12 @@ struct Subscriber {
     /// The last offset this subscriber was sent.
     last: u64,
     state: SubState,
+}
+
+impl Subscriber {
+    fn is_live(&self) -> bool {
+        matches!(self.state, SubState::Attached { replaying: false })
+    }
 }
 
 struct Feed {
@@ -296,13 +313,13 @@ impl Feed {
                 continue;
             };
             let since = match &sub.state {
-                SubState::Attached => Some(StreamPosition {
+                SubState::Attached { .. } => Some(StreamPosition {
                     offset: sub.last,
                     epoch: self.epoch.clone(),
                 }),
                 SubState::Pending { since, .. } => since.clone(),
             };
-            if let SubState::Attached = sub.state {
+            if let SubState::Attached { .. } = sub.state {
                 sub.state = SubState::Pending {
                     request_id: None,
                     since: since.clone(),
@@ -381,6 +398,14 @@ impl Feed {
                     action: Some(Action::Detach(FollowDetach { subscriber })),
                 })
             }
+            Command::More { subscriber } => {
+                let sub = self.subscribers.get(&subscriber)?;
+                matches!(sub.state, SubState::Attached { replaying: true }).then_some(
+                    FollowRequest {
+                        action: Some(Action::More(FollowMore { subscriber })),
+                    },
+                )
+            }
             Command::Refresh { subscriber, token } => {
                 let sub = self.subscribers.get_mut(&subscriber)?;
                 sub.token.clone_from(&token);
@@ -409,10 +434,11 @@ impl Feed {
                 };
                 let subscribed = attached.subscribed.unwrap_or_default();
                 let position = subscribed.position.clone().unwrap_or_default();
-                let SubState::Pending { request_id, .. } = sub.state else {
+                let SubState::Pending { request_id, since } = &sub.state else {
                     return detach;
                 };
-                match request_id {
+                let since = since.clone();
+                match *request_id {
                     Some(id) => {
                         sub.out.text(protocol::result(id, &subscribed));
                     }
@@ -434,21 +460,39 @@ impl Feed {
                     }
                     None => {}
                 }
+                for signal in &attached.signals {
+                    sub.out.push(OutItem::Text(protocol::signal_push(signal)));
+                }
                 self.epoch = position.epoch;
-                sub.last = position.offset;
-                sub.state = SubState::Attached;
+                sub.last = match since {
+                    Some(since) if attached.replaying => since.offset,
+                    _ => position.offset,
+                };
+                sub.state = SubState::Attached {
+                    replaying: attached.replaying,
+                };
             }
             Frame::Replay(replay) => {
-                if let Some(sub) = self.subscribers.get(&replay.subscriber) {
-                    for event in &replay.events {
+                let Some(sub) = self.subscribers.get_mut(&replay.subscriber) else {
+                    return detach;
+                };
+                for event in &replay.events {
+                    if event.offset > sub.last {
                         sub.out.push(OutItem::Text(protocol::event_push(event)));
+                        sub.last = event.offset;
                     }
+                }
+                if replay.complete {
+                    sub.state = SubState::Attached { replaying: false };
+                } else {
+                    let out = sub.out.clone();
+                    self.ask_more_when_drained(replay.subscriber, out);
                 }
             }
             Frame::Event(event) => {
                 let mut push = None;
                 for sub in self.subscribers.values_mut() {
-                    if matches!(sub.state, SubState::Attached) && sub.last < event.offset {
+                    if sub.is_live() && sub.last < event.offset {
                         let frame = push.get_or_insert_with(|| protocol::event_push(&event));
                         sub.out.push(OutItem::Text(frame.clone()));
                         sub.last = event.offset;
@@ -458,7 +502,15 @@ impl Feed {
             Frame::Presence(change) => {
                 let push = protocol::presence_push(&change);
                 for sub in self.subscribers.values() {
-                    if matches!(sub.state, SubState::Attached) {
+                    if matches!(sub.state, SubState::Attached { .. }) {
+                        sub.out.push(OutItem::Text(push.clone()));
+                    }
+                }
+            }
+            Frame::Signal(signal) => {
+                let push = protocol::signal_push(&signal);
+                for sub in self.subscribers.values() {
+                    if matches!(sub.state, SubState::Attached { .. }) {
                         sub.out.push(OutItem::Text(push.clone()));
                     }
                 }
@@ -490,6 +542,18 @@ impl Feed {
             Frame::Refreshed(_) => {}
         }
         detach
+    }
+
+    /// Asks for a replaying subscriber's next page once its socket has drained this one.
+    fn ask_more_when_drained(&self, subscriber: u64, out: Outbound) {
+        let feeds = self.feeds.clone();
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            out.drained().await;
+            feeds
+                .send(&topic, Command::More { subscriber }, false)
+                .await;
+        });
     }
 
     /// Ends every subscriber after the feed gave up on the backend.

@@ -55,6 +55,10 @@ struct Shared {
     max_bytes: usize,
     slow: AtomicBool,
     slow_notify: Notify,
+    /// Set while someone waits in [`Outbound::drained`]; the receiver then wakes it once the
+    /// queue is down to a quarter of its limit (one flag check per frame otherwise).
+    drain_waiting: AtomicBool,
+    drained: Notify,
 }
 
 impl Shared {
@@ -87,6 +91,8 @@ pub fn channel(max_bytes: usize) -> (Outbound, OutboundReceiver) {
         max_bytes,
         slow: AtomicBool::new(false),
         slow_notify: Notify::new(),
+        drain_waiting: AtomicBool::new(false),
+        drained: Notify::new(),
     });
     (
         Outbound {
@@ -122,6 +128,23 @@ impl Outbound {
         self.push(OutItem::Text(frame.into()))
     }
 
+    /// Waits until the socket has written out all but a quarter of its queue limit (or is
+    /// gone or slow): how a replay is paced by the socket.
+    pub async fn drained(&self) {
+        let shared = &self.shared;
+        loop {
+            let notified = shared.drained.notified();
+            shared.drain_waiting.store(true, Ordering::Release);
+            if shared.queued_bytes.load(Ordering::Acquire) <= shared.max_bytes / 4
+                || shared.slow.load(Ordering::Acquire)
+                || shared.receiver_gone.load(Ordering::Acquire)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn mark_slow(&self) {
         if !self.shared.slow.swap(true, Ordering::AcqRel) {
             self.shared.slow_notify.notify_one();
@@ -148,9 +171,12 @@ impl OutboundReceiver {
         }
         drop(queue);
         let item = item?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(item.len(), Ordering::AcqRel);
+        let shared = &self.shared;
+        let left = shared.queued_bytes.fetch_sub(item.len(), Ordering::AcqRel) - item.len();
+        if left <= shared.max_bytes / 4 && shared.drain_waiting.load(Ordering::Acquire) {
+            shared.drain_waiting.store(false, Ordering::Release);
+            shared.drained.notify_waiters();
+        }
         Some(item)
     }
 
@@ -168,6 +194,7 @@ impl Drop for OutboundReceiver {
     fn drop(&mut self) {
         self.shared.receiver_gone.store(true, Ordering::Relaxed);
         self.shared.queue().clear();
+        self.shared.drained.notify_waiters();
     }
 }
 
@@ -190,6 +217,32 @@ impl SlowSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_waiter_for_drain_wakes_once_the_queue_is_down_to_a_quarter() {
+        let (out, mut rx) = channel(100);
+        for _ in 0..9 {
+            assert!(out.text("0123456789"));
+        }
+        let waiter = tokio::spawn({
+            let out = out.clone();
+            async move { out.drained().await }
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..6 {
+            rx.recv().await;
+            assert!(
+                !waiter.is_finished(),
+                "{} bytes still queued",
+                rx.queued_bytes()
+            );
+        }
+        rx.recv().await; // 20 bytes left: at most a quarter of 100
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn frames_beyond_the_byte_limit_mark_the_socket_slow() {

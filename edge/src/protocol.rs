@@ -7,7 +7,7 @@
 //! `{"topic", "presence"}`, and `{"unsubscribed": {"topic", "code", "message", "offset", "epoch"}}`.
 
 use axum::extract::ws::Utf8Bytes;
-use herald_proto::v1::{CloseCode, Event, PresenceChange, StreamPosition};
+use herald_proto::v1::{CloseCode, Event, PresenceChange, Signal, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -250,6 +250,15 @@ pub fn presence_push(change: &PresenceChange) -> Utf8Bytes {
     Utf8Bytes::from(format!(
         "{{\"topic\":{},\"presence\":{body}}}",
         quote(&change.topic)
+    ))
+}
+
+/// A signal push: `{"topic":…,"signal":{…}}` (ephemeral: no offset).
+pub fn signal_push(signal: &Signal) -> Utf8Bytes {
+    let body = serde_json::to_string(signal).unwrap_or_else(|_| "{}".into());
+    Utf8Bytes::from(format!(
+        "{{\"topic\":{},\"signal\":{body}}}",
+        quote(&signal.topic)
     ))
 }
 

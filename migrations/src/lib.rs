@@ -5,6 +5,9 @@ pub use sea_orm_migration::{migrator::MigrationStatus, prelude::*};
 
 mod m20261122_000001_create_server_meta;
 mod m20261122_000002_create_outbox;
+mod m20261201_000003_durable_topics;
+
+pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
 /// The ordered list of migrations.
 #[derive(Debug)]
@@ -16,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_server_meta::Migration),
             Box::new(m20261122_000002_create_outbox::Migration),
+            Box::new(m20261201_000003_durable_topics::Migration),
         ]
     }
 }

@@ -31,7 +31,7 @@ async fn fifty_slow_concurrent_writers_never_have_an_event_skipped_or_reordered_
     let service = app.service().await;
     let mut subs = vec![];
     for t in 0..TOPICS {
-        subs.push(service.subscribe(&format!("room:w{t}")).await);
+        subs.push(service.subscribe(&format!("order:w{t}")).await);
     }
 
     let commit_order = Arc::new(AtomicU64::new(0));
@@ -40,7 +40,7 @@ async fn fifty_slow_concurrent_writers_never_have_an_event_skipped_or_reordered_
             let store = app.store.clone();
             let commit_order = commit_order.clone();
             tokio::spawn(async move {
-                let topic = Topic::parse(&format!("room:w{}", writer % TOPICS)).unwrap();
+                let topic = Topic::parse(&format!("order:w{}", writer % TOPICS)).unwrap();
                 let mut tx = store.begin().await.unwrap();
                 tx.emit(&topic, "test.write", json!({ "writer": writer }))
                     .unwrap();
@@ -80,7 +80,7 @@ async fn fifty_slow_concurrent_writers_never_have_an_event_skipped_or_reordered_
             .unwrap()
     };
     for (t, sub) in subs.iter_mut().enumerate() {
-        let name = format!("room:w{t}");
+        let name = format!("order:w{t}");
         // Commit order of this topic: its sequence numbers.
         let mut committed: Vec<&outbox::Model> =
             rows.values().filter(|row| row.topic == name).collect();

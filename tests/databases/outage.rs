@@ -29,9 +29,9 @@ async fn a_database_outage_fails_writes_with_unavailable_and_recovers_without_a_
     })
     .await;
     let service = app.service().await;
-    let mut sub = service.subscribe("room:outage").await;
+    let mut sub = service.subscribe("order:outage").await;
     let first = service
-        .try_publish_durable("room:outage", "test.event", json!({ "n": 1 }))
+        .try_publish_durable("order:outage", "test.event", json!({ "n": 1 }))
         .await
         .unwrap();
     assert_eq!(first.position.unwrap().offset, 1);
@@ -66,7 +66,7 @@ async fn a_database_outage_fails_writes_with_unavailable_and_recovers_without_a_
     reaches(ServingStatus::NotServing).await;
 
     let refused = service
-        .try_publish_durable("room:outage", "test.event", json!({ "n": 99 }))
+        .try_publish_durable("order:outage", "test.event", json!({ "n": 99 }))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
@@ -88,7 +88,7 @@ async fn a_database_outage_fails_writes_with_unavailable_and_recovers_without_a_
     reaches(ServingStatus::Serving).await;
 
     let second = service
-        .try_publish_durable("room:outage", "test.event", json!({ "n": 2 }))
+        .try_publish_durable("order:outage", "test.event", json!({ "n": 2 }))
         .await
         .unwrap();
     assert_eq!(second.position.unwrap().offset, 2);

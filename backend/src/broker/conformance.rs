@@ -5,8 +5,9 @@ use std::{sync::Arc, time::Duration};
 
 use herald_proto::v1::StreamPosition;
 
-use super::{Broker, EventDraft, HistoryStart, memory::RetentionConfig};
+use super::{Appended, Broker, EventDraft, HistoryStart, memory::RetentionConfig};
 use crate::{
+    event::SharedEvent,
     hub::{Hub, HubItem},
     topic::Topic,
 };
@@ -213,6 +214,118 @@ async fn history_and_idempotency_keys_expire_with_age() {
         assert!(
             page.covered,
             "{name}: offset 1 was delivered; 2 is retained"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_scoped_to_its_publisher() {
+    for (name, make) in BROKERS {
+        let broker = make(Hub::new(16), retention(100));
+        let mine = broker.publish(draft(&topic(), Some("k"))).await.unwrap();
+        let theirs = broker
+            .publish(EventDraft {
+                publisher: "someone-else".into(),
+                ..draft(&topic(), Some("k"))
+            })
+            .await
+            .unwrap();
+        assert!(
+            !theirs.duplicate,
+            "{name}: another publisher's key is not mine"
+        );
+        assert_eq!(theirs.position.offset, mine.position.offset + 1, "{name}");
+    }
+}
+
+fn fixed(offset: u64, epoch: &str) -> Arc<SharedEvent> {
+    Arc::new(SharedEvent::new(herald_proto::v1::Event {
+        topic: "order:conformance".into(),
+        offset,
+        epoch: epoch.into(),
+        id: format!("e{offset}"),
+        ..Default::default()
+    }))
+}
+
+fn durable_topic() -> Topic {
+    Topic::parse("order:conformance").unwrap()
+}
+
+fn drain(sub: &mut crate::hub::HubSubscription) -> Vec<u64> {
+    let mut offsets = vec![];
+    while let Ok(HubItem::Event(event)) = sub.receiver().try_recv() {
+        offsets.push(event.offset);
+    }
+    offsets
+}
+
+#[tokio::test]
+async fn appended_events_keep_their_offsets_and_a_retry_delivers_nothing() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(hub.clone(), retention(100));
+        let mut sub = hub.subscribe(&durable_topic()).unwrap();
+        for offset in 1..=3 {
+            let appended = broker.append(fixed(offset, "db")).await.unwrap();
+            assert_eq!(appended, Appended::Delivered, "{name}");
+        }
+        let retry = broker.append(fixed(2, "db")).await.unwrap();
+        assert_eq!(retry, Appended::AlreadyCached, "{name}");
+        assert_eq!(drain(&mut sub), vec![1, 2, 3], "{name}");
+        let since = StreamPosition {
+            offset: 1,
+            epoch: "db".into(),
+        };
+        let page = broker
+            .history(&durable_topic(), HistoryStart::After(since), 10)
+            .await
+            .unwrap();
+        assert!(page.covered, "{name}");
+        let offsets: Vec<u64> = page.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![2, 3], "{name}");
+        assert_eq!(page.top.offset, 3, "{name}");
+        assert_eq!(page.top.epoch, "db", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_event_ahead_of_the_cache_restarts_it_there_and_is_still_delivered() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(hub.clone(), retention(100));
+        let mut sub = hub.subscribe(&durable_topic()).unwrap();
+        broker.append(fixed(1, "db")).await.unwrap();
+        broker.append(fixed(7, "db")).await.unwrap();
+        assert_eq!(
+            drain(&mut sub),
+            vec![1, 7],
+            "{name}: the gap is the reader's to fill"
+        );
+        let before_gap = StreamPosition {
+            offset: 1,
+            epoch: "db".into(),
+        };
+        let page = broker
+            .history(&durable_topic(), HistoryStart::After(before_gap), 10)
+            .await
+            .unwrap();
+        assert!(!page.covered, "{name}: 2–6 are not cached");
+        let at_gap = StreamPosition {
+            offset: 6,
+            epoch: "db".into(),
+        };
+        let page = broker
+            .history(&durable_topic(), HistoryStart::After(at_gap), 10)
+            .await
+            .unwrap();
+        assert!(page.covered, "{name}");
+        assert_eq!(page.events.len(), 1, "{name}");
+        broker.append(fixed(8, "other")).await.unwrap();
+        assert_eq!(
+            drain(&mut sub),
+            vec![8],
+            "{name}: a new epoch restarts the cache too"
         );
     }
 }

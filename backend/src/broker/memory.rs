@@ -17,7 +17,7 @@ use herald_proto::v1::{Event, StreamPosition};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, EventDraft, HistoryPage, HistoryStart, Published};
+use super::{Appended, Broker, BrokerError, EventDraft, HistoryPage, HistoryStart, Published};
 use crate::{
     event::SharedEvent,
     hub::{Hub, HubItem},
@@ -64,7 +64,8 @@ struct TopicLog {
     epoch: String,
     top: u64,
     history: VecDeque<(Instant, Arc<SharedEvent>)>,
-    keys: HashMap<String, (Instant, Published)>,
+    /// Idempotency keys by (publisher, key).
+    keys: HashMap<(String, String), (Instant, Published)>,
     touched: Instant,
 }
 
@@ -190,7 +191,10 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         log.touched = now;
         log.trim(&self.retention, now);
-        if let Some(key) = &draft.idempotency_key
+        let key = draft
+            .idempotency_key
+            .map(|key| (draft.publisher.clone(), key));
+        if let Some(key) = &key
             && let Some((_, first)) = log.keys.get(key)
         {
             return Ok(Published {
@@ -218,12 +222,36 @@ impl Broker for MemoryBroker {
             id,
             duplicate: false,
         };
-        if let Some(key) = draft.idempotency_key {
+        if let Some(key) = key {
             log.keys.insert(key, (now, published.clone()));
         }
         // Delivered while the log is locked: hub order is offset order.
         self.hub.deliver(&draft.topic, HubItem::Event(event));
         Ok(published)
+    }
+
+    async fn append(&self, event: Arc<SharedEvent>) -> Result<Appended, BrokerError> {
+        let topic = match Topic::parse(&event.topic) {
+            Ok(topic) => topic,
+            Err(error) => return Err(BrokerError::Backend(format!("append: {error}"))),
+        };
+        let log = self.log(&topic);
+        let mut log = lock(&log);
+        let now = Instant::now();
+        log.touched = now;
+        if event.epoch == log.epoch && event.offset <= log.top {
+            return Ok(Appended::AlreadyCached);
+        }
+        if event.epoch != log.epoch || event.offset != log.top + 1 {
+            // Start over at this event: the cache covers from here on.
+            log.epoch.clone_from(&event.epoch);
+            log.history.clear();
+        }
+        log.top = event.offset;
+        log.history.push_back((now, event.clone()));
+        log.trim(&self.retention, now);
+        self.hub.deliver(&topic, HubItem::Event(event));
+        Ok(Appended::Delivered)
     }
 
     async fn history(

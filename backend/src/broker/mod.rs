@@ -25,8 +25,19 @@ pub struct EventDraft {
     pub data: Option<Struct>,
     /// The `sub` of the principal publishing.
     pub publisher: String,
-    /// A retry with the same key within the idempotency window publishes nothing new.
+    /// A retry by the same publisher with the same key within the idempotency window
+    /// publishes nothing new. Keys are scoped per (topic, publisher): nobody can claim
+    /// another publisher's key.
     pub idempotency_key: Option<String>,
+}
+
+/// What [`Broker::append`] did with an event whose offset its transaction fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Cached and handed to every node's hub.
+    Delivered,
+    /// The cache already had this offset (a relay retry): nothing was delivered again.
+    AlreadyCached,
 }
 
 /// Where a published event landed.
@@ -82,11 +93,28 @@ pub enum BrokerError {
 ///   `covered = false` rather than skipping trimmed events.
 /// - **Idempotency.** A publish whose idempotency key was seen on the topic within the window
 ///   returns the first `Published` (with `duplicate = true`) and delivers nothing.
-/// - **Ephemeral items.** `broadcast` fans an item (for example a presence change) out to every
+/// - **Idempotency.** A publish whose idempotency key was seen on the topic *from the same
+///   publisher* within the window returns the first `Published` (with `duplicate = true`) and
+///   delivers nothing.
+/// - **Ephemeral items.** `broadcast` fans an item (a presence change, a signal) out to every
 ///   node's hub without an offset or history.
+/// - **Durable topics: a cache in front of the database.** `append` takes an event whose
+///   offset and epoch its database transaction fixed (the relay calls it in offset order per
+///   topic). The broker never renumbers it:
+///   - an offset at or below the cached top of the same epoch is already known: nothing is
+///     delivered (`AlreadyCached`), so a relay that retries after a crash cannot duplicate;
+///   - the next offset (top + 1) is cached and delivered;
+///   - an offset further ahead, or another epoch (the cache restarted, or missed events), makes
+///     the cache start over at this event: older cached events are dropped, the event is
+///     delivered, and subscribers that see the gap read the missing range from the database.
+///
+///   `history` then covers only the cached range; a durable reader falls back to the
+///   database (the history of record) whenever `covered` is false.
 #[async_trait]
 pub trait Broker: Send + Sync + Debug + 'static {
     async fn publish(&self, draft: EventDraft) -> Result<Published, BrokerError>;
+
+    async fn append(&self, event: Arc<SharedEvent>) -> Result<Appended, BrokerError>;
 
     async fn history(
         &self,

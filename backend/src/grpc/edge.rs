@@ -3,9 +3,15 @@
 //!
 //! Each follow stream is one hub subscriber; its events go out once, and the edge fans them out
 //! to its sockets. Per socket, the backend keeps every decision: each `attach` carries the
-//! socket's token, which is verified and authorized here like a `Rooms/Subscribe`, replayed
-//! from history on resume, counted in presence, and ended with `detached` when its token
-//! expires. When the follow stream ends, all its subscribers leave presence.
+//! socket's token, which is verified and authorized here like a `Rooms/Subscribe`, counted in
+//! presence, and ended with `detached` when its token expires. A resuming socket is replayed
+//! one page at a time: the edge asks for the next page (`more`) once the socket drained the
+//! last one, so a long catch-up never fills the socket's queue. When the follow stream ends,
+//! all its subscribers leave presence.
+//!
+//! The stream's own live position follows the same [`LiveCursor`] as `Rooms/Subscribe`: on a
+//! durable topic a gap, or the hub dropping this stream for falling behind, is filled from
+//! history and forwarded as ordinary `event`s.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
@@ -18,15 +24,17 @@ use herald_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::time::{DelayQueue, delay_queue};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::{Principal, TokenVerifier, interceptor::principal},
     authz::Action as PolicyAction,
-    error::{Error, close_code_of, stream_end},
-    hub::{CloseReason, HubItem, HubSubscription},
-    node::{Node, shutting_down},
-    subscription::PresenceGuard,
+    cursor::{Ending, LiveCursor, Verdict},
+    error::{Error, close_code_of},
+    history::{HistoryError, PageBudget},
+    hub::{HubItem, HubSubscription},
+    node::{Node, Replay, history_error},
+    presence::PresenceGuard,
     topic::Topic,
 };
 
@@ -34,6 +42,13 @@ use crate::{
 const OUTBOUND_FRAMES: usize = 256;
 /// Replayed events are sent in chunks of at most this many.
 const REPLAY_CHUNK: usize = 100;
+/// One replay page for a socket: small enough that its JSON fits the socket's queue.
+const SOCKET_PAGE: PageBudget = PageBudget {
+    events: 256,
+    bytes: 256 * 1024,
+};
+/// Token lifetimes beyond this are timed as this (the timer wheel's range is ~2 years).
+const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct EdgeService {
@@ -76,12 +91,13 @@ impl Edge for EdgeService {
                 );
             }
         };
-        let live = self
+        let live = self.node.register(&topic)?;
+        let (top, _) = self
             .node
-            .hub()
-            .subscribe(&topic)
-            .map_err(|_| shutting_down())?;
-        let top = self.node.top(&topic).await?;
+            .history_reader()
+            .position(&topic, None)
+            .await
+            .map_err(history_error)?;
         let (tx, rx) = mpsc::channel(OUTBOUND_FRAMES);
         let opened = frame(Frame::Opened(FollowOpened {
             position: Some(top.clone()),
@@ -89,12 +105,13 @@ impl Edge for EdgeService {
         tx.send(Ok(opened))
             .await
             .map_err(|_| Status::cancelled("edge went away"))?;
+        let durable = self.node.lanes().is_durable(&topic);
         let task = FollowTask {
             node: self.node.clone(),
             verifier: self.verifier.clone(),
             topic,
-            live,
-            last: top,
+            live: Some(live),
+            cursor: LiveCursor::new(top, durable),
             tx,
             subscribers: HashMap::new(),
             expiries: DelayQueue::new(),
@@ -107,6 +124,8 @@ impl Edge for EdgeService {
 struct Attached {
     user_id: String,
     expiry: delay_queue::Key,
+    /// Where the next replay page starts, while the subscriber is replaying.
+    replay_from: Option<StreamPosition>,
     _presence: Option<PresenceGuard>,
 }
 
@@ -114,9 +133,10 @@ struct FollowTask {
     node: Arc<Node>,
     verifier: Arc<TokenVerifier>,
     topic: Topic,
-    live: HubSubscription,
+    /// `None` only while refilling after the hub dropped this stream.
+    live: Option<HubSubscription>,
     /// The last event forwarded on this stream.
-    last: StreamPosition,
+    cursor: LiveCursor,
     tx: mpsc::Sender<Result<FollowResponse, Status>>,
     subscribers: HashMap<u64, Attached>,
     expiries: DelayQueue<u64>,
@@ -133,25 +153,31 @@ enum Stop {
 impl FollowTask {
     async fn run(mut self, mut inbound: Streaming<FollowRequest>) {
         let stop = loop {
-            let step = tokio::select! {
-                biased;
-                () = self.tx.closed() => Err(Stop::Quietly),
-                item = self.live.receiver().recv() => self.forward(item).await,
-                Some(expired) = self.expiries.next() => {
-                    let subscriber = expired.into_inner();
-                    self.detach_with(subscriber, Code::Unauthenticated, CloseCode::TokenExpired, "token expired").await
-                }
-                request = inbound.message() => match request {
-                    Ok(Some(request)) => self.handle(request).await,
-                    Ok(None) | Err(_) => Err(Stop::Quietly),
-                },
-            };
-            if let Err(stop) = step {
+            if let Err(stop) = self.step(&mut inbound).await {
                 break stop;
             }
         };
         if let Stop::With(status) = stop {
             let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    /// Waits for the next thing to do and does it.
+    async fn step(&mut self, inbound: &mut Streaming<FollowRequest>) -> Result<(), Stop> {
+        let Some(live) = self.live.as_mut() else {
+            return self.refill().await;
+        };
+        tokio::select! {
+            biased;
+            () = self.tx.closed() => Err(Stop::Quietly),
+            item = live.receiver().recv() => self.forward(item).await,
+            Some(expired) = self.expiries.next() => {
+                self.detach_with(expired.into_inner(), Ending::TokenExpired).await
+            }
+            request = inbound.message() => match request {
+                Ok(Some(request)) => self.handle(request).await,
+                Ok(None) | Err(_) => Err(Stop::Quietly),
+            },
         }
     }
 
@@ -162,37 +188,64 @@ impl FollowTask {
             .map_err(|_| Stop::Quietly)
     }
 
+    fn end(&self, ending: Ending) -> Stop {
+        Stop::With(ending.status(self.cursor.last()))
+    }
+
     async fn forward(&mut self, item: Option<HubItem>) -> Result<(), Stop> {
         let Some(item) = item else {
-            let (code, close, message) = match self.live.close_reason() {
-                CloseReason::SlowConsumer => (
-                    Code::ResourceExhausted,
-                    CloseCode::SlowConsumer,
-                    "slow consumer: the edge fell too far behind",
-                ),
-                CloseReason::Shutdown | CloseReason::Open => {
-                    (Code::Unavailable, CloseCode::Shutdown, "shutting down")
+            let reason = self.live.as_ref().map(HubSubscription::close_reason);
+            return match reason.map(|reason| self.cursor.hub_closed(reason)) {
+                Some(Verdict::End(ending)) => Err(self.end(ending)),
+                _ => {
+                    self.live = None; // fell behind on a durable topic: refill from history
+                    Ok(())
                 }
             };
-            return Err(Stop::With(stream_end(code, close, message, &self.last)));
         };
         match item {
-            HubItem::Event(event) => {
-                if event.epoch != self.last.epoch || event.offset > self.last.offset + 1 {
-                    return Err(Stop::With(stream_end(
-                        Code::Unavailable,
-                        CloseCode::InsufficientState,
-                        "live delivery would skip an offset",
-                        &self.last,
-                    )));
+            HubItem::Event(event) => match self.cursor.accept(&event) {
+                Verdict::Deliver => {
+                    self.cursor.advance(&event);
+                    self.send(Frame::Event(event.event().clone())).await
                 }
-                if event.offset <= self.last.offset {
-                    return Ok(());
-                }
-                self.last.offset = event.offset;
-                self.send(Frame::Event(event.event().clone())).await
-            }
+                Verdict::Skip => Ok(()),
+                Verdict::Fill => self.fill().await,
+                Verdict::End(ending) => Err(self.end(ending)),
+            },
             HubItem::Presence(change) => self.send(Frame::Presence((*change).clone())).await,
+            HubItem::Signal(signal) => self.send(Frame::Signal((*signal).clone())).await,
+        }
+    }
+
+    /// Registers with the hub again, then forwards what history holds after the cursor.
+    async fn refill(&mut self) -> Result<(), Stop> {
+        self.live = Some(
+            self.node
+                .register(&self.topic)
+                .map_err(|_| self.end(Ending::Shutdown))?,
+        );
+        self.fill().await
+    }
+
+    /// Forwards history after the cursor, page by page, until caught up.
+    async fn fill(&mut self) -> Result<(), Stop> {
+        loop {
+            let page = self
+                .node
+                .history_reader()
+                .page(&self.topic, self.cursor.last(), PageBudget::REPLAY)
+                .await
+                .map_err(|error| self.end(page_ending(error)))?;
+            for event in &page.events {
+                if self.cursor.accept(event) == Verdict::Deliver {
+                    self.cursor.advance(event);
+                    self.send(Frame::Event(event.event().clone())).await?;
+                }
+            }
+            if page.reached_end {
+                return Ok(());
+            }
         }
     }
 
@@ -207,6 +260,7 @@ impl FollowTask {
                     Err(error) => self.refuse(attach.subscriber, error).await,
                 }
             }
+            Some(Action::More(more)) => self.replay_page(more.subscriber).await,
             Some(Action::Detach(detach)) => {
                 if let Some(gone) = self.subscribers.remove(&detach.subscriber) {
                     self.expiries.remove(&gone.expiry);
@@ -253,32 +307,107 @@ impl FollowTask {
             )));
         }
         let who = self.verify(token)?;
-        let resume = self.node.resume(&self.topic, since).await?;
-        let presence = self.node.join_presence(&who, &self.topic).await;
-        let expiry = self.expiries.insert(subscriber, who.time_left());
+        let Some(live) = &self.live else {
+            return Err(Error::Unavailable(
+                "the stream is catching up; retry".into(),
+            ));
+        };
+        let attachment = self.node.attach(&who, &self.topic, since, live).await?;
+        let expiry = self
+            .expiries
+            .insert(subscriber, who.time_left().min(MAX_EXPIRY));
+        let replaying = !matches!(attachment.replay, Replay::Nothing);
         self.subscribers.insert(
             subscriber,
             Attached {
                 user_id: who.user_id,
                 expiry,
-                _presence: presence,
+                replay_from: matches!(attachment.replay, Replay::Pages)
+                    .then(|| attachment.cursor.last().clone()),
+                _presence: attachment.presence,
             },
         );
         let attached = FollowAttached {
             subscriber,
-            subscribed: Some(resume.subscribed),
+            subscribed: Some(attachment.subscribed),
+            signals: attachment.signals,
+            replaying,
         };
         self.send(Frame::Attached(attached))
             .await
             .map_err(|_| gone())?;
-        for chunk in resume.replay.chunks(REPLAY_CHUNK) {
-            let replay = FollowReplay {
-                subscriber,
-                events: chunk.iter().map(|e| e.event().clone()).collect(),
-            };
-            self.send(Frame::Replay(replay)).await.map_err(|_| gone())?;
+        match attachment.replay {
+            Replay::Nothing => Ok(()),
+            Replay::Events(events) => {
+                let chunks = events.chunks(REPLAY_CHUNK).count().max(1);
+                for (index, chunk) in events.chunks(REPLAY_CHUNK).enumerate() {
+                    let replay = FollowReplay {
+                        subscriber,
+                        events: chunk.iter().map(|e| e.event().clone()).collect(),
+                        complete: index + 1 == chunks,
+                    };
+                    self.send(Frame::Replay(replay)).await.map_err(|_| gone())?;
+                }
+                if events.is_empty() {
+                    let replay = FollowReplay {
+                        subscriber,
+                        events: Vec::new(),
+                        complete: true,
+                    };
+                    self.send(Frame::Replay(replay)).await.map_err(|_| gone())?;
+                }
+                Ok(())
+            }
+            Replay::Pages => self.replay_page(subscriber).await.map_err(|_| gone()),
         }
-        Ok(())
+    }
+
+    /// Sends a replaying subscriber its next page. `complete` once it reaches the stream's
+    /// live position: every later `event` frame is then for it too.
+    async fn replay_page(&mut self, subscriber: u64) -> Result<(), Stop> {
+        let Some(from) = self
+            .subscribers
+            .get(&subscriber)
+            .and_then(|s| s.replay_from.clone())
+        else {
+            return Ok(()); // detached meanwhile, or not replaying: nothing to send
+        };
+        let page = match self
+            .node
+            .history_reader()
+            .page(&self.topic, &from, SOCKET_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                if let Some(gone) = self.subscribers.remove(&subscriber) {
+                    self.expiries.remove(&gone.expiry);
+                }
+                let ending = page_ending(error);
+                let (code, close, message) = ending.parts();
+                let detached = FollowDetached {
+                    subscriber,
+                    status: code as i32,
+                    code: close as i32,
+                    message: message.to_owned(),
+                };
+                return self.send(Frame::Detached(detached)).await;
+            }
+        };
+        let end = page.events.last().map_or(from.offset, |event| event.offset);
+        let complete = page.reached_end || end >= self.cursor.last().offset;
+        if let Some(attached) = self.subscribers.get_mut(&subscriber) {
+            attached.replay_from = (!complete).then(|| StreamPosition {
+                offset: end,
+                epoch: from.epoch.clone(),
+            });
+        }
+        let replay = FollowReplay {
+            subscriber,
+            events: page.events.iter().map(|e| e.event().clone()).collect(),
+            complete,
+        };
+        self.send(Frame::Replay(replay)).await
     }
 
     fn refresh(&mut self, subscriber: u64, token: &str) -> Result<(), Error> {
@@ -294,7 +423,7 @@ impl FollowTask {
             ));
         }
         self.expiries
-            .reset(&attached.expiry, who.time_left().max(Duration::ZERO));
+            .reset(&attached.expiry, who.time_left().min(MAX_EXPIRY));
         Ok(())
     }
 
@@ -309,16 +438,11 @@ impl FollowTask {
         self.send(Frame::Detached(detached)).await
     }
 
-    async fn detach_with(
-        &mut self,
-        subscriber: u64,
-        code: Code,
-        close: CloseCode,
-        message: &str,
-    ) -> Result<(), Stop> {
+    async fn detach_with(&mut self, subscriber: u64, ending: Ending) -> Result<(), Stop> {
         if self.subscribers.remove(&subscriber).is_none() {
             return Ok(());
         }
+        let (code, close, message) = ending.parts();
         let detached = FollowDetached {
             subscriber,
             status: code as i32,
@@ -326,6 +450,16 @@ impl FollowTask {
             message: message.to_owned(),
         };
         self.send(Frame::Detached(detached)).await
+    }
+}
+
+fn page_ending(error: HistoryError) -> Ending {
+    match error {
+        HistoryError::Gone(_) => Ending::HistoryGone,
+        error => {
+            tracing::warn!(%error, "could not read history for a follow stream");
+            Ending::Unavailable
+        }
     }
 }
 

@@ -1,77 +1,38 @@
-//! `herald.v1.Rooms`: subscribe, publish, history and presence on any topic.
+//! `herald.v1.Rooms`, the generic topic service: subscribe, publish, history, presence and
+//! signals on any topic.
 
 use std::sync::Arc;
 
 use herald_proto::server::rooms_server::Rooms;
 use herald_proto::v1::{
     HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishRequest,
-    PublishResponse, SubscribeRequest,
+    PublishResponse, SignalRequest, SignalResponse, SubscribeRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::interceptor::principal, error::Error, node::Node, store::Store,
-    subscription::EventStream, topic::Topic,
+    auth::interceptor::principal,
+    error::Error,
+    node::Node,
+    publish::{PublishCommand, Publisher},
+    subscription::EventStream,
+    topic::Topic,
 };
 
 #[derive(Debug, Clone)]
 pub struct RoomsService {
     node: Arc<Node>,
-    store: Option<Store>,
+    publisher: Publisher,
 }
 
 impl RoomsService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node, store: None }
-    }
-
-    /// Enables durable publishes (`PublishRequest.durable`) through this store's outbox.
-    pub fn with_store(mut self, store: Store) -> Self {
-        self.store = Some(store);
-        self
+    pub fn new(node: Arc<Node>, publisher: Publisher) -> Self {
+        Self { node, publisher }
     }
 }
 
 fn parse_topic(topic: &str) -> Result<Topic, Status> {
     Topic::parse(topic).map_err(|e| Error::from(e).into())
-}
-
-impl RoomsService {
-    async fn publish_durable(
-        &self,
-        who: &crate::auth::Principal,
-        topic: Topic,
-        request: PublishRequest,
-    ) -> Result<Response<PublishResponse>, Status> {
-        let Some(store) = &self.store else {
-            return Err(Error::Unavailable("durable publishing is not enabled".into()).into());
-        };
-        if request
-            .idempotency_key
-            .as_ref()
-            .is_some_and(|k| !k.is_empty())
-        {
-            return Err(Error::invalid(
-                "durable publishes are idempotent by themselves; drop idempotency_key",
-            )
-            .into());
-        }
-        let published = self
-            .node
-            .publish_durable(
-                store,
-                who,
-                topic,
-                request.r#type,
-                request.data,
-                store.config().durable_publish_wait,
-            )
-            .await?;
-        Ok(Response::new(PublishResponse {
-            position: Some(published.position),
-            id: published.id,
-        }))
-    }
 }
 
 #[tonic::async_trait]
@@ -96,20 +57,14 @@ impl Rooms for RoomsService {
     ) -> Result<Response<PublishResponse>, Status> {
         let who = principal(&request)?;
         let request = request.into_inner();
-        let topic = parse_topic(&request.topic)?;
-        if request.durable {
-            return self.publish_durable(&who, topic, request).await;
-        }
-        let published = self
-            .node
-            .publish(
-                &who,
-                topic,
-                request.r#type,
-                request.data,
-                request.idempotency_key,
-            )
-            .await?;
+        let command = PublishCommand {
+            topic: parse_topic(&request.topic)?,
+            event_type: request.r#type,
+            data: request.data,
+            idempotency_key: request.idempotency_key,
+            durable: request.durable,
+        };
+        let published = self.publisher.publish(&who, command).await?;
         Ok(Response::new(PublishResponse {
             position: Some(published.position),
             id: published.id,
@@ -123,13 +78,13 @@ impl Rooms for RoomsService {
         let who = principal(&request)?;
         let request = request.into_inner();
         let topic = parse_topic(&request.topic)?;
-        let page = self
+        let (events, top) = self
             .node
             .history(&who, topic, request.since, request.limit)
             .await?;
         Ok(Response::new(HistoryResponse {
-            events: page.events.iter().map(|e| e.event().clone()).collect(),
-            position: Some(page.top),
+            events: events.iter().map(|e| e.event().clone()).collect(),
+            position: Some(top),
         }))
     }
 
@@ -141,5 +96,19 @@ impl Rooms for RoomsService {
         let topic = parse_topic(&request.get_ref().topic)?;
         let members = self.node.presence(&who, topic).await?;
         Ok(Response::new(PresenceResponse { members }))
+    }
+
+    async fn signal(
+        &self,
+        request: Request<SignalRequest>,
+    ) -> Result<Response<SignalResponse>, Status> {
+        let who = principal(&request)?;
+        let request = request.into_inner();
+        let topic = parse_topic(&request.topic)?;
+        let time = self
+            .node
+            .signal(&who, topic, &request.r#type, request.key, request.data)
+            .await?;
+        Ok(Response::new(SignalResponse { time: Some(time) }))
     }
 }

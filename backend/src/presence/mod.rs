@@ -6,6 +6,9 @@
 //! topic kinds configured to carry them. Services are not people and are never members.
 
 pub mod memory;
+mod notifier;
+
+pub use notifier::{PresenceGuard, PresenceNotifier};
 
 use std::fmt::Debug;
 

@@ -1,6 +1,7 @@
 //! sea-orm entities of the outbox tables (the schema itself lives in `migrations/`).
 
-/// `outbox`: one row per durable event, from its transaction's commit until it is purged.
+/// `outbox`: one row per durable event, from its transaction's commit until retention purges
+/// it. It is both the relay's queue (`status`) and the durable topics' history of record.
 pub mod outbox {
     use sea_orm::entity::prelude::*;
 
@@ -25,7 +26,7 @@ pub mod outbox {
         #[sea_orm(primary_key)]
         pub id: i64,
         pub topic: String,
-        /// 1, 2, 3… per topic in commit order (see `outbox_topic`).
+        /// The event's offset: 1, 2, 3… per topic in commit order (see `outbox_topic`).
         pub topic_seq: i64,
         pub event_type: String,
         /// The event data as a JSON object.
@@ -35,9 +36,9 @@ pub mod outbox {
         pub status: Status,
         pub created_at_ms: i64,
         pub published_at_ms: Option<i64>,
-        pub published_offset: Option<i64>,
-        pub published_epoch: Option<String>,
-        pub published_event_id: Option<String>,
+        /// The event's id (UUIDv7), fixed at commit. Absent only on rows written before
+        /// durable topics, whose id is derived from the row id.
+        pub event_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -46,8 +47,9 @@ pub mod outbox {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-/// `outbox_topic`: the last sequence number handed out per topic. Its row lock, held from a
-/// transaction's first event on the topic to its commit, orders the topic's writers.
+/// `outbox_topic`: the last offset handed out per durable topic, and its epoch. Its row lock,
+/// held from a transaction's first event on the topic to its commit, orders the topic's
+/// writers, which is what makes offsets gapless in commit order.
 pub mod outbox_topic {
     use sea_orm::entity::prelude::*;
 
@@ -57,6 +59,32 @@ pub mod outbox_topic {
         #[sea_orm(primary_key, auto_increment = false)]
         pub topic: String,
         pub last_seq: i64,
+        /// The topic's epoch: stored, so it survives restarts.
+        pub epoch: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `publish_key`: the idempotency keys of durable publishes, per (topic, publisher, key).
+pub mod publish_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "publish_key")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topic: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub publisher: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub offset: i64,
+        pub event_id: String,
+        pub created_at_ms: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -33,16 +33,20 @@
 //!   [`StoreError::Unavailable`]; they become gRPC UNAVAILABLE with a retry hint.
 
 pub mod entity;
+mod keys;
+mod log;
 pub mod relay;
+mod retention;
+mod snapshot;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use herald_migrations::{Migrator, MigratorTrait};
-use herald_proto::wkt::Struct;
+use herald_migrations::{DURABLE_EPOCH_KEY, Migrator, MigratorTrait};
+use herald_proto::{v1::StreamPosition, wkt::Struct};
 use sea_orm::{
     ActiveValue::Set,
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -50,12 +54,18 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use serde::Deserialize;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::{broker::Published, topic::Topic};
+use crate::{
+    broker::Published,
+    event::{EventType, IdempotencyKey},
+    lanes::Lanes,
+    topic::Topic,
+};
 use entity::{outbox, outbox_topic};
 
 pub use relay::RelayFaults;
+pub use snapshot::ReadSnapshot;
 
 /// Settings of the database pool, the write path and the relay (`[database]` in the file).
 #[derive(Debug, Clone, Deserialize)]
@@ -80,12 +90,6 @@ pub struct StoreConfig {
     /// The slow safety sweep of the relay (it is otherwise woken by commits and NOTIFY).
     #[serde(with = "crate::broker::memory::humantime_serde_compat")]
     pub relay_sweep: Duration,
-    /// How long a durable `Publish` waits for the relay after its commit.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
-    pub durable_publish_wait: Duration,
-    /// How long published outbox rows are kept before they are purged.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
-    pub published_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -98,8 +102,6 @@ impl Default for StoreConfig {
             health_interval: Duration::from_secs(1),
             relay_batch: 512,
             relay_sweep: Duration::from_secs(5),
-            durable_publish_wait: Duration::from_secs(10),
-            published_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -111,12 +113,9 @@ pub enum StoreError {
     Unavailable(#[source] DbErr),
     #[error("database error: {0}")]
     Database(#[source] DbErr),
-    /// The caller passed something that can never be stored (a programming error).
+    /// The caller passed something that can never be stored.
     #[error("{0}")]
     Invalid(String),
-    /// The event was committed but not published within the wait; it will still be.
-    #[error("the event is committed but was not published within {0:?}")]
-    PublishPending(Duration),
 }
 
 impl From<DbErr> for StoreError {
@@ -158,13 +157,8 @@ fn is_transient(error: &DbErr) -> bool {
     }
 }
 
-/// The id of an outbox row; its broker idempotency key is `outbox:{id}`.
+/// The id of an outbox row.
 pub type OutboxId = i64;
-
-/// The idempotency key the relay publishes an outbox row with.
-pub fn idempotency_key(id: OutboxId) -> String {
-    format!("outbox:{id}")
-}
 
 /// The database handle shared by domain services, the relay and readiness.
 #[derive(Debug, Clone)]
@@ -179,7 +173,9 @@ struct Inner {
     relay_wake: Notify,
     health_nudge: Notify,
     ready: watch::Sender<bool>,
-    waiters: Mutex<HashMap<OutboxId, oneshot::Sender<Published>>>,
+    /// The epoch every durable topic of this database is created with.
+    epoch: String,
+    lanes: Arc<Lanes>,
     /// SQLite has one writer at a time: writers queue here, in order, instead of in SQLite's
     /// busy handler, whose sleeps would add milliseconds of latency.
     writer: Option<Arc<Semaphore>>,
@@ -188,16 +184,18 @@ struct Inner {
 impl Store {
     /// Connects and applies every pending migration. SQLite runs in WAL mode with a busy
     /// timeout, so readers never block the writer and writers queue instead of failing.
-    pub async fn open(url: &str, config: StoreConfig) -> Result<Store, StoreError> {
+    /// `lanes` says which topics are durable: only those take events.
+    pub async fn open(
+        url: &str,
+        config: StoreConfig,
+        lanes: Arc<Lanes>,
+    ) -> Result<Store, StoreError> {
         let db = connect(url, &config).await?;
         Migrator::up(&db, None).await?;
-        Ok(Store::from_connection(db, config))
-    }
-
-    fn from_connection(db: DatabaseConnection, config: StoreConfig) -> Store {
+        let epoch = durable_epoch(&db).await?;
         let writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Semaphore::new(1)));
-        Store {
+        Ok(Store {
             inner: Arc::new(Inner {
                 writer,
                 db,
@@ -205,9 +203,19 @@ impl Store {
                 relay_wake: Notify::new(),
                 health_nudge: Notify::new(),
                 ready: watch::Sender::new(true),
-                waiters: Mutex::new(HashMap::new()),
+                epoch,
+                lanes,
             }),
-        }
+        })
+    }
+
+    /// The epoch of this database's durable topics.
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.inner.lanes
     }
 
     /// The sea-orm connection, for reads outside a transaction.
@@ -252,6 +260,7 @@ impl Store {
                         publisher: publisher.to_owned(),
                         buffered: Vec::new(),
                         written: Vec::new(),
+                        events: Vec::new(),
                     });
                 }
                 Err(error) => {
@@ -337,28 +346,43 @@ impl Store {
         }
     }
 
-    fn register_waiter(&self, id: OutboxId) -> oneshot::Receiver<Published> {
-        let (sender, receiver) = oneshot::channel();
-        lock(&self.inner.waiters).insert(id, sender);
-        receiver
-    }
-
-    fn forget_waiters(&self, ids: &[OutboxId]) {
-        let mut waiters = lock(&self.inner.waiters);
-        for id in ids {
-            waiters.remove(id);
+    /// Publishes one event through a transaction of its own (what `Rooms/Publish` does on a
+    /// durable topic). With a key, a retry by the same `publisher` on the same topic within
+    /// `topics.idempotency_window` returns the first position and writes nothing.
+    pub async fn publish(
+        &self,
+        publisher: &str,
+        topic: &Topic,
+        event_type: &EventType,
+        data: Option<Struct>,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Published, StoreError> {
+        let mut tx = self.begin_as(publisher).await?;
+        if let Some(key) = key
+            && let Some(first) = keys::find(tx.conn(), topic, publisher, key, self.epoch()).await?
+        {
+            tx.rollback().await?;
+            return Ok(first);
         }
-    }
-
-    /// Hands a published position to whoever waits for this outbox row.
-    fn resolve(&self, id: OutboxId, published: Published) {
-        if let Some(waiter) = lock(&self.inner.waiters).remove(&id) {
-            let _ = waiter.send(published); // the waiter may have given up: fine
+        tx.emit_struct(topic, event_type.as_str(), data)?;
+        tx.flush().await?;
+        let published = tx
+            .events
+            .last()
+            .cloned()
+            .expect("one event was just written");
+        if let Some(key) = key
+            && !keys::claim(tx.conn(), topic, publisher, key, &published).await?
+        {
+            // A concurrent retry with the same key committed first: answer with its event.
+            tx.rollback().await?;
+            let conn = self.db();
+            return keys::find(conn, topic, publisher, key, self.epoch())
+                .await?
+                .ok_or_else(|| StoreError::Invalid("the idempotency key vanished".into()));
         }
-    }
-
-    fn waiting_ids(&self) -> Vec<OutboxId> {
-        lock(&self.inner.waiters).keys().copied().collect()
+        tx.commit().await?;
+        Ok(published)
     }
 }
 
@@ -397,6 +421,8 @@ pub struct DomainTx {
     publisher: String,
     buffered: Vec<PendingEvent>,
     written: Vec<OutboxId>,
+    /// Where each written event landed, in emit order.
+    events: Vec<Published>,
 }
 
 #[derive(Debug)]
@@ -411,6 +437,8 @@ struct PendingEvent {
 pub struct Committed {
     /// The outbox ids of the transaction's events, in emit order.
     pub ids: Vec<OutboxId>,
+    /// Each event's position (offset and epoch, fixed by the commit) and id, in emit order.
+    pub events: Vec<Published>,
 }
 
 impl DomainTx {
@@ -423,7 +451,8 @@ impl DomainTx {
     }
 
     /// Appends an event for `topic` (a JSON object, or null for no data). It becomes visible
-    /// to subscribers after the commit, in commit order with the topic's other events.
+    /// to subscribers after the commit, in commit order with the topic's other events. The
+    /// topic must be of a durable kind (`topics.durable`).
     pub fn emit(
         &mut self,
         topic: &Topic,
@@ -462,8 +491,14 @@ impl DomainTx {
         event_type: &str,
         data: Option<serde_json::Value>,
     ) -> Result<(), StoreError> {
-        crate::node::validate_event_type(event_type)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        EventType::parse(event_type).map_err(StoreError::Invalid)?;
+        if !self.store.lanes().is_durable(topic) {
+            return Err(StoreError::Invalid(format!(
+                "`{topic}` is a memory topic: events committed with a transaction go to durable kinds; \
+                 add `{}` to topics.durable or publish it without a transaction",
+                topic.kind()
+            )));
+        }
         self.buffered.push(PendingEvent {
             topic: topic.clone(),
             event_type: event_type.to_owned(),
@@ -498,10 +533,12 @@ impl DomainTx {
         }
         let last_seq = || Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq));
         let excluded = Expr::col((Alias::new("excluded"), outbox_topic::Column::LastSeq));
+        let epoch = self.store.epoch().to_owned();
         let bumped = outbox_topic::Entity::insert_many(counts.iter().map(|(topic, count)| {
             outbox_topic::ActiveModel {
                 topic: Set((*topic).to_owned()),
                 last_seq: Set(*count),
+                epoch: Set(epoch.clone()),
             }
         }))
         .on_conflict(
@@ -511,28 +548,45 @@ impl DomainTx {
         )
         .exec_with_returning(tx)
         .await?;
-        let mut next_seq: HashMap<&str, i64> = HashMap::new();
+        let mut next_seq: HashMap<&str, (i64, &str)> = HashMap::new();
         for row in &bumped {
             if let Some((topic, count)) = counts.get_key_value(row.topic.as_str()) {
-                next_seq.insert(topic, row.last_seq - count + 1);
+                next_seq.insert(topic, (row.last_seq - count + 1, row.epoch.as_str()));
             }
         }
 
         let now = unix_ms(SystemTime::now());
-        let rows = events.iter().map(|event| {
-            let seq = next_seq.entry(event.topic.as_str()).or_default();
-            *seq += 1;
-            outbox::ActiveModel {
-                topic: Set(event.topic.to_string()),
-                topic_seq: Set(*seq - 1),
-                event_type: Set(event.event_type.clone()),
-                data: Set(event.data.clone()),
-                publisher: Set(self.publisher.clone()),
-                status: Set(outbox::Status::Pending),
-                created_at_ms: Set(now),
-                ..Default::default()
-            }
-        });
+        let mut landed = Vec::with_capacity(events.len());
+        let rows: Vec<_> = events
+            .iter()
+            .map(|event| {
+                let (seq, epoch) = next_seq
+                    .entry(event.topic.as_str())
+                    .or_insert((1, self.store.epoch()));
+                let offset = *seq;
+                *seq += 1;
+                let id = uuid::Uuid::now_v7().to_string();
+                landed.push(Published {
+                    position: StreamPosition {
+                        offset: u64::try_from(offset).unwrap_or_default(),
+                        epoch: (*epoch).to_owned(),
+                    },
+                    id: id.clone(),
+                    duplicate: false,
+                });
+                outbox::ActiveModel {
+                    topic: Set(event.topic.to_string()),
+                    topic_seq: Set(offset),
+                    event_type: Set(event.event_type.clone()),
+                    data: Set(event.data.clone()),
+                    publisher: Set(self.publisher.clone()),
+                    status: Set(outbox::Status::Pending),
+                    created_at_ms: Set(now),
+                    event_id: Set(Some(id)),
+                    ..Default::default()
+                }
+            })
+            .collect();
         let mut ids: Vec<OutboxId> = outbox::Entity::insert_many(rows)
             .exec_with_returning(tx)
             .await?
@@ -542,50 +596,17 @@ impl DomainTx {
         // One INSERT assigns ids in row order.
         ids.sort_unstable();
         self.written.extend_from_slice(&ids);
+        self.events.extend(landed);
         Ok(ids)
     }
 
     /// Commits the writes and events, then wakes the relay (and, on PostgreSQL, the relays
-    /// of other nodes through NOTIFY).
-    pub async fn commit(self) -> Result<Committed, StoreError> {
-        let (store, committed) = self.commit_inner(false).await?;
-        store.wake_relay();
-        Ok(committed.0)
-    }
-
-    /// Commits, then waits at most `wait` until the relay published every event of the
-    /// transaction; returns where each landed, in emit order.
-    pub async fn commit_and_wait(self, wait: Duration) -> Result<Vec<Published>, StoreError> {
-        let (store, (committed, receivers)) = self.commit_inner(true).await?;
-        store.wake_relay();
-        let all = futures_util::future::join_all(receivers);
-        match tokio::time::timeout(wait, all).await {
-            Ok(results) => results
-                .into_iter()
-                .map(|result| result.map_err(|_| StoreError::PublishPending(wait)))
-                .collect(),
-            Err(_) => {
-                store.forget_waiters(&committed.ids);
-                Err(StoreError::PublishPending(wait))
-            }
-        }
-    }
-
-    async fn commit_inner(
-        mut self,
-        wait: bool,
-    ) -> Result<(Store, (Committed, Vec<oneshot::Receiver<Published>>)), StoreError> {
+    /// of other nodes through NOTIFY). Once this returns, the events are delivered even if
+    /// the process dies at once; [`Committed::events`] says where each landed.
+    pub async fn commit(mut self) -> Result<Committed, StoreError> {
         let store = self.store.clone();
         let result = async {
             self.write_buffered().await?;
-            let receivers: Vec<_> = if wait {
-                self.written
-                    .iter()
-                    .map(|id| store.register_waiter(*id))
-                    .collect()
-            } else {
-                Vec::new()
-            };
             let tx = self
                 .tx
                 .take()
@@ -596,18 +617,20 @@ impl DomainTx {
                     .await?;
             }
             tx.commit().await?;
-            Ok((
-                Committed {
-                    ids: std::mem::take(&mut self.written),
-                },
-                receivers,
-            ))
+            Ok(Committed {
+                ids: std::mem::take(&mut self.written),
+                events: std::mem::take(&mut self.events),
+            })
         }
         .await;
         match result {
-            Ok(done) => Ok((store, done)),
+            Ok(committed) => {
+                if !committed.ids.is_empty() {
+                    store.wake_relay();
+                }
+                Ok(committed)
+            }
             Err(error) => {
-                store.forget_waiters(&self.written);
                 store.report(&error);
                 Err(error)
             }
@@ -628,9 +651,42 @@ pub(crate) fn unix_ms(at: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections are single map operations; a poisoned map is still consistent.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Reads the epoch the migrations gave this database's durable topics.
+async fn durable_epoch(db: &DatabaseConnection) -> Result<String, StoreError> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql(
+                db.get_database_backend(),
+                "SELECT value FROM server_meta WHERE key = $1",
+            ),
+            [DURABLE_EPOCH_KEY.into()],
+        ))
+        .await?
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "server_meta has no `{DURABLE_EPOCH_KEY}`; run `herald migrate up`"
+            ))
+        })?;
+    Ok(row.try_get_by_index::<String>(0)?)
+}
+
+/// SQL written with PostgreSQL's `$n` placeholders, in the dialect of `backend`.
+pub(crate) fn sql(backend: DbBackend, text: &str) -> String {
+    if backend != DbBackend::Sqlite {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1,28 +1,31 @@
-//! The outbox relay: publishes committed outbox rows to the broker and marks them published.
+//! The outbox relay: hands committed outbox rows to the broker, with the offsets their
+//! transactions gave them, and marks them published.
 //!
-//! **Order.** A topic's outbox rows get their `topic_seq` under the topic's `outbox_topic`
-//! row lock, held until commit, so a topic's rows become visible in sequence order and a
-//! later row's id is allocated after the earlier row committed. The relay reads rows by
-//! *status* (`pending`), never by "id above the last one seen": PostgreSQL sequence values
-//! commit out of order across topics, and a cursor would skip a row whose transaction was
-//! still open. It publishes in id order, which within a topic is commit order.
+//! **Order.** A topic's rows get their offsets (`topic_seq`) under the topic's `outbox_topic`
+//! row lock, held until commit, so a topic's rows become visible in offset order and a later
+//! row's id is allocated after the earlier row committed. The relay reads rows by *status*
+//! (`pending`), never by "id above the last one seen": PostgreSQL sequence values commit out
+//! of order across topics, and a cursor would skip a row whose transaction was still open. It
+//! hands them over in id order, which within a topic is offset order.
+//!
+//! **Exactly once, by offset.** The broker never renumbers a durable event and ignores an
+//! offset it already has ([`Broker::append`]), so a relay that dies after handing rows over
+//! and before marking them hands them over again harmlessly, however long the database was
+//! away: no idempotency key, no window. Subscribers also skip offsets they already have, so
+//! even a restarted broker cache that sees a row twice delivers nothing twice.
 //!
 //! **One relay at a time.** On PostgreSQL the relay of each node contends for a session
 //! advisory lock on a dedicated connection; the holder relays for the whole cluster, the
 //! others stand by and retry every few seconds. If the holder dies, its connection closes,
-//! the lock is released and a standby takes over. A brief overlap (a holder that lost its
-//! connection but is mid-batch) publishes rows twice at worst, and both relays publish in the
-//! same order, so the idempotency key makes the second copy a no-op.
+//! the lock is released and a standby takes over.
 //!
-//! **Crash windows.** Died after the commit and before publishing: the rows are pending and
-//! the next relay publishes them. Died after publishing and before marking: the next relay
-//! publishes them again with the same idempotency keys (`outbox:{id}`) and the broker returns
-//! the first positions without delivering anything. [`RelayFaults`] kills a relay at either
-//! point on purpose, for tests.
+//! **Crash windows.** Died after the commit and before handing over: the rows are pending and
+//! the next relay hands them over. Died after handing over and before marking: see above.
+//! [`RelayFaults`] kills a relay at either point on purpose, for tests.
 //!
 //! **Wake-ups.** A local commit wakes the relay at once; on PostgreSQL, commits on other
 //! nodes wake it through `NOTIFY herald_outbox`. A slow sweep (`relay_sweep`) is the safety
-//! net, and also checks the leadership connection and purges old published rows.
+//! net, and also checks the leadership connection.
 
 use std::{
     collections::HashMap,
@@ -33,27 +36,28 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use herald_proto::{v1::StreamPosition, wkt::Struct};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
-    sea_query::{CaseStatement, Expr, ExprTrait},
+    sea_query::Expr,
     sqlx::{self, PgConnection, PgPool, postgres::PgListener},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, entity::outbox, idempotency_key, unix_ms};
+use super::{
+    Store, StoreError,
+    entity::{outbox, outbox_topic},
+    log::event_of,
+    unix_ms,
+};
 use crate::{
-    broker::{Broker, BrokerError, EventDraft, Published},
-    topic::Topic,
+    broker::{Appended, Broker, BrokerError},
+    event::SharedEvent,
 };
 
 /// Commits with outbox rows notify this channel (PostgreSQL).
 pub const NOTIFY_CHANNEL: &str = "herald_outbox";
-/// The relay notifies this channel after marking rows published, so nodes waiting for a
-/// durable publish they did not relay themselves learn its position.
-pub const DONE_CHANNEL: &str = "herald_outbox_done";
 /// The advisory lock key of the cluster-wide relay (`'herald'` in ASCII).
 const LEADER_LOCK_KEY: i64 = 0x6865_7261_6c64;
 
@@ -216,7 +220,6 @@ impl Relay {
                             .await
                             .map_err(RelayError::Leadership)?;
                     }
-                    self.purge().await?;
                 }
             }
         }
@@ -243,7 +246,8 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of pending rows in id order and marks them. Returns how many.
+    /// Hands one batch of pending rows to the broker in id order and marks them. Returns how
+    /// many.
     async fn pass(&self) -> Result<usize, RelayError> {
         let db = self.store.db();
         let rows = outbox::Entity::find()
@@ -258,130 +262,65 @@ impl Relay {
         self.faults
             .check(&self.faults.kill_before_publish, "before publish")?;
 
-        let mut published = Vec::with_capacity(rows.len());
-        let mut dead = Vec::new();
-        for row in &rows {
-            let Some(draft) = draft(row) else {
-                dead.push(row.id);
-                continue;
-            };
-            published.push((row.id, self.broker.publish(draft).await?));
+        let epochs = self.epochs(&rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut already = 0;
+        for row in rows {
+            let epoch = epochs
+                .get(&row.topic)
+                .map_or(self.store.epoch(), String::as_str)
+                .to_owned();
+            let event = Arc::new(SharedEvent::new(event_of(row, &epoch)));
+            if self.broker.append(event).await? == Appended::AlreadyCached {
+                already += 1;
+            }
         }
         self.faults
             .check(&self.faults.kill_before_mark, "before mark")?;
 
         let turn = self.store.write_turn().await?;
-        mark(db, &published, &dead).await?;
+        mark(db, &ids).await?;
         drop(turn);
-        let duplicates = published.iter().filter(|(_, p)| p.duplicate).count();
-        tracing::debug!(
-            relayed = published.len(),
-            duplicates,
-            dead = dead.len(),
-            "relayed outbox rows"
-        );
-        for (id, position) in published {
-            self.store.resolve(id, position);
-        }
-        Ok(rows.len())
+        tracing::debug!(relayed = ids.len(), already, "relayed outbox rows");
+        Ok(ids.len())
     }
 
-    /// Deletes published rows older than `published_retention`.
-    async fn purge(&self) -> Result<(), RelayError> {
-        let retention = self.store.config().published_retention;
-        let cutoff = unix_ms(SystemTime::now() - retention);
-        let _turn = self.store.write_turn().await?;
-        let purged = outbox::Entity::delete_many()
-            .filter(outbox::Column::Status.eq(outbox::Status::Published))
-            .filter(outbox::Column::PublishedAtMs.lt(cutoff))
-            .exec(self.store.db())
-            .await?;
-        if purged.rows_affected > 0 {
-            tracing::debug!(
-                purged = purged.rows_affected,
-                "purged old published outbox rows"
-            );
-        }
-        Ok(())
+    /// The epochs of the batch's topics.
+    async fn epochs(&self, rows: &[outbox::Model]) -> Result<HashMap<String, String>, RelayError> {
+        let mut topics: Vec<&str> = rows.iter().map(|row| row.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        Ok(outbox_topic::Entity::find()
+            .filter(outbox_topic::Column::Topic.is_in(topics))
+            .all(self.store.db())
+            .await?
+            .into_iter()
+            .map(|row| (row.topic, row.epoch))
+            .collect())
     }
 }
 
-fn draft(row: &outbox::Model) -> Option<EventDraft> {
-    let topic = match Topic::parse(&row.topic) {
-        Ok(topic) => topic,
-        Err(error) => {
-            tracing::error!(id = row.id, %error, "outbox row has an invalid topic; marking it dead");
-            return None;
-        }
-    };
-    let data = match serde_json::from_str::<Struct>(&row.data) {
-        Ok(data) => data,
-        Err(error) => {
-            tracing::error!(id = row.id, %error, "outbox row has unreadable data; marking it dead");
-            return None;
-        }
-    };
-    Some(EventDraft {
-        topic,
-        event_type: row.event_type.clone(),
-        data: Some(data),
-        publisher: row.publisher.clone(),
-        idempotency_key: Some(idempotency_key(row.id)),
-    })
-}
-
-/// Marks rows published (with where they landed) and dead ones dead, in one transaction;
-/// on PostgreSQL it also notifies nodes waiting for durable publishes.
-async fn mark(
-    db: &sea_orm::DatabaseConnection,
-    published: &[(i64, Published)],
-    dead: &[i64],
-) -> Result<(), StoreError> {
+/// Marks rows published.
+async fn mark(db: &sea_orm::DatabaseConnection, ids: &[i64]) -> Result<(), StoreError> {
     let tx = db.begin().await?;
     if tx.get_database_backend() == DbBackend::Postgres {
-        // A lost mark only means the rows are published again, and the idempotency key
-        // drops the copies: the relay need not wait for a disk flush here.
+        // A lost mark only means the rows are handed over again, which delivers nothing
+        // twice: the relay need not wait for a disk flush here.
         tx.execute_unprepared("SET LOCAL synchronous_commit = off")
             .await?;
     }
-    if !published.is_empty() {
-        let id = || Expr::col((outbox::Entity, outbox::Column::Id));
-        let mut offset = CaseStatement::new();
-        let mut epoch = CaseStatement::new();
-        let mut event_id = CaseStatement::new();
-        for (row, landed) in published {
-            let position = i64::try_from(landed.position.offset).unwrap_or(i64::MAX);
-            offset = offset.case(id().eq(*row), position);
-            epoch = epoch.case(id().eq(*row), landed.position.epoch.clone());
-            event_id = event_id.case(id().eq(*row), landed.id.clone());
-        }
-        outbox::Entity::update_many()
-            .col_expr(
-                outbox::Column::Status,
-                Expr::value(outbox::Status::Published),
-            )
-            .col_expr(
-                outbox::Column::PublishedAtMs,
-                Expr::value(unix_ms(SystemTime::now())),
-            )
-            .col_expr(outbox::Column::PublishedOffset, offset.into())
-            .col_expr(outbox::Column::PublishedEpoch, epoch.into())
-            .col_expr(outbox::Column::PublishedEventId, event_id.into())
-            .filter(outbox::Column::Id.is_in(published.iter().map(|(id, _)| *id)))
-            .exec(&tx)
-            .await?;
-    }
-    if !dead.is_empty() {
-        outbox::Entity::update_many()
-            .col_expr(outbox::Column::Status, Expr::value(outbox::Status::Dead))
-            .filter(outbox::Column::Id.is_in(dead.iter().copied()))
-            .exec(&tx)
-            .await?;
-    }
-    if tx.get_database_backend() == DbBackend::Postgres {
-        tx.execute_unprepared(&format!("NOTIFY {DONE_CHANNEL}"))
-            .await?;
-    }
+    outbox::Entity::update_many()
+        .col_expr(
+            outbox::Column::Status,
+            Expr::value(outbox::Status::Published),
+        )
+        .col_expr(
+            outbox::Column::PublishedAtMs,
+            Expr::value(unix_ms(SystemTime::now())),
+        )
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(&tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -395,25 +334,19 @@ async fn try_lock(pool: &PgPool) -> Result<Option<PgConnection>, sqlx::Error> {
     Ok(locked.then_some(connection))
 }
 
-/// Wakes the local relay on every commit notified by any node, and resolves local waiters
-/// for rows another node's relay published. Reconnects by itself.
+/// Wakes the local relay on every commit notified by any node. Reconnects by itself.
 async fn listen(store: Store, shutdown: CancellationToken) {
     let pool = store.db().get_postgres_connection_pool().clone();
     loop {
         let result = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen_all([NOTIFY_CHANNEL, DONE_CHANNEL]).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
             // Whatever was committed while we were not listening.
             store.wake_relay();
             loop {
-                match listener.try_recv().await? {
-                    Some(notification) if notification.channel() == DONE_CHANNEL => {
-                        resolve_remote(&store).await;
-                    }
-                    Some(_) => store.wake_relay(),
-                    // The connection was lost; the next try_recv reconnects. Catch up.
-                    None => store.wake_relay(),
-                }
+                // `None`: the connection was lost; the next try_recv reconnects. Catch up.
+                listener.try_recv().await?;
+                store.wake_relay();
             }
             #[allow(unreachable_code)]
             Ok::<(), sqlx::Error>(())
@@ -430,49 +363,5 @@ async fn listen(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-    }
-}
-
-/// Reads the positions of rows this node waits for that some relay has published.
-async fn resolve_remote(store: &Store) {
-    let waiting = store.waiting_ids();
-    if waiting.is_empty() {
-        return;
-    }
-    let rows = outbox::Entity::find()
-        .filter(outbox::Column::Id.is_in(waiting))
-        .filter(outbox::Column::Status.eq(outbox::Status::Published))
-        .all(store.db())
-        .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(error) => {
-            tracing::debug!(%error, "could not read published outbox rows");
-            return;
-        }
-    };
-    let mut landed: HashMap<i64, Published> = HashMap::new();
-    for row in rows {
-        if let (Some(offset), Some(epoch), Some(id)) = (
-            row.published_offset,
-            row.published_epoch,
-            row.published_event_id,
-        ) {
-            let position = StreamPosition {
-                offset: u64::try_from(offset).unwrap_or_default(),
-                epoch,
-            };
-            landed.insert(
-                row.id,
-                Published {
-                    position,
-                    id,
-                    duplicate: false,
-                },
-            );
-        }
-    }
-    for (id, published) in landed {
-        store.resolve(id, published);
     }
 }

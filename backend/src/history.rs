@@ -1,0 +1,265 @@
+//! History: where a topic's past events are read from, one bounded page at a time.
+//!
+//! A memory topic's history is its broker's window. A durable topic's history of record is
+//! the [`EventLog`] (the database); the broker keeps a cache of recent events in front of it,
+//! read first when it covers the range. Either way a reader holds one page in memory, never
+//! the whole range: a page ends at `limit` events or once its byte budget is spent.
+
+use std::{fmt::Debug, sync::Arc};
+
+use async_trait::async_trait;
+use herald_proto::v1::StreamPosition;
+use prost::Message;
+
+use crate::{
+    broker::{Broker, BrokerError, HistoryStart},
+    event::SharedEvent,
+    lanes::Lanes,
+    topic::Topic,
+};
+
+/// How far back a durable topic's log reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The last committed offset and the topic's epoch (offset 0 before the first event).
+    pub top: StreamPosition,
+    /// The oldest retained offset; `top.offset + 1` when nothing is retained.
+    pub oldest: u64,
+}
+
+impl LogBounds {
+    /// Whether every event after `since` is still in the log.
+    pub fn covers(&self, since: &StreamPosition) -> bool {
+        since.epoch == self.top.epoch
+            && since.offset <= self.top.offset
+            && since.offset.saturating_add(1) >= self.oldest
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The database is unreachable or busy; retrying later can succeed.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the event log failed: {0}")]
+    Failed(String),
+}
+
+/// The history of record of durable topics.
+///
+/// - **Offsets** are those the committing transactions gave: consecutive per topic, in commit
+///   order, never changed afterwards. An event visible here has every lower offset of its
+///   topic visible too (or purged by retention, oldest first).
+/// - **Epochs** are stored with the topic and survive restarts; a topic never written to
+///   reports offset 0 with the epoch it will have.
+/// - `read` returns events with offsets above `after`, oldest first, consecutive, at most
+///   `limit` and stopping once `max_bytes` of encoded events are reached (always at least
+///   one event when any exists). Reads never create state.
+#[async_trait]
+pub trait EventLog: Send + Sync + Debug + 'static {
+    async fn bounds(&self, topic: &Topic) -> Result<LogBounds, LogError>;
+
+    async fn read(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<SharedEvent>>, LogError>;
+}
+
+/// How many events, and how many encoded bytes, one page holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBudget {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl PageBudget {
+    /// What a replay reads per page: a few hundred events, at most 1 MiB.
+    pub const REPLAY: PageBudget = PageBudget {
+        events: 256,
+        bytes: 1024 * 1024,
+    };
+}
+
+/// One page of a topic's events.
+#[derive(Debug)]
+pub struct Page {
+    /// Consecutive events after the requested position, oldest first.
+    pub events: Vec<Arc<SharedEvent>>,
+    /// False when the page stopped at its budget: more events may follow at once.
+    pub reached_end: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The position is no longer covered (purged by retention, trimmed from the broker's
+    /// window, or of another epoch).
+    #[error("history no longer covers offset {} of epoch `{}`", .0.offset, .0.epoch)]
+    Gone(StreamPosition),
+}
+
+/// Reads pages from the right source for each topic's lane.
+#[derive(Debug, Clone)]
+pub struct History {
+    broker: Arc<dyn Broker>,
+    log: Option<Arc<dyn EventLog>>,
+    lanes: Arc<Lanes>,
+}
+
+impl History {
+    /// Without a `log`, every topic is read from the broker alone (durable topics then have
+    /// no history of record; only tests of the core run so).
+    pub fn new(broker: Arc<dyn Broker>, log: Option<Arc<dyn EventLog>>, lanes: Arc<Lanes>) -> Self {
+        History { broker, log, lanes }
+    }
+
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
+    fn log_of(&self, topic: &Topic) -> Option<&Arc<dyn EventLog>> {
+        self.log.as_ref().filter(|_| self.lanes.is_durable(topic))
+    }
+
+    /// A durable topic's log bounds; `None` for a topic read from the broker alone.
+    pub async fn bounds(&self, topic: &Topic) -> Result<Option<LogBounds>, HistoryError> {
+        match self.log_of(topic) {
+            Some(log) => Ok(Some(log.bounds(topic).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The topic's top and whether history continues after `since` (always true without one).
+    pub async fn position(
+        &self,
+        topic: &Topic,
+        since: Option<&StreamPosition>,
+    ) -> Result<(StreamPosition, bool), HistoryError> {
+        if let Some(log) = self.log_of(topic) {
+            let bounds = log.bounds(topic).await?;
+            let covered = since.is_none_or(|since| bounds.covers(since));
+            return Ok((bounds.top, covered));
+        }
+        let start = match since {
+            Some(since) => HistoryStart::After(since.clone()),
+            None => HistoryStart::Oldest,
+        };
+        let page = self.broker.history(topic, start, 0).await?;
+        Ok((page.top, page.covered))
+    }
+
+    /// Events after `after` (same epoch), from the broker when it covers them, else from the
+    /// log. `Gone` when neither does.
+    pub async fn page(
+        &self,
+        topic: &Topic,
+        after: &StreamPosition,
+        budget: PageBudget,
+    ) -> Result<Page, HistoryError> {
+        let cached = self
+            .broker
+            .history(topic, HistoryStart::After(after.clone()), budget.events)
+            .await?;
+        if cached.covered {
+            let mut events = cached.events;
+            let full = events.len() >= budget.events;
+            let trimmed = trim_to_bytes(&mut events, budget.bytes);
+            return Ok(Page {
+                events,
+                reached_end: !full && !trimmed,
+            });
+        }
+        let Some(log) = self.log_of(topic) else {
+            return Err(HistoryError::Gone(after.clone()));
+        };
+        let events = log
+            .read(topic, after.offset, budget.events, budget.bytes)
+            .await?;
+        if let Some(first) = events.first()
+            && (first.epoch != after.epoch || first.offset != after.offset + 1)
+        {
+            // Purged (or another epoch) between the caller's check and this read.
+            return Err(HistoryError::Gone(after.clone()));
+        }
+        if events.is_empty() {
+            let bounds = log.bounds(topic).await?;
+            if !bounds.covers(after) {
+                return Err(HistoryError::Gone(after.clone()));
+            }
+        }
+        let bytes: usize = events.iter().map(|e| e.encoded_len()).sum();
+        let reached_end = events.len() < budget.events && bytes < budget.bytes;
+        Ok(Page {
+            events,
+            reached_end,
+        })
+    }
+}
+
+/// Keeps the longest prefix within `max_bytes` (at least one event); true if it cut any.
+fn trim_to_bytes(events: &mut Vec<Arc<SharedEvent>>, max_bytes: usize) -> bool {
+    let mut total = 0usize;
+    for (index, event) in events.iter().enumerate() {
+        total += event.encoded_len();
+        if total > max_bytes && index > 0 {
+            events.truncate(index);
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    #[test]
+    fn bounds_cover_exactly_the_retained_range_of_their_epoch() {
+        let bounds = LogBounds {
+            top: position(10, "e"),
+            oldest: 4,
+        };
+        assert!(bounds.covers(&position(3, "e")), "4..=10 are all retained");
+        assert!(bounds.covers(&position(10, "e")), "nothing is missing");
+        assert!(!bounds.covers(&position(2, "e")), "3 was purged");
+        assert!(!bounds.covers(&position(11, "e")), "beyond the top");
+        assert!(!bounds.covers(&position(5, "x")), "another epoch");
+        let empty = LogBounds {
+            top: position(10, "e"),
+            oldest: 11,
+        };
+        assert!(empty.covers(&position(10, "e")));
+        assert!(!empty.covers(&position(9, "e")));
+    }
+
+    #[test]
+    fn a_page_is_cut_at_its_byte_budget_but_never_empty() {
+        let event = |offset| {
+            Arc::new(SharedEvent::new(herald_proto::v1::Event {
+                offset,
+                r#type: "x".repeat(100),
+                ..Default::default()
+            }))
+        };
+        let mut events: Vec<_> = (1..=10).map(event).collect();
+        let one = events[0].encoded_len();
+        assert!(trim_to_bytes(&mut events, one * 3 + 1));
+        assert_eq!(events.len(), 3);
+        let mut single = vec![event(1)];
+        assert!(!trim_to_bytes(&mut single, 1));
+        assert_eq!(single.len(), 1);
+    }
+}

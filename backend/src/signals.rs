@@ -1,0 +1,233 @@
+//! The ephemeral lane: signals (typing, a courier's position, cursors) have no offset and no
+//! history. Two pieces of state support them, both bounded:
+//!
+//! - [`SignalBoard`]: the latest keyed signal per (topic, key), kept for its kind's TTL, so a
+//!   new subscriber sees the courier's last position at once. At most `max_kept` entries over
+//!   all topics; when full, the oldest entry of the topic being written, or else a new key,
+//!   is refused silently: a signal is at-most-once by contract.
+//! - [`SignalRate`]: a token bucket per sender, so one client cannot flood a topic.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use herald_proto::v1::Signal;
+use tokio::time::Instant;
+
+use crate::topic::Topic;
+
+#[derive(Debug)]
+pub struct SignalBoard {
+    max_kept: usize,
+    inner: Mutex<Board>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    topics: HashMap<Topic, HashMap<String, (Instant, Arc<Signal>)>>,
+    kept: usize,
+}
+
+impl SignalBoard {
+    pub fn new(max_kept: usize) -> SignalBoard {
+        SignalBoard {
+            max_kept,
+            inner: Mutex::new(Board::default()),
+        }
+    }
+
+    /// Keeps `signal` as the latest of its (topic, key) for `ttl`.
+    pub fn keep(&self, topic: &Topic, signal: Arc<Signal>, ttl: Duration) {
+        let now = Instant::now();
+        let mut board = lock(&self.inner);
+        if board.kept >= self.max_kept {
+            board.sweep(now, ttl);
+        }
+        let is_new = !board
+            .topics
+            .get(topic)
+            .is_some_and(|keys| keys.contains_key(&signal.key));
+        if is_new && board.kept >= self.max_kept {
+            tracing::debug!(%topic, "signal board full; the signal is delivered but not kept");
+            return;
+        }
+        let key = signal.key.clone();
+        board
+            .topics
+            .entry(topic.clone())
+            .or_default()
+            .insert(key, (now, signal));
+        if is_new {
+            board.kept += 1;
+        }
+    }
+
+    /// The kept signals of `topic` younger than `ttl`, oldest first.
+    pub fn latest(&self, topic: &Topic, ttl: Duration) -> Vec<Signal> {
+        let now = Instant::now();
+        let mut board = lock(&self.inner);
+        let Some(keys) = board.topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let before = keys.len();
+        keys.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+        let removed = before - keys.len();
+        let mut fresh: Vec<_> = keys.values().cloned().collect();
+        if keys.is_empty() {
+            board.topics.remove(topic);
+        }
+        board.kept -= removed;
+        fresh.sort_by_key(|(at, _)| *at);
+        fresh.into_iter().map(|(_, s)| (*s).clone()).collect()
+    }
+
+    pub fn kept(&self) -> usize {
+        lock(&self.inner).kept
+    }
+}
+
+impl Board {
+    /// Drops entries older than `ttl` (the TTL of the topic being written: a conservative
+    /// bound, since every entry of a shorter TTL is older than it is allowed to be anyway).
+    fn sweep(&mut self, now: Instant, ttl: Duration) {
+        let mut removed = 0;
+        self.topics.retain(|_, keys| {
+            let before = keys.len();
+            keys.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+            removed += before - keys.len();
+            !keys.is_empty()
+        });
+        self.kept -= removed;
+    }
+}
+
+/// A token bucket per sender: `rate` signals per second sustained, `burst` at once.
+#[derive(Debug)]
+pub struct SignalRate {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Senders tracked at most before full (idle) buckets are forgotten.
+const TRACKED_SENDERS: usize = 10_000;
+
+impl SignalRate {
+    pub fn new(rate: u32, burst: u32) -> SignalRate {
+        SignalRate {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `sender`; false when its bucket is empty.
+    pub fn allow(&self, sender: &str) -> bool {
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() >= TRACKED_SENDERS && !buckets.contains_key(sender) {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| refill(b, now, rate, burst) < burst);
+        }
+        let bucket = buckets.entry(sender.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        if refill(bucket, now, self.rate, self.burst) < 1.0 {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+}
+
+fn refill(bucket: &mut Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
+    let elapsed = now.duration_since(bucket.at).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+    bucket.at = now;
+    bucket.tokens
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section leaves the maps consistent; a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(key: &str, n: f64) -> Arc<Signal> {
+        Arc::new(Signal {
+            topic: "order:1".into(),
+            r#type: "courier.location".into(),
+            key: key.into(),
+            data: Some(herald_proto::wkt::Struct {
+                fields: [(
+                    "n".to_owned(),
+                    herald_proto::wkt::Value {
+                        kind: Some(herald_proto::wkt::value::Kind::NumberValue(n)),
+                    },
+                )]
+                .into(),
+            }),
+            ..Signal::default()
+        })
+    }
+
+    fn topic() -> Topic {
+        Topic::parse("order:1").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_latest_signal_per_key_is_kept_for_its_ttl_and_not_after() {
+        let board = SignalBoard::new(10);
+        let ttl = Duration::from_secs(30);
+        board.keep(&topic(), signal("courier-7", 1.0), ttl);
+        board.keep(&topic(), signal("courier-7", 2.0), ttl);
+        let latest = board.latest(&topic(), ttl);
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0], *signal("courier-7", 2.0));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(board.latest(&topic(), ttl).is_empty());
+        assert_eq!(board.kept(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_board_keeps_no_new_keys_until_old_ones_expire() {
+        let board = SignalBoard::new(2);
+        let ttl = Duration::from_secs(10);
+        board.keep(&topic(), signal("a", 1.0), ttl);
+        board.keep(&topic(), signal("b", 1.0), ttl);
+        board.keep(&topic(), signal("c", 1.0), ttl);
+        assert_eq!(board.latest(&topic(), ttl).len(), 2);
+        board.keep(&topic(), signal("a", 2.0), ttl);
+        assert_eq!(board.kept(), 2, "an existing key is replaced in place");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        board.keep(&topic(), signal("c", 1.0), ttl);
+        assert_eq!(board.latest(&topic(), ttl).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_gets_its_burst_then_its_rate() {
+        let rate = SignalRate::new(2, 3);
+        for _ in 0..3 {
+            assert!(rate.allow("alice"));
+        }
+        assert!(!rate.allow("alice"));
+        assert!(rate.allow("bob"), "buckets are per sender");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(rate.allow("alice"));
+        assert!(!rate.allow("alice"));
+    }
+}
