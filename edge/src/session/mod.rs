@@ -7,18 +7,18 @@
 //!
 //! This file drives the socket (the loop, the heartbeat, writing, closing); `requests`
 //! answers each request; `error` maps refusals to error frames and closes to close frames,
-//! once.
+//! once. The session only sees a `Sink` and a `Stream` of messages: the server passes the
+//! two halves of a WebSocket, the tests pass channels.
 
 mod error;
 mod requests;
+#[cfg(test)]
+mod tests;
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, error::Error as StdError, pin::Pin, sync::Arc, time::Duration};
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::{
-    SinkExt, StreamExt,
-    stream::{FuturesUnordered, SplitSink, SplitStream},
-};
+use axum::extract::ws::Message;
+use futures_util::{Sink, SinkExt, Stream, StreamExt, stream::FuturesUnordered};
 use tokio::time::{Instant, Sleep};
 
 use crate::{
@@ -39,8 +39,16 @@ const MAX_BATCH: usize = 256;
 ///
 /// `bearer` is a token from the upgrade request's `Authorization` header; it is verified
 /// before the first request is read, so requests never race it.
-pub(crate) async fn run(socket: WebSocket, ctx: Arc<EdgeContext>, bearer: Option<String>) {
-    let (sink, mut stream) = socket.split();
+pub(crate) async fn run<S, R, E>(
+    sink: S,
+    mut stream: R,
+    ctx: Arc<EdgeContext>,
+    bearer: Option<String>,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: StdError + 'static,
+{
     let (mut session, mut out_rx) = Session::new(sink, ctx);
     let mut end = match bearer {
         Some(token) => session.authenticate_bearer(token).await,
@@ -113,8 +121,8 @@ impl Heartbeat {
     }
 }
 
-struct Session {
-    sink: SplitSink<WebSocket, Message>,
+struct Session<S> {
+    sink: S,
     heartbeat: Heartbeat,
     ctx: Arc<EdgeContext>,
     out: outbound::Outbound,
@@ -131,11 +139,8 @@ struct Session {
     held: Vec<String>,
 }
 
-impl Session {
-    fn new(
-        sink: SplitSink<WebSocket, Message>,
-        ctx: Arc<EdgeContext>,
-    ) -> (Session, OutboundReceiver) {
+impl<S> Session<S> {
+    fn new(sink: S, ctx: Arc<EdgeContext>) -> (Session<S>, OutboundReceiver) {
         let limits = &ctx.config.limits;
         let (out, out_rx) = outbound::channel(limits.max_outbound_bytes);
         let session = Session {
@@ -171,7 +176,7 @@ impl Session {
     }
 }
 
-impl Session {
+impl<S: Sink<Message> + Unpin> Session<S> {
     /// Verifies the upgrade request's bearer token; a refused token closes the socket.
     async fn authenticate_bearer(&mut self, token: String) -> Result<(), End> {
         let verified = requests::verify(self.ctx.clone(), None, token, false).await;
@@ -180,11 +185,15 @@ impl Session {
     }
 
     /// The session loop: returns how it ended.
-    async fn serve(
+    async fn serve<R, E>(
         &mut self,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut R,
         out_rx: &mut OutboundReceiver,
-    ) -> Result<(), End> {
+    ) -> Result<(), End>
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: StdError + 'static,
+    {
         let shutdown = self.ctx.shutdown.clone();
         let slow = out_rx.slow_signal();
         loop {
@@ -203,7 +212,10 @@ impl Session {
     }
 
     /// Handles one message from the peer.
-    fn receive(&mut self, message: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+    fn receive<E>(&mut self, message: Option<Result<Message, E>>) -> Result<(), End>
+    where
+        E: StdError + 'static,
+    {
         self.heartbeat.heard();
         match message {
             Some(Ok(Message::Text(text))) => self.request(text.as_str())?,
@@ -240,12 +252,14 @@ impl Session {
     }
 
     /// Closes the socket for `reason`, within a grace period.
-    async fn close(
+    async fn close<R, E>(
         &mut self,
         reason: CloseReason,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut R,
         out_rx: &mut OutboundReceiver,
-    ) {
+    ) where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+    {
         // Deliver what is already queued (replies, a final unsubscribed) unless the socket is
         // too slow to take it; a peer that reads nothing cannot hold the session.
         let deliver_queued = reason != CloseReason::SlowConsumer;
@@ -269,7 +283,7 @@ impl Session {
     }
 
     /// Writes one item, then whatever else is already queued, with a single flush.
-    async fn write(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), axum::Error> {
+    async fn write(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), S::Error> {
         self.feed_one(item).await?;
         for _ in 0..MAX_BATCH {
             let Some(item) = rx.try_recv() else { break };
@@ -278,12 +292,12 @@ impl Session {
         self.sink.flush().await
     }
 
-    async fn write_one(&mut self, item: OutItem) -> Result<(), axum::Error> {
+    async fn write_one(&mut self, item: OutItem) -> Result<(), S::Error> {
         self.feed_one(item).await?;
         self.sink.flush().await
     }
 
-    async fn feed_one(&mut self, item: OutItem) -> Result<(), axum::Error> {
+    async fn feed_one(&mut self, item: OutItem) -> Result<(), S::Error> {
         let text = match item {
             OutItem::Text(text) => text,
             OutItem::Ended(ended) => {

@@ -64,7 +64,7 @@ enum Gate {
     Close(CloseReason),
 }
 
-impl Session {
+impl<S> Session<S> {
     /// Handles one text frame; returns a close when the socket must end.
     pub(super) fn request(&mut self, text: &str) -> Result<(), CloseReason> {
         let (id, parsed) = protocol::parse(text);
