@@ -12,6 +12,7 @@ use axum::{
     routing::get,
     serve::ListenerExt,
 };
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Layer;
@@ -119,7 +120,10 @@ async fn upgrade(
         // the session flushes after each batch of queued frames.
         .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(limits.max_outbound_bytes.max(64 * 1024))
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, bearer)))
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            sessions.track_future(session::run(sink, stream, ctx, bearer))
+        })
 }
 
 async fn ready(State((ctx, _)): State<AppState>) -> Response {

@@ -683,3 +683,18 @@ async fn a_socket_that_answers_pings_stays_open() {
     let (_socket, push) = reader.await.unwrap();
     assert_eq!(push["offset"], "1", "{push}");
 }
+
+#[tokio::test]
+async fn an_oversize_frame_is_closed_with_its_size_and_the_configured_limit() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |c| c.limits.max_frame_bytes = 4096).await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    socket.send_text("x".repeat(5000)).await;
+    assert_eq!(
+        socket.closed().await,
+        Closed {
+            code: 1009,
+            reason: "frame too large: the frame is 5000 bytes; the limit is 4096 bytes (edge.limits.max_frame_bytes)".into(),
+        }
+    );
+}

@@ -1,0 +1,312 @@
+//! One WebSocket session: reads requests, writes replies and pushes, enforces the socket's
+//! limits, and closes with a code from the close-code table when it must.
+//!
+//! The session is one task selecting over the socket, its outbound queue, pending calls and
+//! its timer; nothing it does waits on another socket. Subscriptions are attached to the
+//! topic feeds, which push frames into the outbound queue directly.
+//!
+//! This file drives the socket (the loop, the heartbeat, writing, closing); `requests`
+//! answers each request; `error` maps refusals to error frames and closes to close frames,
+//! once. The session only sees a `Sink` and a `Stream` of messages: the server passes the
+//! two halves of a WebSocket, the tests pass channels.
+
+mod error;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, error::Error as StdError, pin::Pin, sync::Arc, time::Duration};
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, SinkExt, Stream, StreamExt, stream::FuturesUnordered};
+use tokio::time::{Instant, Sleep};
+
+use crate::{
+    EdgeContext,
+    config::SocketLimits,
+    outbound::{self, OutItem, OutboundReceiver},
+    ratelimit::TokenBucket,
+};
+use error::{CloseReason, RequestError, SessionClose};
+use requests::{Auth, Pending};
+
+/// How long a closing socket may take to flush and send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Queued frames written at most before one flush.
+const MAX_BATCH: usize = 256;
+
+/// Runs one socket's session until the peer leaves or the session closes the socket.
+///
+/// `bearer` is a token from the upgrade request's `Authorization` header; it is verified
+/// before the first request is read, so requests never race it.
+pub(crate) async fn run<S, R, E>(
+    sink: S,
+    mut stream: R,
+    ctx: Arc<EdgeContext>,
+    bearer: Option<String>,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: StdError + 'static,
+{
+    let (mut session, mut out_rx) = Session::new(sink, ctx);
+    let mut end = match bearer {
+        Some(token) => session.authenticate_bearer(token).await,
+        None => Ok(()),
+    };
+    if end.is_ok() {
+        end = session.serve(&mut stream, &mut out_rx).await;
+    }
+    if let Err(End::Close(reason)) = end {
+        session.close(reason, &mut stream, &mut out_rx).await;
+    }
+    session.detach_all().await;
+}
+
+/// Why the session loop stops.
+#[derive(Debug)]
+enum End {
+    /// The peer closed the socket or the connection failed: nothing more can be sent.
+    Gone,
+    /// The session closes the socket.
+    Close(CloseReason),
+}
+
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> End {
+        End::Close(reason)
+    }
+}
+
+/// One timer per socket: the auth deadline until authenticated, then each ping.
+struct Heartbeat {
+    timer: Pin<Box<Sleep>>,
+    pinging: bool,
+    last_heard: Instant,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+}
+
+impl Heartbeat {
+    fn new(limits: &SocketLimits) -> Heartbeat {
+        Heartbeat {
+            timer: Box::pin(tokio::time::sleep(limits.auth_timeout)),
+            pinging: false,
+            last_heard: Instant::now(),
+            ping_interval: limits.ping_interval,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// The socket authenticated: the auth deadline gives way to pings.
+    fn authenticated(&mut self) {
+        if !self.pinging {
+            self.pinging = true;
+            self.next_ping();
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    fn silent_too_long(&self) -> bool {
+        self.last_heard.elapsed() > self.idle_timeout
+    }
+
+    fn next_ping(&mut self) {
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.ping_interval);
+    }
+}
+
+struct Session<S> {
+    sink: S,
+    heartbeat: Heartbeat,
+    ctx: Arc<EdgeContext>,
+    out: outbound::Outbound,
+    auth: Option<Auth>,
+    /// topic → subscriber id at the feed.
+    subscriptions: HashMap<Arc<str>, u64>,
+    bucket: TokenBucket,
+    strikes: u32,
+    pending: FuturesUnordered<Pending>,
+    calls_in_flight: usize,
+    /// An `auth` is being verified.
+    authenticating: bool,
+    /// Requests that arrived while `auth` was being verified, handled once it is answered.
+    held: Vec<String>,
+}
+
+impl<S> Session<S> {
+    fn new(sink: S, ctx: Arc<EdgeContext>) -> (Session<S>, OutboundReceiver) {
+        let limits = &ctx.config.limits;
+        let (out, out_rx) = outbound::channel(limits.max_outbound_bytes);
+        let session = Session {
+            sink,
+            heartbeat: Heartbeat::new(limits),
+            out,
+            auth: None,
+            subscriptions: HashMap::new(),
+            bucket: TokenBucket::new(limits.rate_burst, limits.rate_per_second),
+            strikes: 0,
+            pending: FuturesUnordered::new(),
+            calls_in_flight: 0,
+            authenticating: false,
+            held: Vec::new(),
+            ctx,
+        };
+        (session, out_rx)
+    }
+
+    /// Queues an error frame answering request `id`.
+    fn refuse(&self, id: Option<u64>, error: RequestError) {
+        self.reply(error.frame(id));
+    }
+
+    fn reply(&self, frame: impl Into<axum::extract::ws::Utf8Bytes>) {
+        self.out.text(frame);
+    }
+
+    async fn detach_all(&mut self) {
+        for (topic, subscriber) in self.subscriptions.drain() {
+            self.ctx.feeds.detach(&topic, subscriber).await;
+        }
+    }
+}
+
+impl<S: Sink<Message> + Unpin> Session<S> {
+    /// Verifies the upgrade request's bearer token; a refused token closes the socket.
+    async fn authenticate_bearer(&mut self, token: String) -> Result<(), End> {
+        let verified = requests::verify(self.ctx.clone(), None, token, false).await;
+        self.complete(verified)?;
+        Ok(())
+    }
+
+    /// The session loop: returns how it ended.
+    async fn serve<R, E>(
+        &mut self,
+        stream: &mut R,
+        out_rx: &mut OutboundReceiver,
+    ) -> Result<(), End>
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: StdError + 'static,
+    {
+        let shutdown = self.ctx.shutdown.clone();
+        let slow = out_rx.slow_signal();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
+                () = slow.wait() => return Err(CloseReason::SlowConsumer.into()),
+                item = out_rx.recv() => self.write(item, out_rx).await.map_err(|_| End::Gone)?,
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.complete(done)?;
+                }
+                message = stream.next() => self.receive(message)?,
+                () = &mut self.heartbeat.timer => self.beat().await?,
+            }
+        }
+    }
+
+    /// Handles one message from the peer.
+    fn receive<E>(&mut self, message: Option<Result<Message, E>>) -> Result<(), End>
+    where
+        E: StdError + 'static,
+    {
+        self.heartbeat.heard();
+        match message {
+            Some(Ok(Message::Text(text))) => self.request(text.as_str())?,
+            Some(Ok(Message::Binary(_))) => self.refuse(None, RequestError::BinaryFrame),
+            // The WebSocket layer answers pings itself; a pong only proves the peer is there.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+            Some(Err(error)) => {
+                let limit = self.ctx.config.limits.max_frame_bytes;
+                return Err(match CloseReason::for_read_error(&error, limit) {
+                    Some(reason) => End::Close(reason),
+                    None => {
+                        tracing::debug!(%error, "socket read failed");
+                        End::Gone
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The timer fired: the auth deadline passed, or it is time to ping.
+    async fn beat(&mut self) -> Result<(), End> {
+        if self.auth.is_none() {
+            return Err(CloseReason::AuthTimeout.into());
+        }
+        if self.heartbeat.silent_too_long() {
+            return Err(CloseReason::PongTimeout.into());
+        }
+        let ping = self.sink.send(Message::Ping(Default::default()));
+        ping.await.map_err(|_| End::Gone)?;
+        self.heartbeat.next_ping();
+        Ok(())
+    }
+
+    /// Closes the socket for `reason`, within a grace period.
+    async fn close<R, E>(
+        &mut self,
+        reason: CloseReason,
+        stream: &mut R,
+        out_rx: &mut OutboundReceiver,
+    ) where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+    {
+        // Deliver what is already queued (replies, a final unsubscribed) unless the socket is
+        // too slow to take it; a peer that reads nothing cannot hold the session.
+        let deliver_queued = reason != CloseReason::SlowConsumer;
+        let close = SessionClose::from(reason);
+        let closing = async {
+            while deliver_queued && let Some(item) = out_rx.try_recv() {
+                self.write_one(item).await.map_err(|_| End::Gone)?;
+            }
+            let frame = Message::Close(Some(close.frame()));
+            self.sink.send(frame).await.map_err(|_| End::Gone)?;
+            // Complete the closing handshake: wait for the peer's close frame, so the peer
+            // reads ours before the connection goes away.
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+            Ok::<(), End>(())
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+    }
+
+    /// Writes one item, then whatever else is already queued, with a single flush.
+    async fn write(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), S::Error> {
+        self.feed_one(item).await?;
+        for _ in 0..MAX_BATCH {
+            let Some(item) = rx.try_recv() else { break };
+            self.feed_one(item).await?;
+        }
+        self.sink.flush().await
+    }
+
+    async fn write_one(&mut self, item: OutItem) -> Result<(), S::Error> {
+        self.feed_one(item).await?;
+        self.sink.flush().await
+    }
+
+    async fn feed_one(&mut self, item: OutItem) -> Result<(), S::Error> {
+        let text = match item {
+            OutItem::Text(text) => text,
+            OutItem::Ended(ended) => {
+                if self.subscriptions.get(&ended.topic) == Some(&ended.subscriber) {
+                    self.subscriptions.remove(&ended.topic);
+                }
+                ended.frame
+            }
+        };
+        self.sink.feed(Message::Text(text)).await
+    }
+}

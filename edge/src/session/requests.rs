@@ -1,0 +1,330 @@
+//! What a session does with each request, and with each piece of work it finishes later
+//! (a verified token, a call's reply). Nothing here touches the socket: answers go to the
+//! outbound queue, refusals are [`RequestError`]s, and a reason to close the socket is
+//! returned as a [`CloseReason`].
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use herald_proto::v1::{StreamPosition, WhoamiRequest, auth_client::AuthClient};
+use serde_json::{Value, json};
+use tonic::Status;
+
+use super::{
+    Session,
+    error::{CloseReason, RequestError},
+};
+use crate::{
+    EdgeContext,
+    feeds::AttachRequest,
+    protocol::{self, Request},
+};
+
+/// Requests held while `auth` is being verified.
+const MAX_HELD_REQUESTS: usize = 32;
+/// How long the backend may take to verify a token.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `publish` is this call with the request's params.
+const PUBLISH_RPC: &str = "herald.v1.Rooms/Publish";
+
+pub(super) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// What a finished piece of asynchronous work asks the session to do.
+pub(super) enum Completion {
+    /// Write this frame.
+    Reply(String),
+    /// A unary call finished: write its reply.
+    CallDone(String),
+    /// `auth` or `refresh` succeeded.
+    Authenticated {
+        id: u64,
+        token: String,
+        identity: Value,
+        refresh: bool,
+    },
+    /// `auth` or `refresh` failed: answer; a failed `auth` also closes the socket.
+    AuthFailed {
+        id: Option<u64>,
+        refresh: bool,
+        status: Status,
+    },
+    Nothing,
+}
+
+/// The identity a socket authenticated as.
+pub(super) struct Auth {
+    token: Arc<str>,
+}
+
+/// Whether a request may run now.
+enum Gate {
+    Run,
+    /// Wait for the `auth` in progress.
+    Hold,
+    Refuse(RequestError),
+    Close(CloseReason),
+}
+
+impl<S> Session<S> {
+    /// Handles one text frame; returns a close when the socket must end.
+    pub(super) fn request(&mut self, text: &str) -> Result<(), CloseReason> {
+        let (id, parsed) = protocol::parse(text);
+        let request = match parsed {
+            Ok(request) => request,
+            Err(error) => {
+                self.refuse(id, error.into());
+                return Ok(());
+            }
+        };
+        // `parse` only succeeds with an id.
+        let id = id.unwrap_or_default();
+        match self.gate(&request) {
+            Gate::Run => {
+                if let Err(error) = self.dispatch(id, request) {
+                    self.refuse(Some(id), error);
+                }
+            }
+            Gate::Hold => self.held.push(text.to_owned()),
+            Gate::Refuse(error) => self.refuse(Some(id), error),
+            Gate::Close(reason) => return Err(reason),
+        }
+        Ok(())
+    }
+
+    /// Authentication and the rate limit, for every request but `ping` and `auth`.
+    fn gate(&mut self, request: &Request) -> Gate {
+        if matches!(request, Request::Ping | Request::Auth { .. }) {
+            return Gate::Run;
+        }
+        if self.auth.is_none() {
+            if !self.authenticating {
+                return Gate::Refuse(RequestError::NotAuthenticated);
+            }
+            // Clients may send requests right behind `auth`; they wait for its answer.
+            if self.held.len() >= MAX_HELD_REQUESTS {
+                return Gate::Refuse(RequestError::TooManyHeld);
+            }
+            return Gate::Hold;
+        }
+        if self.bucket.try_take() {
+            self.strikes = 0;
+            return Gate::Run;
+        }
+        self.strikes += 1;
+        if self.strikes > self.ctx.config.limits.rate_abuse_limit {
+            Gate::Close(CloseReason::RateAbuse)
+        } else {
+            Gate::Refuse(RequestError::RateLimited)
+        }
+    }
+
+    fn dispatch(&mut self, id: u64, request: Request) -> Result<(), RequestError> {
+        match request {
+            Request::Ping => self.reply(protocol::result(id, &json!({}))),
+            Request::Auth { token } => self.auth(id, token)?,
+            Request::Refresh { token } => {
+                self.pending
+                    .push(verify(self.ctx.clone(), Some(id), token, true));
+            }
+            Request::Subscribe { topic, since } => self.subscribe(id, topic, since)?,
+            Request::Unsubscribe { topic } => self.unsubscribe(id, topic)?,
+            Request::Publish { params } => self.call(id, PUBLISH_RPC.into(), params)?,
+            Request::Call { rpc, request } => self.call(id, rpc, request)?,
+        }
+        Ok(())
+    }
+
+    fn auth(&mut self, id: u64, token: String) -> Result<(), RequestError> {
+        if self.auth.is_some() {
+            return Err(RequestError::AlreadyAuthenticated);
+        }
+        if self.authenticating {
+            return Err(RequestError::AuthInProgress);
+        }
+        self.authenticating = true;
+        self.pending
+            .push(verify(self.ctx.clone(), Some(id), token, false));
+        Ok(())
+    }
+
+    /// Attaches the socket to the topic's feed, which answers the request itself.
+    fn subscribe(
+        &mut self,
+        id: u64,
+        topic: String,
+        since: Option<StreamPosition>,
+    ) -> Result<(), RequestError> {
+        let topic: Arc<str> = Arc::from(topic);
+        if self.subscriptions.contains_key(&topic) {
+            return Err(RequestError::AlreadySubscribed(topic));
+        }
+        let limit = self.ctx.config.limits.max_subscriptions;
+        if self.subscriptions.len() >= limit {
+            return Err(RequestError::TooManySubscriptions(limit));
+        }
+        let Some(auth) = &self.auth else {
+            return Err(RequestError::NotAuthenticated);
+        };
+        let subscriber = self.ctx.feeds.next_subscriber();
+        self.subscriptions.insert(topic.clone(), subscriber);
+        let request = AttachRequest {
+            topic,
+            subscriber,
+            request_id: id,
+            token: auth.token.clone(),
+            since,
+            out: self.out.clone(),
+        };
+        let feeds = self.ctx.feeds.clone();
+        self.pending.push(Box::pin(async move {
+            feeds.attach(request).await;
+            Completion::Nothing
+        }));
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, id: u64, topic: String) -> Result<(), RequestError> {
+        let topic: Arc<str> = Arc::from(topic);
+        let Some(subscriber) = self.subscriptions.remove(&topic) else {
+            return Err(RequestError::NotSubscribed(topic));
+        };
+        let feeds = self.ctx.feeds.clone();
+        self.pending.push(Box::pin(async move {
+            feeds.detach(&topic, subscriber).await;
+            Completion::Reply(protocol::result(id, &json!({})))
+        }));
+        Ok(())
+    }
+
+    fn call(&mut self, id: u64, rpc: String, request: Value) -> Result<(), RequestError> {
+        let limit = self.ctx.config.limits.max_calls_in_flight;
+        if self.calls_in_flight >= limit {
+            return Err(RequestError::TooManyCalls(limit));
+        }
+        let Some(auth) = &self.auth else {
+            return Err(RequestError::NotAuthenticated);
+        };
+        self.calls_in_flight += 1;
+        let token = auth.token.clone();
+        let ctx = self.ctx.clone();
+        self.pending.push(Box::pin(async move {
+            let frame = match call(&ctx, &rpc, request, &token).await {
+                Ok(result) => protocol::result(id, &result),
+                Err(status) => RequestError::Backend(status).frame(Some(id)),
+            };
+            Completion::CallDone(frame)
+        }));
+        Ok(())
+    }
+
+    /// Applies finished work; returns a close when the socket must end.
+    pub(super) fn complete(&mut self, done: Completion) -> Result<(), CloseReason> {
+        match done {
+            Completion::Reply(frame) => self.reply(frame),
+            Completion::CallDone(frame) => {
+                self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
+                self.reply(frame);
+            }
+            Completion::Authenticated {
+                id,
+                token,
+                identity,
+                refresh,
+            } => self.authenticated(id, token.into(), &identity, refresh)?,
+            Completion::AuthFailed {
+                id,
+                refresh,
+                status,
+            } => {
+                let close = CloseReason::auth_refused(&status);
+                self.refuse(id, RequestError::Backend(status));
+                // A failed `refresh` keeps the socket on its current token.
+                if !refresh || self.auth.is_none() {
+                    return Err(close);
+                }
+            }
+            Completion::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// A token was verified: adopt it (every subscription too, on `refresh`), answer, and
+    /// run the requests held behind `auth`. `id` 0 is the upgrade's bearer token.
+    fn authenticated(
+        &mut self,
+        id: u64,
+        token: Arc<str>,
+        identity: &Value,
+        refresh: bool,
+    ) -> Result<(), CloseReason> {
+        if refresh {
+            for (topic, subscriber) in &self.subscriptions {
+                let feeds = self.ctx.feeds.clone();
+                let (topic, subscriber, token) = (topic.clone(), *subscriber, token.clone());
+                self.pending.push(Box::pin(async move {
+                    feeds.refresh(&topic, subscriber, token).await;
+                    Completion::Nothing
+                }));
+            }
+        }
+        self.auth = Some(Auth { token });
+        self.authenticating = false;
+        self.heartbeat.authenticated();
+        if id != 0 {
+            self.reply(protocol::result(id, identity));
+        }
+        for text in std::mem::take(&mut self.held) {
+            self.request(&text)?;
+        }
+        Ok(())
+    }
+}
+
+/// Asks a backend who `token` names. The backend verifies; the edge holds no keys.
+pub(super) fn verify(
+    ctx: Arc<EdgeContext>,
+    id: Option<u64>,
+    token: String,
+    refresh: bool,
+) -> Pending {
+    Box::pin(async move {
+        match whoami(&ctx, &token).await {
+            Ok(identity) => Completion::Authenticated {
+                id: id.unwrap_or_default(),
+                token,
+                identity,
+                refresh,
+            },
+            Err(status) => Completion::AuthFailed {
+                id,
+                refresh,
+                status,
+            },
+        }
+    })
+}
+
+async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
+    let mut client = AuthClient::new(ctx.backends.pick());
+    let mut request = tonic::Request::new(WhoamiRequest {});
+    let value = format!("Bearer {token}").parse().map_err(|_| {
+        Status::unauthenticated("the token contains characters not allowed in a header")
+    })?;
+    request.metadata_mut().insert("authorization", value);
+    let response = tokio::time::timeout(VERIFY_TIMEOUT, client.whoami(request))
+        .await
+        .unwrap_or_else(|_| Err(Status::unavailable("the backend did not answer in time")))?;
+    Ok(serde_json::to_value(response.get_ref()).unwrap_or_default())
+}
+
+async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Result<Value, Status> {
+    let method = ctx
+        .transcoder
+        .method(rpc)
+        .map_err(|e| Status::not_found(e.to_string()))?;
+    let body = ctx
+        .transcoder
+        .encode_request(&method, request)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let response = crate::transcode::call_unary(ctx.backends.pick(), &method, body, token).await?;
+    ctx.transcoder.decode_response(&method, response)
+}
