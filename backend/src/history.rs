@@ -5,7 +5,13 @@
 //! read first when it covers the range. Either way a reader holds one page in memory, never
 //! the whole range: a page ends at `limit` events or once its byte budget is spent.
 
-use std::{fmt::Debug, sync::Arc};
+use std::{
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+};
 
 use async_trait::async_trait;
 use herald_proto::v1::StreamPosition;
@@ -110,13 +116,68 @@ pub struct History {
     broker: Arc<dyn Broker>,
     log: Option<Arc<dyn EventLog>>,
     lanes: Arc<Lanes>,
+    stats: Arc<HistoryStats>,
+}
+
+/// What history reads cost, for observability (and for tests that bound memory).
+#[derive(Debug, Default)]
+pub struct HistoryStats {
+    cache_pages: AtomicU64,
+    log_pages: AtomicU64,
+    largest_page_events: AtomicUsize,
+    largest_page_bytes: AtomicUsize,
+}
+
+impl HistoryStats {
+    /// Pages served from the broker's cache or window.
+    pub fn cache_pages(&self) -> u64 {
+        self.cache_pages.load(Ordering::Relaxed)
+    }
+
+    /// Pages read from the event log (the database).
+    pub fn log_pages(&self) -> u64 {
+        self.log_pages.load(Ordering::Relaxed)
+    }
+
+    /// The most events one page held: the most a reader ever holds in memory.
+    pub fn largest_page_events(&self) -> usize {
+        self.largest_page_events.load(Ordering::Relaxed)
+    }
+
+    /// The most encoded bytes one page held.
+    pub fn largest_page_bytes(&self) -> usize {
+        self.largest_page_bytes.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, from_log: bool, events: &[Arc<SharedEvent>]) -> usize {
+        let counter = if from_log {
+            &self.log_pages
+        } else {
+            &self.cache_pages
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let bytes = events.iter().map(|e| e.encoded_len()).sum();
+        self.largest_page_events
+            .fetch_max(events.len(), Ordering::Relaxed);
+        self.largest_page_bytes.fetch_max(bytes, Ordering::Relaxed);
+        bytes
+    }
 }
 
 impl History {
     /// Without a `log`, every topic is read from the broker alone (durable topics then have
     /// no history of record; only tests of the core run so).
     pub fn new(broker: Arc<dyn Broker>, log: Option<Arc<dyn EventLog>>, lanes: Arc<Lanes>) -> Self {
-        History { broker, log, lanes }
+        History {
+            broker,
+            log,
+            lanes,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &HistoryStats {
+        &self.stats
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -170,6 +231,7 @@ impl History {
             let mut events = cached.events;
             let full = events.len() >= budget.events;
             let trimmed = trim_to_bytes(&mut events, budget.bytes);
+            self.stats.record(false, &events);
             return Ok(Page {
                 events,
                 reached_end: !full && !trimmed,
@@ -193,7 +255,7 @@ impl History {
                 return Err(HistoryError::Gone(after.clone()));
             }
         }
-        let bytes: usize = events.iter().map(|e| e.encoded_len()).sum();
+        let bytes = self.stats.record(true, &events);
         let reached_end = events.len() < budget.events && bytes < budget.bytes;
         Ok(Page {
             events,

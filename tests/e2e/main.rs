@@ -2,8 +2,10 @@
 
 mod auth;
 mod delivery;
+mod durable;
 mod edge;
 mod lifecycle;
 mod outbox;
 mod resume;
+mod signals;
 mod validation;

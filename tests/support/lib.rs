@@ -52,6 +52,8 @@ pub struct TestApp {
     pub store: Store,
     /// Fault injection into the app's outbox relay.
     pub relay_faults: Arc<RelayFaults>,
+    /// The app's core, for its observability counters.
+    pub node: Arc<herald_backend::node::Node>,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
     data_dir: Arc<tempfile::TempDir>,
@@ -128,6 +130,7 @@ async fn start(config: Config, data_dir: Arc<tempfile::TempDir>, addr: &str) -> 
         .expect("the backend builds");
     let store = backend.store().clone();
     let relay_faults = backend.relay_faults().clone();
+    let node = backend.node().clone();
     let listener = TcpListener::bind(addr)
         .await
         .expect("bind the backend address");
@@ -139,6 +142,7 @@ async fn start(config: Config, data_dir: Arc<tempfile::TempDir>, addr: &str) -> 
         config,
         store,
         relay_faults,
+        node,
         shutdown,
         server,
         data_dir,
@@ -321,6 +325,24 @@ impl Client {
             limit,
         });
         Ok(self.rooms.clone().history(request).await?.into_inner())
+    }
+
+    /// Sends an ephemeral signal.
+    pub async fn signal(
+        &self,
+        topic: &str,
+        signal_type: &str,
+        key: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<herald_proto::v1::SignalResponse, Status> {
+        let data: Struct = serde_json::from_value(data).expect("data is a JSON object");
+        let request = self.request(herald_proto::v1::SignalRequest {
+            topic: topic.to_owned(),
+            r#type: signal_type.to_owned(),
+            key: key.map(str::to_owned),
+            data: Some(data),
+        });
+        Ok(self.rooms.clone().signal(request).await?.into_inner())
     }
 
     pub async fn presence(&self, topic: &str) -> Result<PresenceResponse, Status> {
