@@ -1,16 +1,25 @@
 //! The Herald backend: a tonic gRPC server holding all of Herald's logic.
 //!
-//! How the modules fit (dependencies point inward, to the core):
+//! How the modules fit (dependencies point inward, to the core; no module imports form a
+//! cycle):
 //!
 //! ```text
-//!  grpc::rooms ──► node ──► authz (policy)        transport: parse, call the node, map errors
-//!                   │  ├──► broker (offsets, history, cross-node fan-out) ──► hub
-//!                   │  ├──► presence
-//!                   │  └──► subscription (EventStream: replay + live, ends with a CloseCode)
-//!  auth (interceptor: JWT → Principal)   error (the one Error → Status mapping)
-//!  topic (parse `kind:id` once)          config, db (sea-orm + migrations), server (assembly)
-//!  store (domain transactions + outbox) ──► store::relay ──► broker   (durable events)
+//!  grpc::{rooms, edge, auth}   transport: parse, call, map errors (error: the one Status mapping)
+//!     │         └──► publish ── routes a publish by lane: memory → node, durable → store
+//!     ▼
+//!  node ──► authz (policy)   lanes (which kinds are durable)   signals (ephemeral lane)
+//!   │  ├──► history ──► broker (memory offsets, durable cache, fan-out) ──► hub
+//!   │  │       └──────► EventLog (trait; the database implements it)
+//!   │  ├──► presence (store + notifier)
+//!   │  └──► subscription (EventStream) ──► cursor (LiveCursor: deliver, skip, fill, end)
+//!  store (DomainTx, snapshots, the EventLog, retention) ──► store::relay ──► broker
+//!  auth (interceptor: JWT → Principal)   topic, event (parsed once)   config, server (assembly)
 //! ```
+//!
+//! **Rule for domain services** (reviews, inbox, orders, chat, deployments): they add nothing
+//! to [`node::Node`]. They write rows and events in one [`store::DomainTx`], read with
+//! [`store::ReadSnapshot`] (rows + position), ask [`authz::Policy`] who may do what, and
+//! reach subscribers only through the publish and attach API the node already has.
 //!
 //! Start with [`server::run`]: it binds nothing itself; callers pass a listener (tests bind
 //! port 0) and a cancellation token for shutdown.

@@ -35,9 +35,9 @@ use crate::{
     history::{EventLog, History, HistoryError, PageBudget},
     hub::{Hub, HubItem, HubSubscription},
     lanes::Lanes,
-    presence::{Presence, PresenceGuard, PresenceNotifier},
+    presence::{Presence, PresenceNotifier},
     signals::{SignalBoard, SignalRate},
-    subscription::EventStream,
+    subscription::{Attachment, EventStream, Replay},
     topic::{Topic, TopicKind},
 };
 
@@ -114,31 +114,6 @@ pub struct Node {
     signal_rate: SignalRate,
 }
 
-/// Everything a new subscriber needs, from [`Node::attach`].
-#[derive(Debug)]
-pub struct Attachment {
-    /// The first frame for the subscriber.
-    pub subscribed: Subscribed,
-    /// The latest keyed signals within their TTL, to send right after `subscribed`.
-    pub signals: Vec<Signal>,
-    /// Where the subscriber stands before the replay.
-    pub cursor: LiveCursor,
-    pub replay: Replay,
-    /// Leaves presence when dropped.
-    pub presence: Option<PresenceGuard>,
-}
-
-/// What a new subscriber is replayed before live events.
-#[derive(Debug)]
-pub enum Replay {
-    /// Nothing: live from the cursor on.
-    Nothing,
-    /// These events (a memory topic's window, at most `replay_cap`).
-    Events(Vec<Arc<SharedEvent>>),
-    /// Pages of history from the cursor on, until caught up (durable topics).
-    Pages,
-}
-
 impl Node {
     pub fn new(parts: NodeParts) -> Result<Arc<Node>, String> {
         let kinds = parts.config.presence_kinds()?;
@@ -166,6 +141,11 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// The hub's counters (subscribers, deliveries, slow consumers).
+    pub fn hub_stats(&self) -> crate::hub::HubStats {
+        self.hub.stats()
     }
 
     pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Error> {

@@ -22,7 +22,7 @@ use std::{
 use futures_util::Stream;
 use herald_proto::{
     encoded::Encoded,
-    v1::{StreamPosition, SubscribeResponse, subscribe_response::Frame},
+    v1::{Signal, StreamPosition, SubscribeResponse, Subscribed, subscribe_response::Frame},
 };
 use tokio::time::Sleep;
 use tonic::Status;
@@ -32,10 +32,34 @@ use crate::{
     event::SharedEvent,
     history::{History, HistoryError, Page, PageBudget},
     hub::{CloseReason, Hub, HubItem, HubSubscription},
-    node::{Attachment, Replay},
     presence::PresenceGuard,
     topic::Topic,
 };
+
+/// Everything a new subscriber needs, from [`crate::node::Node::attach`].
+#[derive(Debug)]
+pub struct Attachment {
+    /// The first frame for the subscriber.
+    pub subscribed: Subscribed,
+    /// The latest keyed signals within their TTL, to send right after `subscribed`.
+    pub signals: Vec<Signal>,
+    /// Where the subscriber stands before the replay.
+    pub cursor: LiveCursor,
+    pub replay: Replay,
+    /// Leaves presence when dropped.
+    pub presence: Option<PresenceGuard>,
+}
+
+/// What a new subscriber is replayed before live events.
+#[derive(Debug)]
+pub enum Replay {
+    /// Nothing: live from the cursor on.
+    Nothing,
+    /// These events (a memory topic's window, at most `replay_cap`).
+    Events(Vec<Arc<SharedEvent>>),
+    /// Pages of history from the cursor on, until caught up (durable topics).
+    Pages,
+}
 
 type PageRead = Pin<Box<dyn Future<Output = Result<Page, HistoryError>> + Send>>;
 

@@ -375,3 +375,35 @@ async fn history_of_a_durable_topic_reads_the_database_after_a_restart() {
         "subscribed reports the database's top"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_subscriber_that_stops_reading_falls_back_to_the_database_instead_of_ending() {
+    let app = spawn_app_with(|config| config.node.subscriber_queue = 8).await;
+    let service = app.service().await;
+    // Small HTTP/2 windows: the unread stream stops being polled after a few events, its hub
+    // queue overflows, and the memory lane would end it as a slow consumer.
+    let stalled_endpoint = app
+        .endpoint()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535));
+    let stalled = herald_e2e::Client::connect(stalled_endpoint, app.token("ops", &["admin"])).await;
+    let mut slow = stalled.subscribe("order:firehose").await;
+    let blob = "x".repeat(4096);
+    for n in 0..300 {
+        service
+            .try_publish("order:firehose", "test.blob", json!({ "n": n, "blob": blob }), None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        app.node.hub_stats().slow_consumers > 0,
+        "the hub dropped the stalled stream (the case this test is about)"
+    );
+    assert_eq!(
+        slow.offsets(300).await,
+        range(1, 300),
+        "it reads on from the database, gapless, and stays open"
+    );
+    service.publish("order:firehose", 0).await;
+    assert_eq!(slow.offsets(1).await, vec![301], "then live again");
+}

@@ -33,8 +33,9 @@ use crate::{
     error::{Error, close_code_of},
     history::{HistoryError, PageBudget},
     hub::{HubItem, HubSubscription},
-    node::{Node, Replay, history_error},
+    node::{Node, history_error},
     presence::PresenceGuard,
+    subscription::Replay,
     topic::Topic,
 };
 
