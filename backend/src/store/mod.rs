@@ -1,12 +1,15 @@
-//! Durable state: the database (sea-orm on SQLite or PostgreSQL) and the transactional
-//! outbox that turns committed writes into published events.
+//! Durable state: the database (sea-orm on SQLite or PostgreSQL), the history of record of
+//! durable topics, and the transactional outbox that turns committed writes into delivered
+//! events.
 //!
 //! A domain service changes rows and appends events **in one transaction**; the events are
-//! rows of the `outbox` table, so they commit or roll back together with the change. After
-//! the commit the [relay](relay) publishes them to the [`Broker`](crate::broker::Broker) in
-//! commit order per topic, with the outbox row id as the idempotency key, and marks them
-//! published. A process that dies after the commit publishes on restart; one that dies after
-//! publishing and before marking publishes again, and the broker drops the duplicate.
+//! rows of the `outbox` table, so they commit or roll back together with the change, and the
+//! same transaction gives each event its topic's next offset (gapless in commit order, fixed
+//! forever). After the commit the [relay](relay) hands them to the
+//! [`Broker`](crate::broker::Broker) with those offsets and marks them published; a relay
+//! that dies in between hands them over again and the broker ignores offsets it has.
+//! The rows stay as the topics' history ([`EventLog`](crate::history::EventLog)) until
+//! retention purges them.
 //!
 //! ```no_run
 //! # use herald_backend::{store::{Store, StoreError}, topic::Topic};
@@ -24,7 +27,24 @@
 //! # }
 //! ```
 //!
+//! Reads that return rows *and* the position of the topics they reflect use one snapshot, so a
+//! client subscribing with `since = position` sees each later change exactly once (see
+//! [`ReadSnapshot`] for an example):
+//!
+//! ```no_run
+//! # use herald_backend::{store::{Store, StoreError}, topic::Topic};
+//! # async fn get(store: &Store, order: &Topic) -> Result<(), StoreError> {
+//! let snapshot = store.snapshot().await?;
+//! // … sea-orm reads on snapshot.conn() …
+//! let position = snapshot.position(order).await?; // same snapshot as the rows
+//! snapshot.end().await?;
+//! # let _ = position;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Rules for callers:
+//! - Emit only to durable topics (`topics.durable`); emitting to a memory topic is refused.
 //! - Emit whenever it is convenient: events are buffered and written at commit (or at
 //!   [`DomainTx::flush`]). From then until the commit the transaction holds each of its
 //!   topics' `outbox_topic` row lock, which is what makes a topic's order its commit order.
