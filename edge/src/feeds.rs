@@ -11,7 +11,7 @@
 //! backend cannot resume (history gone) gets `unsubscribed` with "insufficient state".
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -19,10 +19,11 @@ use std::{
     time::Duration,
 };
 
+use axum::extract::ws::Utf8Bytes;
 use herald_proto::v1::{
-    CloseCode, FollowAttach, FollowDetach, FollowMore, FollowOpen, FollowRefresh, FollowRequest,
-    FollowResponse, StreamPosition, edge_client::EdgeClient, follow_request::Action,
-    follow_response::Frame,
+    CloseCode, Event, FollowAttach, FollowAttached, FollowDetach, FollowDetached, FollowMore,
+    FollowOpen, FollowRefresh, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
+    edge_client::EdgeClient, follow_request::Action, follow_response::Frame,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,6 +40,9 @@ use crate::{
 const COMMAND_QUEUE: usize = 1024;
 /// Follow requests buffered towards the backend.
 const REQUEST_QUEUE: usize = 1024;
+/// Requests that may wait for the backend beyond that before the stream is given up (and
+/// reconnected): attach, detach, refresh and `more` are small, so this bounds memory too.
+const MAX_OUTGOING: usize = 16 * 1024;
 /// Reconnect attempts before a feed gives up and ends its subscribers with "unavailable".
 const MAX_RECONNECTS: u32 = 10;
 
@@ -267,18 +271,33 @@ impl Feed {
 
     /// Runs one follow stream until it ends.
     async fn follow(&mut self) -> StreamEnd {
-        if self.subscribers.is_empty() {
-            // Wait for the first subscriber before opening anything.
-            match self.next_command().await {
-                Some(command) => {
-                    self.queue_command(command);
-                }
-                None => return StreamEnd::Shutdown,
-            }
-            if self.subscribers.is_empty() {
-                return StreamEnd::Idle;
-            }
+        if let Some(end) = self.wait_for_first_subscriber().await {
+            return end;
         }
+        let (requests, mut stream) = match self.open_stream().await {
+            Ok(opened) => opened,
+            Err(end) => return end,
+        };
+        let mut outgoing = self.reattach_all();
+        self.pump(&requests, &mut stream, &mut outgoing).await
+    }
+
+    /// With no subscriber, waits for a first command before opening anything.
+    async fn wait_for_first_subscriber(&mut self) -> Option<StreamEnd> {
+        if !self.subscribers.is_empty() {
+            return None;
+        }
+        let Some(command) = self.next_command().await else {
+            return Some(StreamEnd::Shutdown);
+        };
+        self.queue_command(command);
+        self.subscribers.is_empty().then_some(StreamEnd::Idle)
+    }
+
+    /// Opens `Edge/Follow` on some backend with the edge's service token.
+    async fn open_stream(
+        &mut self,
+    ) -> Result<(mpsc::Sender<FollowRequest>, Streaming<FollowResponse>), StreamEnd> {
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let open = FollowRequest {
             action: Some(Action::Open(FollowOpen {
@@ -286,32 +305,38 @@ impl Feed {
             })),
         };
         if requests.try_send(open).is_err() {
-            return StreamEnd::Failed(Status::internal("cannot queue the open request"));
+            return Err(StreamEnd::Failed(Status::internal(
+                "cannot queue the open request",
+            )));
         }
         let mut request = tonic::Request::new(ReceiverStream::new(request_rx));
         match format!("Bearer {}", self.feeds.backends.service_token()).parse() {
             Ok(value) => {
                 request.metadata_mut().insert("authorization", value);
             }
-            Err(_) => return StreamEnd::Failed(Status::unauthenticated("bad service token")),
+            Err(_) => {
+                return Err(StreamEnd::Failed(Status::unauthenticated(
+                    "bad service token",
+                )));
+            }
         }
         let mut client =
             EdgeClient::new(self.feeds.backends.pick()).max_decoding_message_size(16 * 1024 * 1024);
         let shutdown = self.feeds.shutdown.clone();
-        let mut stream: Streaming<FollowResponse> = tokio::select! {
+        tokio::select! {
             response = client.follow(request) => match response {
-                Ok(response) => response.into_inner(),
-                Err(status) => return StreamEnd::Failed(status),
+                Ok(response) => Ok((requests, response.into_inner())),
+                Err(status) => Err(StreamEnd::Failed(status)),
             },
-            () = shutdown.cancelled() => return StreamEnd::Shutdown,
-        };
+            () = shutdown.cancelled() => Err(StreamEnd::Shutdown),
+        }
+    }
 
-        // (Re-)attach everyone on the new stream.
-        let ids: Vec<u64> = self.subscribers.keys().copied().collect();
-        for id in ids {
-            let Some(sub) = self.subscribers.get_mut(&id) else {
-                continue;
-            };
+    /// The attach requests that put every subscriber on a new stream, each resuming after
+    /// the last offset it was sent.
+    fn reattach_all(&mut self) -> VecDeque<FollowRequest> {
+        let mut outgoing = VecDeque::with_capacity(self.subscribers.len());
+        for (id, sub) in &mut self.subscribers {
             let since = match &sub.state {
                 SubState::Attached { .. } => Some(StreamPosition {
                     offset: sub.last,
@@ -325,21 +350,40 @@ impl Feed {
                     since: since.clone(),
                 };
             }
-            let attach = attach_request(id, &sub.token, since);
-            if requests.send(attach).await.is_err() {
-                return StreamEnd::Failed(Status::unavailable("the follow stream closed"));
-            }
+            outgoing.push_back(attach_request(*id, &sub.token, since));
         }
+        outgoing
+    }
 
+    /// Moves commands to the backend and frames to the sockets until the stream ends. The two
+    /// directions never wait for each other: requests the backend is slow to take wait in
+    /// `outgoing` (bounded) while frames keep flowing, so a long replay on one side cannot
+    /// stall the other.
+    async fn pump(
+        &mut self,
+        requests: &mpsc::Sender<FollowRequest>,
+        stream: &mut Streaming<FollowResponse>,
+        outgoing: &mut VecDeque<FollowRequest>,
+    ) -> StreamEnd {
+        let shutdown = self.feeds.shutdown.clone();
         loop {
+            if outgoing.len() > MAX_OUTGOING {
+                return StreamEnd::Failed(Status::unavailable(
+                    "the backend is not taking follow requests",
+                ));
+            }
             tokio::select! {
+                permit = requests.reserve(), if !outgoing.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(request) = outgoing.pop_front() {
+                            permit.send(request);
+                        }
+                    }
+                    Err(_) => return StreamEnd::Failed(Status::unavailable("the follow stream closed")),
+                },
                 command = self.commands.recv() => {
                     let Some(command) = command else { return StreamEnd::Shutdown };
-                    if let Some(request) = self.queue_command(command)
-                        && requests.send(request).await.is_err()
-                    {
-                        return StreamEnd::Failed(Status::unavailable("the follow stream closed"));
-                    }
+                    outgoing.extend(self.queue_command(command));
                     if self.subscribers.is_empty() {
                         return StreamEnd::Idle;
                     }
@@ -347,10 +391,10 @@ impl Feed {
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
                         if let Some(frame) = response.frame {
-                            let detach = self.handle(frame);
-                            for subscriber in detach {
-                                let request = FollowRequest { action: Some(Action::Detach(FollowDetach { subscriber })) };
-                                let _ = requests.send(request).await;
+                            if let Some(subscriber) = self.handle(frame) {
+                                outgoing.push_back(FollowRequest {
+                                    action: Some(Action::Detach(FollowDetach { subscriber })),
+                                });
                             }
                             if self.subscribers.is_empty() {
                                 return StreamEnd::Idle;
@@ -419,129 +463,137 @@ impl Feed {
         }
     }
 
-    /// Handles one frame from the backend; returns subscribers to detach there.
-    fn handle(&mut self, frame: Frame) -> Vec<u64> {
-        let mut detach = Vec::new();
+    /// Handles one frame from the backend; returns a subscriber to detach there, if any.
+    fn handle(&mut self, frame: Frame) -> Option<u64> {
         match frame {
             Frame::Opened(opened) => {
                 if let Some(position) = opened.position {
                     self.epoch = position.epoch;
                 }
             }
-            Frame::Attached(attached) => {
-                let Some(sub) = self.subscribers.get_mut(&attached.subscriber) else {
-                    return detach;
-                };
-                let subscribed = attached.subscribed.unwrap_or_default();
-                let position = subscribed.position.clone().unwrap_or_default();
-                let SubState::Pending { request_id, since } = &sub.state else {
-                    return detach;
-                };
-                let since = since.clone();
-                match *request_id {
-                    Some(id) => {
-                        sub.out.text(protocol::result(id, &subscribed));
-                    }
-                    None if !subscribed.recovered => {
-                        let last = StreamPosition {
-                            offset: sub.last,
-                            epoch: self.epoch.clone(),
-                        };
-                        let frame = protocol::unsubscribed(
-                            &self.topic,
-                            CloseCode::InsufficientState,
-                            "the subscription could not be resumed after a backend restart: history no longer covers it; resubscribe and reload",
-                            &last,
-                        );
-                        end(&self.topic, attached.subscriber, &sub.out, frame);
-                        self.subscribers.remove(&attached.subscriber);
-                        detach.push(attached.subscriber);
-                        return detach;
-                    }
-                    None => {}
-                }
-                for signal in &attached.signals {
-                    sub.out.push(OutItem::Text(protocol::signal_push(signal)));
-                }
-                self.epoch = position.epoch;
-                sub.last = match since {
-                    Some(since) if attached.replaying => since.offset,
-                    _ => position.offset,
-                };
-                sub.state = SubState::Attached {
-                    replaying: attached.replaying,
-                };
-            }
-            Frame::Replay(replay) => {
-                let Some(sub) = self.subscribers.get_mut(&replay.subscriber) else {
-                    return detach;
-                };
-                for event in &replay.events {
-                    if event.offset > sub.last {
-                        sub.out.push(OutItem::Text(protocol::event_push(event)));
-                        sub.last = event.offset;
-                    }
-                }
-                if replay.complete {
-                    sub.state = SubState::Attached { replaying: false };
-                } else {
-                    let out = sub.out.clone();
-                    self.ask_more_when_drained(replay.subscriber, out);
-                }
-            }
-            Frame::Event(event) => {
-                let mut push = None;
-                for sub in self.subscribers.values_mut() {
-                    if sub.is_live() && sub.last < event.offset {
-                        let frame = push.get_or_insert_with(|| protocol::event_push(&event));
-                        sub.out.push(OutItem::Text(frame.clone()));
-                        sub.last = event.offset;
-                    }
-                }
-            }
-            Frame::Presence(change) => {
-                let push = protocol::presence_push(&change);
-                for sub in self.subscribers.values() {
-                    if matches!(sub.state, SubState::Attached { .. }) {
-                        sub.out.push(OutItem::Text(push.clone()));
-                    }
-                }
-            }
-            Frame::Signal(signal) => {
-                let push = protocol::signal_push(&signal);
-                for sub in self.subscribers.values() {
-                    if matches!(sub.state, SubState::Attached { .. }) {
-                        sub.out.push(OutItem::Text(push.clone()));
-                    }
-                }
-            }
-            Frame::Detached(detached) => {
-                if let Some(sub) = self.subscribers.remove(&detached.subscriber) {
-                    let status = Code::from_i32(detached.status);
-                    let code = CloseCode::try_from(detached.code).unwrap_or(CloseCode::Internal);
-                    let frame = match sub.state {
-                        SubState::Pending {
-                            request_id: Some(id),
-                            ..
-                        } => protocol::error_frame(
-                            Some(id),
-                            protocol::status_code_name(status),
-                            &detached.message,
-                        ),
-                        _ => {
-                            let last = StreamPosition {
-                                offset: sub.last,
-                                epoch: self.epoch.clone(),
-                            };
-                            protocol::unsubscribed(&self.topic, code, &detached.message, &last)
-                        }
-                    };
-                    end(&self.topic, detached.subscriber, &sub.out, frame);
-                }
-            }
+            Frame::Attached(attached) => return self.on_attached(attached),
+            Frame::Replay(replay) => self.on_replay(replay),
+            Frame::Event(event) => self.on_event(&event),
+            Frame::Presence(change) => self.to_attached(protocol::presence_push(&change)),
+            Frame::Signal(signal) => self.to_attached(protocol::signal_push(&signal)),
+            Frame::Detached(detached) => self.on_detached(detached),
             Frame::Refreshed(_) => {}
         }
-        detach
+        None
+    }
+
+    /// The backend accepted a subscriber: answer its `subscribe` (or, for a re-attach the
+    /// backend could not resume, end it), greet it with the latest signals, and start it at
+    /// `since` when pages follow, else at the top.
+    fn on_attached(&mut self, attached: FollowAttached) -> Option<u64> {
+        let sub = self.subscribers.get_mut(&attached.subscriber)?;
+        let subscribed = attached.subscribed.unwrap_or_default();
+        let position = subscribed.position.clone().unwrap_or_default();
+        let SubState::Pending { request_id, since } = &sub.state else {
+            return None;
+        };
+        let since = since.clone();
+        match *request_id {
+            Some(id) => {
+                sub.out.text(protocol::result(id, &subscribed));
+            }
+            None if !subscribed.recovered => {
+                let last = StreamPosition {
+                    offset: sub.last,
+                    epoch: self.epoch.clone(),
+                };
+                let frame = protocol::unsubscribed(
+                    &self.topic,
+                    CloseCode::InsufficientState,
+                    "the subscription could not be resumed after a backend restart: history no longer covers it; resubscribe and reload",
+                    &last,
+                );
+                end(&self.topic, attached.subscriber, &sub.out, frame);
+                self.subscribers.remove(&attached.subscriber);
+                return Some(attached.subscriber);
+            }
+            None => {}
+        }
+        for signal in &attached.signals {
+            sub.out.push(OutItem::Text(protocol::signal_push(signal)));
+        }
+        self.epoch = position.epoch;
+        sub.last = match since {
+            Some(since) if attached.replaying => since.offset,
+            _ => position.offset,
+        };
+        sub.state = SubState::Attached {
+            replaying: attached.replaying,
+        };
+        None
+    }
+
+    /// One replay page for one subscriber; the next is asked for once its socket drained.
+    fn on_replay(&mut self, replay: FollowReplay) {
+        let Some(sub) = self.subscribers.get_mut(&replay.subscriber) else {
+            return;
+        };
+        for event in &replay.events {
+            if event.offset > sub.last {
+                sub.out.push(OutItem::Text(protocol::event_push(event)));
+                sub.last = event.offset;
+            }
+        }
+        if replay.complete {
+            sub.state = SubState::Attached { replaying: false };
+        } else {
+            let out = sub.out.clone();
+            self.ask_more_when_drained(replay.subscriber, out);
+        }
+    }
+
+    /// A live event: encoded once, queued to every live subscriber still below it.
+    fn on_event(&mut self, event: &Event) {
+        let mut push = None;
+        for sub in self.subscribers.values_mut() {
+            if sub.is_live() && sub.last < event.offset {
+                let frame = push.get_or_insert_with(|| protocol::event_push(event));
+                sub.out.push(OutItem::Text(frame.clone()));
+                sub.last = event.offset;
+            }
+        }
+    }
+
+    /// A push without an offset (presence, signal) for every attached subscriber.
+    fn to_attached(&self, push: Utf8Bytes) {
+        for sub in self.subscribers.values() {
+            if matches!(sub.state, SubState::Attached { .. }) {
+                sub.out.push(OutItem::Text(push.clone()));
+            }
+        }
+    }
+
+    /// The backend refused or ended a subscriber: an error reply to a pending `subscribe`,
+    /// or an `unsubscribed` push with its last offset.
+    fn on_detached(&mut self, detached: FollowDetached) {
+        let Some(sub) = self.subscribers.remove(&detached.subscriber) else {
+            return;
+        };
+        let status = Code::from_i32(detached.status);
+        let code = CloseCode::try_from(detached.code).unwrap_or(CloseCode::Internal);
+        let frame = match sub.state {
+            SubState::Pending {
+                request_id: Some(id),
+                ..
+            } => protocol::error_frame(
+                Some(id),
+                protocol::status_code_name(status),
+                &detached.message,
+            ),
+            _ => {
+                let last = StreamPosition {
+                    offset: sub.last,
+                    epoch: self.epoch.clone(),
+                };
+                protocol::unsubscribed(&self.topic, code, &detached.message, &last)
+            }
+        };
+        end(&self.topic, detached.subscriber, &sub.out, frame);
     }
 
     /// Asks for a replaying subscriber's next page once its socket has drained this one.

@@ -391,7 +391,12 @@ async fn a_durable_subscriber_that_stops_reading_falls_back_to_the_database_inst
     let blob = "x".repeat(4096);
     for n in 0..300 {
         service
-            .try_publish("order:firehose", "test.blob", json!({ "n": n, "blob": blob }), None)
+            .try_publish(
+                "order:firehose",
+                "test.blob",
+                json!({ "n": n, "blob": blob }),
+                None,
+            )
             .await
             .unwrap();
     }
