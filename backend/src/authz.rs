@@ -6,13 +6,20 @@
 //! | `user:X`       | X itself, services                          | services                     |
 //! | `role:R`       | holders of role R, services                 | services                     |
 //! | `room:X`       | any authenticated user (configurable)       | any user (configurable), services |
-//! | `order:N`      | admins, services (customers and couriers come with orders) | services      |
-//! | `deployment:N` | admins, services (owners come with deployments) | services                 |
-//! | `conv:N`, `group:N` | services (members come with messaging)  | services                     |
+//! | `order:N`      | admins, services, its members (customer, courier) | services               |
+//! | `deployment:N` | admins, services, its members (owner)       | services                     |
+//! | `conv:N`, `group:N` | services, their members                | services                     |
 //!
-//! Signals (`Action::Signal`, ephemeral): rooms — anyone who may read them; `order:` and
-//! `deployment:` — admins; every other kind — services (members come with their domains).
+//! Signals (`Action::Signal`, ephemeral): rooms — anyone who may read them; `order:`,
+//! `deployment:`, `conv:`, `group:` — whoever may read them; `user:`, `role:` — services.
+//!
+//! "Members" are facts only the domain's tables know: each domain registers a [`Membership`]
+//! for its kind, and the policy asks it. A kind without one has no members (only admins and
+//! services get in), so nothing opens up before its domain exists.
 
+use std::{collections::HashMap, fmt::Debug, sync::Arc};
+
+use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::{
@@ -51,41 +58,105 @@ impl Default for PolicyConfig {
     }
 }
 
-/// A refusal; the message says who may.
+/// Why the policy said no.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Denied(pub String);
+pub enum Denied {
+    /// Not allowed; the message says who may.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The facts could not be read (the database is unreachable); retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Facts the policy cannot read from a token: who belongs to a topic (the customer and courier
+/// of an order, the owner of a deployment, the members of a conversation). A domain module
+/// implements it over its tables and registers it for its topic kind.
+///
+/// Contract: `is_member` answers for the topic's current state (a removed member is no longer
+/// one), never creates state, and reports an unreachable database as an error rather than
+/// `false`, so a refusal always means "not a member".
+#[async_trait]
+pub trait Membership: Send + Sync + Debug + 'static {
+    async fn is_member(&self, topic: &Topic, user_id: &str) -> Result<bool, MembershipError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("membership could not be checked: {0}")]
+pub struct MembershipError(pub String);
 
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     config: PolicyConfig,
+    members: Arc<HashMap<TopicKind, Arc<dyn Membership>>>,
+}
+
+/// What the token alone decides.
+enum Decision {
+    Allow,
+    Deny,
+    /// Allowed if the principal is a member of the topic.
+    AskMembers,
 }
 
 impl Policy {
     pub fn new(config: PolicyConfig) -> Policy {
-        Policy { config }
+        Policy {
+            config,
+            members: Arc::default(),
+        }
     }
 
-    pub fn check(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Denied> {
-        if who.is_service() {
-            return Ok(());
-        }
-        let allowed = match (action, topic.kind()) {
-            (Action::Read, TopicKind::User) => topic.id() == who.user_id,
-            (Action::Read, TopicKind::Role) => who.has_role(topic.id()),
-            (Action::Read, TopicKind::Room) => self.config.rooms_public,
-            (Action::Publish, TopicKind::Room) => self.config.rooms_user_publish,
-            (Action::Signal, TopicKind::Room) => self.config.rooms_public,
-            (Action::Signal, TopicKind::Order | TopicKind::Deployment) => who.has_role(ADMIN_ROLE),
-            (Action::Signal, _) => false,
-            (Action::Read, TopicKind::Order | TopicKind::Deployment) => who.has_role(ADMIN_ROLE),
-            (Action::Read, TopicKind::Conv | TopicKind::Group) => false,
-            (Action::Publish, _) => false,
+    /// Registers the membership facts of one topic kind (done by its domain module).
+    pub fn with_membership(mut self, kind: TopicKind, members: Arc<dyn Membership>) -> Policy {
+        Arc::make_mut(&mut self.members).insert(kind, members);
+        self
+    }
+
+    pub async fn check(
+        &self,
+        who: &Principal,
+        action: Action,
+        topic: &Topic,
+    ) -> Result<(), Denied> {
+        let allowed = match self.decide(who, action, topic) {
+            Decision::Allow => true,
+            Decision::Deny => false,
+            Decision::AskMembers => match self.members.get(&topic.kind()) {
+                Some(members) => members
+                    .is_member(topic, &who.user_id)
+                    .await
+                    .map_err(|e| Denied::Unavailable(format!("{e}; retry with backoff")))?,
+                None => false,
+            },
         };
         if allowed {
             Ok(())
         } else {
-            Err(Denied(refusal(action, topic)))
+            Err(Denied::Forbidden(refusal(action, topic)))
+        }
+    }
+
+    fn decide(&self, who: &Principal, action: Action, topic: &Topic) -> Decision {
+        use Decision::{Allow, AskMembers, Deny};
+        let yes = |allowed: bool| if allowed { Allow } else { Deny };
+        if who.is_service() {
+            return Allow;
+        }
+        match (action, topic.kind()) {
+            (Action::Read, TopicKind::User) => yes(topic.id() == who.user_id),
+            (Action::Read, TopicKind::Role) => yes(who.has_role(topic.id())),
+            (Action::Read | Action::Signal, TopicKind::Room) => yes(self.config.rooms_public),
+            (Action::Publish, TopicKind::Room) => yes(self.config.rooms_user_publish),
+            (Action::Read | Action::Signal, TopicKind::Order | TopicKind::Deployment) => {
+                if who.has_role(ADMIN_ROLE) {
+                    Allow
+                } else {
+                    AskMembers
+                }
+            }
+            (Action::Read | Action::Signal, TopicKind::Conv | TopicKind::Group) => AskMembers,
+            (Action::Signal, TopicKind::User | TopicKind::Role) | (Action::Publish, _) => Deny,
         }
     }
 }
@@ -101,18 +172,19 @@ fn refusal(action: Action, topic: &Topic) -> String {
         (Action::Publish, _) => "only services publish to this kind of topic",
         (Action::Signal, TopicKind::Room) => "rooms are not public on this server",
         (Action::Signal, TopicKind::Order | TopicKind::Deployment) => {
-            "signals on this topic are for admins and services"
+            "signals on this topic are for its members, admins and services"
+        }
+        (Action::Signal, TopicKind::Conv | TopicKind::Group) => {
+            "signals on this topic are for its members"
         }
         (Action::Signal, _) => "only services signal on this kind of topic",
         (Action::Read, TopicKind::User) => "user topics are open to their own user and services",
         (Action::Read, TopicKind::Role) => "role topics are open to holders of the role",
         (Action::Read, TopicKind::Room) => "rooms are not public on this server",
         (Action::Read, TopicKind::Order | TopicKind::Deployment) => {
-            "this topic is open to admins and services"
+            "this topic is open to its members, admins and services"
         }
-        (Action::Read, TopicKind::Conv | TopicKind::Group) => {
-            "this topic is open to its members; membership is not enabled on this server"
-        }
+        (Action::Read, TopicKind::Conv | TopicKind::Group) => "this topic is open to its members",
     };
     format!("not allowed to {verb} `{topic}`: {rule}")
 }
@@ -133,61 +205,78 @@ mod tests {
         Topic::parse(s).unwrap()
     }
 
-    #[test]
-    fn users_read_only_their_own_user_topic() {
+    #[tokio::test]
+    async fn users_read_only_their_own_user_topic() {
         let policy = Policy::default();
         let alice = user("alice", &[]);
         assert!(
             policy
                 .check(&alice, Action::Read, &topic("user:alice"))
+                .await
                 .is_ok()
         );
         let denied = policy
             .check(&alice, Action::Read, &topic("user:bob"))
+            .await
             .unwrap_err();
-        assert!(denied.0.contains("user:bob"));
+        assert!(denied.to_string().contains("user:bob"));
         assert!(
             policy
                 .check(&alice, Action::Publish, &topic("user:alice"))
+                .await
                 .is_err()
         );
     }
 
-    #[test]
-    fn role_topics_need_the_role() {
+    #[tokio::test]
+    async fn role_topics_need_the_role() {
         let policy = Policy::default();
         assert!(
             policy
                 .check(&user("a", &["admin"]), Action::Read, &topic("role:admin"))
+                .await
                 .is_ok()
         );
         assert!(
             policy
                 .check(&user("a", &[]), Action::Read, &topic("role:admin"))
+                .await
                 .is_err()
         );
     }
 
-    #[test]
-    fn services_may_do_anything() {
+    #[tokio::test]
+    async fn services_may_do_anything() {
         let policy = Policy::default();
         let service = user("billing", &["service"]);
         for t in ["user:bob", "role:admin", "conv:1", "order:9", "room:x"] {
-            assert!(policy.check(&service, Action::Read, &topic(t)).is_ok());
-            assert!(policy.check(&service, Action::Publish, &topic(t)).is_ok());
+            assert!(
+                policy
+                    .check(&service, Action::Read, &topic(t))
+                    .await
+                    .is_ok()
+            );
+            assert!(
+                policy
+                    .check(&service, Action::Publish, &topic(t))
+                    .await
+                    .is_ok()
+            );
         }
     }
 
-    #[test]
-    fn rooms_follow_configuration() {
+    #[tokio::test]
+    async fn rooms_follow_configuration() {
         let alice = user("alice", &[]);
         let open = Policy::default();
         assert!(
             open.check(&alice, Action::Read, &topic("room:lobby"))
+                .await
                 .is_ok()
         );
         assert!(
             open.check(&alice, Action::Publish, &topic("room:lobby"))
+                .await
                 .is_ok()
         );
         let closed = Policy::new(PolicyConfig {
@@ -197,12 +286,65 @@ mod tests {
         assert!(
             closed
                 .check(&alice, Action::Read, &topic("room:lobby"))
+                .await
                 .is_err()
         );
         assert!(
             closed
                 .check(&alice, Action::Publish, &topic("room:lobby"))
+                .await
                 .is_err()
+        );
+    }
+
+    #[derive(Debug)]
+    struct Owners(&'static [(&'static str, &'static str)]);
+
+    #[async_trait]
+    impl Membership for Owners {
+        async fn is_member(&self, topic: &Topic, user_id: &str) -> Result<bool, MembershipError> {
+            if topic.id() == "down" {
+                return Err(MembershipError("database unreachable".into()));
+            }
+            Ok(self.0.contains(&(topic.as_str(), user_id)))
+        }
+    }
+
+    #[tokio::test]
+    async fn members_come_from_the_registered_membership_of_their_kind() {
+        let owners = Arc::new(Owners(&[("deployment:7", "alice")]));
+        let policy = Policy::default().with_membership(TopicKind::Deployment, owners);
+        let alice = user("alice", &[]);
+        let bob = user("bob", &[]);
+        let seven = topic("deployment:7");
+        assert!(policy.check(&alice, Action::Read, &seven).await.is_ok());
+        assert!(policy.check(&alice, Action::Signal, &seven).await.is_ok());
+        assert!(matches!(
+            policy.check(&bob, Action::Read, &seven).await,
+            Err(Denied::Forbidden(_))
+        ));
+        assert!(
+            policy.check(&alice, Action::Publish, &seven).await.is_err(),
+            "members read; services publish"
+        );
+        assert!(
+            policy
+                .check(&user("ops", &["admin"]), Action::Read, &seven)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            policy
+                .check(&alice, Action::Read, &topic("deployment:down"))
+                .await,
+            Err(Denied::Unavailable(_))
+        ));
+        assert!(
+            policy
+                .check(&alice, Action::Read, &topic("conv:1"))
+                .await
+                .is_err(),
+            "a kind without a registered membership has no members"
         );
     }
 }

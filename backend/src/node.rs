@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::{
     auth::Principal,
-    authz::{Action, Policy},
+    authz::{Action, Denied, Policy},
     broker::{Broker, EventDraft, HistoryStart, Published},
     cursor::LiveCursor,
     error::Error,
@@ -148,10 +148,19 @@ impl Node {
         self.hub.stats()
     }
 
-    pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Error> {
+    pub async fn authorize(
+        &self,
+        who: &Principal,
+        action: Action,
+        topic: &Topic,
+    ) -> Result<(), Error> {
         self.policy
             .check(who, action, topic)
-            .map_err(|denied| Error::PermissionDenied(denied.0))
+            .await
+            .map_err(|denied| match denied {
+                Denied::Forbidden(message) => Error::PermissionDenied(message),
+                Denied::Unavailable(message) => Error::Unavailable(message),
+            })
     }
 
     /// Registers with the hub: from now on every event of `topic` is queued for the holder.
@@ -166,8 +175,8 @@ impl Node {
         topic: Topic,
         since: Option<StreamPosition>,
     ) -> Result<EventStream, Error> {
-        self.authorize(who, Action::Read, &topic)?;
-        let live = self.register(&topic)?;
+        let live = self.register(&topic)?; // `attach` authorizes
+
         let attachment = self.attach(who, &topic, since, &live).await?;
         let expiry = Box::pin(tokio::time::sleep(who.time_left()));
         Ok(EventStream::new(
@@ -190,7 +199,7 @@ impl Node {
         since: Option<StreamPosition>,
         _registered: &HubSubscription,
     ) -> Result<Attachment, Error> {
-        self.authorize(who, Action::Read, topic)?;
+        self.authorize(who, Action::Read, topic).await?;
         let durable = self.lanes().is_durable(topic);
         let (subscribed, start, replay) = match since {
             None => {
@@ -262,8 +271,9 @@ impl Node {
         data: Option<Struct>,
         idempotency_key: Option<String>,
     ) -> Result<Published, Error> {
-        let (event_type, idempotency_key) =
-            self.check_publish(who, &topic, &event_type, &data, idempotency_key)?;
+        let (event_type, idempotency_key) = self
+            .check_publish(who, &topic, &event_type, &data, idempotency_key)
+            .await?;
         if self.lanes().is_durable(&topic) {
             return Err(Error::invalid(format!(
                 "`{topic}` is a durable topic: its events are committed to the database first"
@@ -283,7 +293,7 @@ impl Node {
     }
 
     /// Authorizes and validates a publish on any lane; returns the parsed type and key.
-    pub fn check_publish(
+    pub async fn check_publish(
         &self,
         who: &Principal,
         topic: &Topic,
@@ -291,7 +301,7 @@ impl Node {
         data: &Option<Struct>,
         idempotency_key: Option<String>,
     ) -> Result<(EventType, Option<IdempotencyKey>), Error> {
-        self.authorize(who, Action::Publish, topic)?;
+        self.authorize(who, Action::Publish, topic).await?;
         let event_type = EventType::parse(event_type).map_err(Error::InvalidArgument)?;
         self.check_data_size(data)?;
         let key = IdempotencyKey::parse(idempotency_key).map_err(Error::InvalidArgument)?;
@@ -319,7 +329,7 @@ impl Node {
         key: Option<String>,
         data: Option<Struct>,
     ) -> Result<Timestamp, Error> {
-        self.authorize(who, Action::Signal, &topic)?;
+        self.authorize(who, Action::Signal, &topic).await?;
         let signal_type = EventType::parse(signal_type)
             .map_err(|e| Error::invalid(e.replace("event type", "signal type")))?;
         let key = key.unwrap_or_default();
@@ -367,7 +377,7 @@ impl Node {
         since: Option<StreamPosition>,
         limit: u32,
     ) -> Result<(Vec<Arc<SharedEvent>>, StreamPosition), Error> {
-        self.authorize(who, Action::Read, &topic)?;
+        self.authorize(who, Action::Read, &topic).await?;
         let limit = match limit {
             0 => DEFAULT_HISTORY_LIMIT,
             n if n > MAX_HISTORY_LIMIT => {
@@ -428,7 +438,7 @@ impl Node {
         who: &Principal,
         topic: Topic,
     ) -> Result<Vec<PresenceMember>, Error> {
-        self.authorize(who, Action::Read, &topic)?;
+        self.authorize(who, Action::Read, &topic).await?;
         Ok(self.presence.store().members(&topic).await?)
     }
 

@@ -58,13 +58,16 @@ impl Publisher {
                 )
                 .await;
         }
-        let (event_type, key) = self.node.check_publish(
-            who,
-            &topic,
-            &command.event_type,
-            &command.data,
-            command.idempotency_key,
-        )?;
+        let (event_type, key) = self
+            .node
+            .check_publish(
+                who,
+                &topic,
+                &command.event_type,
+                &command.data,
+                command.idempotency_key,
+            )
+            .await?;
         Ok(self
             .store
             .publish(

@@ -250,7 +250,7 @@ async fn retention_purges_old_events_so_a_resume_from_before_them_reloads_and_on
         .resume("order:kept", at(19, app.store.epoch()))
         .await;
     assert_eq!(live.next_event().await.offset, 20);
-    wait_until_purged(&app, 15).await;
+    wait_until_purged(&app, 16).await;
 
     let purged = service.resume("order:kept", at(3, app.store.epoch())).await;
     assert!(!purged.subscribed.recovered, "offsets 4..=15 are gone");
@@ -268,15 +268,22 @@ async fn retention_purges_old_events_so_a_resume_from_before_them_reloads_and_on
     assert_eq!(kept.offsets(5).await, range(16, 20));
 }
 
-/// Runs the purge until `count` events are gone (the relay may still be marking some).
-async fn wait_until_purged(app: &TestApp, count: u64) {
-    let mut purged = 0;
+/// Runs the purge until the oldest retained event of `order:kept` is `oldest` (the relay may
+/// still be marking some, and only relayed events are purged).
+async fn wait_until_purged(app: &TestApp, oldest: u64) {
+    use herald_backend::history::EventLog;
     let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
-    while purged < count {
-        purged += app.store.purge_once().await.unwrap();
+    loop {
+        app.store.purge_once().await.unwrap();
+        let bounds = app.store.bounds(&topic("order:kept")).await.unwrap();
+        if bounds.oldest == oldest {
+            return;
+        }
+        assert!(bounds.oldest < oldest, "purged too much: {bounds:?}");
         assert!(
             tokio::time::Instant::now() < deadline,
-            "purged {purged} of {count}"
+            "still retained from {}",
+            bounds.oldest
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -269,7 +269,7 @@ impl FollowTask {
                 Ok(())
             }
             Some(Action::Refresh(refresh)) => {
-                match self.refresh(refresh.subscriber, &refresh.token) {
+                match self.refresh(refresh.subscriber, &refresh.token).await {
                     Ok(()) => {
                         let refreshed = FollowRefreshed {
                             subscriber: refresh.subscriber,
@@ -290,9 +290,11 @@ impl FollowTask {
         }
     }
 
-    fn verify(&self, token: &str) -> Result<Principal, Error> {
+    async fn verify(&self, token: &str) -> Result<Principal, Error> {
         let who = self.verifier.verify(token)?;
-        self.node.authorize(&who, PolicyAction::Read, &self.topic)?;
+        self.node
+            .authorize(&who, PolicyAction::Read, &self.topic)
+            .await?;
         Ok(who)
     }
 
@@ -307,7 +309,7 @@ impl FollowTask {
                 "subscriber {subscriber} is already attached to this stream"
             )));
         }
-        let who = self.verify(token)?;
+        let who = self.verify(token).await?;
         let Some(live) = &self.live else {
             return Err(Error::Unavailable(
                 "the stream is catching up; retry".into(),
@@ -411,8 +413,8 @@ impl FollowTask {
         self.send(Frame::Replay(replay)).await
     }
 
-    fn refresh(&mut self, subscriber: u64, token: &str) -> Result<(), Error> {
-        let who = self.verify(token)?;
+    async fn refresh(&mut self, subscriber: u64, token: &str) -> Result<(), Error> {
+        let who = self.verify(token).await?;
         let Some(attached) = self.subscribers.get(&subscriber) else {
             return Err(Error::invalid(format!(
                 "subscriber {subscriber} is not attached"

@@ -17,7 +17,7 @@ impl Store {
     /// Purges every `purge_interval` until `shutdown`.
     pub async fn run_retention(self, shutdown: CancellationToken) {
         let every = self.lanes().config().purge_interval;
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
