@@ -6,6 +6,7 @@
 //! - `outbox_topic.epoch`: a durable topic's epoch, stored with its counter so it survives
 //!   restarts. Every topic gets the database's epoch (`server_meta` key `durable_epoch`).
 //! - `publish_key`: idempotency keys of durable publishes, scoped per (topic, publisher).
+//! - `outbox.body`: a typed event body (a domain's protobuf message), next to the JSON `data`.
 //! - `idx_outbox_created_at`: the retention purge walks events by age.
 
 use sea_orm_migration::prelude::*;
@@ -21,6 +22,7 @@ enum Outbox {
     PublishedEpoch,
     PublishedEventId,
     EventId,
+    Body,
 }
 
 #[derive(DeriveIden)]
@@ -74,6 +76,14 @@ impl MigrationTrait for Migration {
                 Table::alter()
                     .table(Outbox::Table)
                     .rename_column(Outbox::PublishedEventId, Outbox::EventId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Outbox::Table)
+                    .add_column(ColumnDef::new(Outbox::Body).blob().null())
                     .to_owned(),
             )
             .await?;
@@ -166,15 +176,18 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // Event ids do not survive a rollback: the columns come back in their old order.
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Outbox::Table)
-                    .drop_column(Outbox::EventId)
-                    .to_owned(),
-            )
-            .await?;
+        // Event ids and bodies do not survive a rollback: the columns come back in their old
+        // order.
+        for column in [Outbox::Body, Outbox::EventId] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Outbox::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
         for column in [
             ColumnDef::new(Outbox::PublishedOffset)
                 .big_integer()

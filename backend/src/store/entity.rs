@@ -39,6 +39,9 @@ pub mod outbox {
         /// The event's id (UUIDv7), fixed at commit. Absent only on rows written before
         /// durable topics, whose id is derived from the row id.
         pub event_id: Option<String>,
+        /// A typed body: an encoded `herald.v1.Event` carrying only its typed `body` fields,
+        /// merged into the event when it is read. `None` for events with JSON `data` only.
+        pub body: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

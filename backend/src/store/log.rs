@@ -113,21 +113,31 @@ impl EventLog for Store {
 /// The event an outbox row records. Unreadable data (never written by Herald) becomes an
 /// empty object rather than a hole in the topic's offsets.
 pub(crate) fn event_of(row: outbox::Model, epoch: &str) -> Event {
-    let data = serde_json::from_str::<Struct>(&row.data).unwrap_or_else(|error| {
-        tracing::error!(id = row.id, %error, "outbox row has unreadable data; delivering it empty");
-        Struct::default()
+    let typed = row.body.as_deref().map(|body| {
+        Event::decode(body).unwrap_or_else(|error| {
+            tracing::error!(id = row.id, %error, "outbox row has an unreadable body; delivering it empty");
+            Event::default()
+        })
     });
-    Event {
-        id: row.event_id.unwrap_or_else(|| format!("outbox-{}", row.id)),
-        topic: row.topic,
-        offset: u64::try_from(row.topic_seq).unwrap_or_default(),
-        epoch: epoch.to_owned(),
-        time: Some(herald_proto::timestamp(
-            std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0)),
-        )),
-        r#type: row.event_type,
-        data: Some(data),
-        publisher: row.publisher,
-    }
+    let data = match typed {
+        Some(_) => None,
+        None => Some(serde_json::from_str::<Struct>(&row.data).unwrap_or_else(|error| {
+            tracing::error!(id = row.id, %error, "outbox row has unreadable data; delivering it empty");
+            Struct::default()
+        })),
+    };
+    // Typed body fields come from the stored partial event; the rest from the row.
+    let mut event = typed.unwrap_or_default();
+    event.id = row.event_id.unwrap_or_else(|| format!("outbox-{}", row.id));
+    event.topic = row.topic;
+    event.offset = u64::try_from(row.topic_seq).unwrap_or_default();
+    event.epoch = epoch.to_owned();
+    event.time = Some(herald_proto::timestamp(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(row.created_at_ms).unwrap_or(0)),
+    ));
+    event.r#type = row.event_type;
+    event.data = data;
+    event.publisher = row.publisher;
+    event
 }

@@ -450,6 +450,7 @@ struct PendingEvent {
     topic: Topic,
     event_type: String,
     data: String,
+    body: Option<Vec<u8>>,
 }
 
 /// What a commit made durable.
@@ -505,6 +506,23 @@ impl DomainTx {
         self.push(topic, event_type, data)
     }
 
+    /// Appends an event with a typed body: `typed` is an `Event` whose only set fields are its
+    /// typed `body` (a domain's protobuf message); every other field is filled in here and at
+    /// commit. Subscribers on every transport receive the body as part of the event.
+    pub fn emit_typed(
+        &mut self,
+        topic: &Topic,
+        event_type: &str,
+        typed: &herald_proto::v1::Event,
+    ) -> Result<(), StoreError> {
+        use prost::Message;
+        self.push(topic, event_type, None)?;
+        if let Some(event) = self.buffered.last_mut() {
+            event.body = Some(typed.encode_to_vec());
+        }
+        Ok(())
+    }
+
     fn push(
         &mut self,
         topic: &Topic,
@@ -523,6 +541,7 @@ impl DomainTx {
             topic: topic.clone(),
             event_type: event_type.to_owned(),
             data: data.map_or_else(|| "{}".to_owned(), |data| data.to_string()),
+            body: None,
         });
         Ok(())
     }
@@ -603,6 +622,7 @@ impl DomainTx {
                     status: Set(outbox::Status::Pending),
                     created_at_ms: Set(now),
                     event_id: Set(Some(id)),
+                    body: Set(event.body.clone()),
                     ..Default::default()
                 }
             })
