@@ -25,7 +25,7 @@ pub struct Config {
     /// A `postgres://` or `sqlite://` URL; default: SQLite in the data directory.
     pub database_url: Option<String>,
     /// How long open streams get to end after a shutdown signal.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
@@ -65,10 +65,10 @@ pub struct GrpcConfig {
     /// The most concurrent streams on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// How often an idle connection is pinged.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub keepalive_timeout: Duration,
 }
 

@@ -41,13 +41,13 @@ pub struct SocketLimits {
     /// Most subscriptions one socket may hold.
     pub max_subscriptions: usize,
     /// A socket that has not authenticated by then is closed (stale).
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub auth_timeout: Duration,
     /// How often the edge pings.
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub ping_interval: Duration,
     /// A socket silent (no pong, no frame) for this long is closed (stale).
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub idle_timeout: Duration,
     /// Most bytes queued for one socket before it is closed as slow.
     pub max_outbound_bytes: usize,
@@ -75,16 +75,5 @@ impl Default for SocketLimits {
             rate_abuse_limit: 100,
             max_calls_in_flight: 16,
         }
-    }
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }

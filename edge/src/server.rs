@@ -1,7 +1,10 @@
 //! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the Origin allow-list,
 //! CORS for grpc-web, and graceful shutdown.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -12,6 +15,7 @@ use axum::{
     routing::get,
     serve::ListenerExt,
 };
+use herald_proto::codes::{CLOSE_CODE_TRAILER, EPOCH_TRAILER, OFFSET_TRAILER};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Layer;
@@ -176,10 +180,20 @@ async fn check_origin(
 fn cors_headers(headers: &mut HeaderMap, origin: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(header::VARY, HeaderValue::from_static("origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin, herald-close-code, herald-offset, herald-epoch"),
-    );
+    // The gRPC status and Herald's stream-end trailers, readable by grpc-web clients.
+    static EXPOSED: LazyLock<HeaderValue> = LazyLock::new(|| {
+        let names = [
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            CLOSE_CODE_TRAILER,
+            OFFSET_TRAILER,
+            EPOCH_TRAILER,
+        ];
+        HeaderValue::from_str(&names.join(", "))
+            .expect("header names are visible ASCII, so a valid header value")
+    });
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED.clone());
 }
 
 fn origin_allowed(config: &EdgeConfig, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {

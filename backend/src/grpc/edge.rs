@@ -10,6 +10,7 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
+use herald_proto::codes::close_code_of;
 use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
     CloseCode, FollowAttached, FollowDetached, FollowOpened, FollowRefreshed, FollowReplay,
@@ -23,7 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::{
     auth::{Principal, TokenVerifier, interceptor::principal},
     authz::Action as PolicyAction,
-    error::{Error, close_code_of, stream_end},
+    error::{Error, stream_end},
     hub::{CloseReason, HubItem, HubSubscription},
     node::{Node, shutting_down},
     subscription::PresenceGuard,

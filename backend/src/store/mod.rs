@@ -42,6 +42,7 @@ use std::{
 };
 
 use herald_migrations::{Migrator, MigratorTrait};
+use herald_proto::support::lock;
 use herald_proto::wkt::Struct;
 use sea_orm::{
     ActiveValue::Set,
@@ -66,25 +67,25 @@ pub struct StoreConfig {
     /// Connections kept open while idle.
     pub min_connections: u32,
     /// How long one attempt waits for a connection before it counts as a failure.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub acquire_timeout: Duration,
     /// How long a write keeps retrying transient failures (with backoff) before it answers
     /// UNAVAILABLE.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub write_retry_budget: Duration,
     /// How often readiness pings the database.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub health_interval: Duration,
     /// The most outbox rows the relay publishes per round trip.
     pub relay_batch: u64,
     /// The slow safety sweep of the relay (it is otherwise woken by commits and NOTIFY).
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub relay_sweep: Duration,
     /// How long a durable `Publish` waits for the relay after its commit.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub durable_publish_wait: Duration,
     /// How long published outbox rows are kept before they are purged.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub published_retention: Duration,
 }
 
@@ -626,11 +627,4 @@ impl DomainTx {
 pub(crate) fn unix_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections are single map operations; a poisoned map is still consistent.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

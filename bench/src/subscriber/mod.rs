@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use herald_proto::support::lock;
 use tokio::sync::Semaphore;
 use tonic::metadata::AsciiMetadataValue;
 
@@ -96,8 +97,7 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
-        // A poisoned lock only means another subscriber panicked mid-record; counts stay valid.
-        let mut histogram = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut histogram = lock(&self.latencies);
         for &micros in batch.iter() {
             histogram.record(micros);
         }
@@ -106,10 +106,7 @@ impl Shared {
 
     fn open_failed(&self, message: String) {
         self.open_failures.fetch_add(1, Ordering::AcqRel);
-        let mut first = self
-            .first_open_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut first = lock(&self.first_open_error);
         first.get_or_insert(message);
     }
 }

@@ -47,12 +47,12 @@ impl OpenError {
     }
 }
 
-/// `3001` → `3001 CLOSE_CODE_SLOW_CONSUMER`; reconnect when the code is in 3000–3499.
+/// `3001` → `3001 CLOSE_CODE_SLOW_CONSUMER`; reconnect when the code's range says so.
 fn close_label(code: u16) -> (String, bool) {
     let name = CloseCode::try_from(i32::from(code))
         .map(|code| code.as_str_name().to_owned())
         .unwrap_or_default();
-    let reconnect = (3000..3500).contains(&code);
+    let reconnect = herald_proto::codes::reconnects(i32::from(code));
     (
         format!("ws close {code} {name}").trim_end().to_owned(),
         reconnect,
