@@ -18,7 +18,6 @@
 pub mod auth;
 pub mod authz;
 pub mod broker;
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use herald_backend::{
+    Config,
+    auth::dev_key::{self, TokenClaims},
+};
 use herald_proto::{
     codes::close_code_of,
     v1::{
@@ -12,11 +16,7 @@ use herald_proto::{
 };
 use tonic::{Request, Status, transport::Channel};
 
-use super::{CliError, ClientArgs, HistoryArgs, PublishArgs, SubscribeArgs};
-use crate::{
-    auth::dev_key::{self, TokenClaims},
-    config::Config,
-};
+use crate::{CliError, ClientArgs, HistoryArgs, PublishArgs, SubscribeArgs};
 
 /// Parses `OFFSET:EPOCH`.
 pub(crate) fn parse_position(text: &str) -> Result<StreamPosition, CliError> {
