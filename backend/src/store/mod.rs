@@ -56,6 +56,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use crate::{broker::Published, topic::Topic};
 use entity::{outbox, outbox_topic};
 
+#[cfg(feature = "test-util")]
 pub use relay::RelayFaults;
 
 /// Settings of the database pool, the write path and the relay (`[database]` in the file).
