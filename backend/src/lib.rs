@@ -19,7 +19,6 @@ pub mod auth;
 pub mod authz;
 pub mod broker;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod event;
 pub mod grpc;

@@ -17,6 +17,9 @@ pub struct EdgeConfig {
     pub allowed_origins: Vec<String>,
     /// How many backend HTTP/2 connections the edge opens per backend.
     pub connections_per_backend: usize,
+    /// How long open sockets get to close after a shutdown signal.
+    #[serde(with = "herald_proto::support::duration")]
+    pub shutdown_grace: Duration,
     pub limits: SocketLimits,
 }
 
@@ -27,6 +30,7 @@ impl Default for EdgeConfig {
             backends: vec!["http://127.0.0.1:50051".into()],
             allowed_origins: Vec::new(),
             connections_per_backend: 2,
+            shutdown_grace: Duration::from_secs(5),
             limits: SocketLimits::default(),
         }
     }

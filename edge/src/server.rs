@@ -1,10 +1,7 @@
 //! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the Origin allow-list,
 //! CORS for grpc-web, and graceful shutdown.
 
-use std::{
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::sync::{Arc, LazyLock};
 
 use axum::{
     Router,
@@ -32,8 +29,6 @@ use crate::{
 
 /// Bytes of frames gathered before a socket write, unless a flush comes first.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
-/// How long open sockets get to close after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -46,7 +41,8 @@ pub enum EdgeError {
 }
 
 /// Serves the edge on `listener` until `shutdown` is cancelled; then every socket is closed
-/// with the "shutdown" code (reconnect), within a grace period.
+/// with the "shutdown" code (reconnect), and the server waits for them at most
+/// `config.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
     config: EdgeConfig,
@@ -58,6 +54,7 @@ pub async fn run(
         config.connections_per_backend,
         service_token,
     )?);
+    let grace = config.shutdown_grace;
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
@@ -91,10 +88,7 @@ pub async fn run(
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
     }
     Ok(())
