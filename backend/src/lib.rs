@@ -1,4 +1,7 @@
-//! The Herald backend: a tonic gRPC server holding all of Herald's logic.
+//! The Herald backend: a tonic gRPC server holding all of Herald's logic, as a library. The
+//! `herald` binary (`cli/`, crate `herald-cli`) composes it with the browser edge, which this
+//! crate knows nothing about; the close-code rules, trailer names and the small shared
+//! helpers come from `herald_proto` ([`herald_proto::codes`], [`herald_proto::support`]).
 //!
 //! How the modules fit (dependencies point inward, to the core):
 //!
@@ -8,7 +11,7 @@
 //!                   │  ├──► presence
 //!                   │  └──► subscription (EventStream: replay + live, ends with a CloseCode)
 //!  auth (interceptor: JWT → Principal)   error (the one Error → Status mapping)
-//!  topic (parse `kind:id` once)          config, db (sea-orm + migrations), server (assembly)
+//!  topic (parse `kind:id` once)          config (the file minus `[edge]`), server (assembly)
 //!  store (domain transactions + outbox) ──► store::relay ──► broker   (durable events)
 //! ```
 //!
