@@ -10,10 +10,11 @@
 //!
 //! Correctness is checked per subscriber against Herald's contract: offsets of a topic arrive
 //! in order, without gaps or duplicates, and a subscription the server ends with a reconnect
-//! close code (3000–3499, for example slow consumer) is resumed with `since` = the last offset
-//! received, after which nothing is missing. What was received is compared, at the end, with
-//! the offsets publishers had acknowledged on the topic. Socket.IO has no resume: a
-//! reconnected socket rejoins at the room's current offset and what it missed counts as lost.
+//! close code (`CloseCode::should_reconnect`, e.g. slow consumer) is resumed with `since` =
+//! the last offset received, after which nothing is missing. What was received is compared,
+//! at the end, with the offsets publishers had acknowledged on the topic. Socket.IO has no
+//! resume: a reconnected socket rejoins at the room's current offset and what it missed
+//! counts as lost.
 
 pub(crate) mod grpc;
 pub(crate) mod socketio;

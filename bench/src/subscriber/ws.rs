@@ -1,6 +1,7 @@
 //! A browser-protocol WebSocket to a Herald edge (docs/protocol.md): `auth`, `subscribe`,
 //! count every push; when the edge closes the socket or ends the subscription with a
-//! reconnect code (3000–3499, e.g. 3001 slow consumer), reconnect and subscribe with `since`.
+//! reconnect code (`herald_proto::codes::reconnects`, e.g. 3001 slow consumer), reconnect and
+//! subscribe with `since`.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
