@@ -9,7 +9,7 @@
 #   bench/compare.sh --subscribers 19000 --idle --duration 5
 #
 # Every option is passed to herald-bench as is. Needs release binaries
-# (cargo build --release -p herald-backend -p herald-bench), node and
+# (cargo build --release -p herald-cli -p herald-bench), node and
 # `npm ci` in bench/peers/socketio. Everything listens on 127.0.0.1 only; each run is bounded
 # by RUN_TIMEOUT seconds (default 60). Results stay in $OUT (default: a fresh temp dir).
 set -euo pipefail

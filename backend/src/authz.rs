@@ -194,11 +194,11 @@ mod tests {
     use super::*;
 
     fn user(id: &str, roles: &[&str]) -> Principal {
-        Principal {
-            user_id: id.to_owned(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            expires_at: u64::MAX,
-        }
+        Principal::new(
+            id,
+            roles.iter().map(|r| (*r).to_owned()).collect(),
+            u64::MAX,
+        )
     }
 
     fn topic(s: &str) -> Topic {

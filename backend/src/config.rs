@@ -1,11 +1,9 @@
-//! Configuration: defaults, overridden by an optional TOML file, overridden by `HERALD_*`
-//! environment variables and command-line flags (see `herald serve --help`).
+//! The backend's configuration: the top level of the TOML file, every table except `[edge]`
+//! (which is the edge's). Defaults, overridden by the file, overridden by `HERALD_*`
+//! environment variables and command-line flags: the `herald` binary (`cli/`) reads and
+//! merges them; this crate only says what the settings are.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -14,7 +12,7 @@ use crate::{
     node::NodeConfig, store::StoreConfig,
 };
 
-/// Everything `herald serve` needs. Every section and field is optional in the file.
+/// Everything the backend needs. Every section and field is optional in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -25,15 +23,13 @@ pub struct Config {
     /// A `postgres://` or `sqlite://` URL; default: SQLite in the data directory.
     pub database_url: Option<String>,
     /// How long open streams get to end after a shutdown signal.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
     pub node: NodeConfig,
     pub retention: RetentionConfig,
     pub grpc: GrpcConfig,
-    /// The browser edge `herald serve` runs next to the backend.
-    pub edge: herald_edge::EdgeConfig,
     /// The database pool, durable writes and the outbox relay.
     pub database: StoreConfig,
     /// Lanes per topic kind, durable retention, signals.
@@ -52,7 +48,6 @@ impl Default for Config {
             node: NodeConfig::default(),
             retention: RetentionConfig::default(),
             grpc: GrpcConfig::default(),
-            edge: herald_edge::EdgeConfig::default(),
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
         }
@@ -68,10 +63,10 @@ pub struct GrpcConfig {
     /// The most concurrent streams on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// How often an idle connection is pinged.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub keepalive_timeout: Duration,
 }
 
@@ -86,33 +81,7 @@ impl Default for GrpcConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the config file {path} is invalid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-}
-
 impl Config {
-    /// Reads a TOML file; fields it leaves out keep their defaults.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
-    }
-
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {

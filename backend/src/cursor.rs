@@ -148,7 +148,7 @@ impl LiveCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::close_code_of;
+    use herald_proto::codes::close_code_of;
 
     fn event(offset: u64, epoch: &str) -> Event {
         Event {

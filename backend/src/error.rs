@@ -1,25 +1,20 @@
-//! The one mapping from Herald's errors to gRPC statuses, and the trailers that carry a
-//! [`CloseCode`] when Herald ends a stream.
+//! The one mapping from Herald's errors to gRPC statuses, with the trailers
+//! ([`herald_proto::codes`]) that carry a [`CloseCode`] when Herald ends a stream.
 //!
 //! Modules keep their own typed errors; they convert into [`Error`], and [`Error`] converts
 //! into [`tonic::Status`] here and nowhere else. Internal causes reach the log in full and the
 //! wire as a generic message.
 
-use herald_proto::v1::{CloseCode, StreamPosition};
+use herald_proto::{
+    codes::{CLOSE_CODE_TRAILER, EPOCH_TRAILER, OFFSET_TRAILER, RETRY_AFTER_TRAILER},
+    v1::{CloseCode, StreamPosition},
+};
 use tonic::{Code, Status, metadata::MetadataMap};
 
 use crate::{
     auth::AuthError, broker::BrokerError, history::LogError, store::StoreError, topic::TopicError,
 };
 
-/// Trailer carrying the [`CloseCode`] name of a stream Herald ended.
-pub const CLOSE_CODE_TRAILER: &str = "herald-close-code";
-/// Trailer carrying the offset of the last event delivered on the ended stream.
-pub const OFFSET_TRAILER: &str = "herald-offset";
-/// Trailer carrying the epoch of the last event delivered on the ended stream.
-pub const EPOCH_TRAILER: &str = "herald-epoch";
-/// Trailer on UNAVAILABLE answers caused by the database: milliseconds to wait before retrying.
-pub const RETRY_AFTER_TRAILER: &str = "herald-retry-after-ms";
 /// The wait suggested to clients when the database is unavailable.
 pub const DATABASE_RETRY_AFTER_MS: u32 = 1000;
 
@@ -166,30 +161,11 @@ fn close_code_value(close: CloseCode) -> tonic::metadata::AsciiMetadataValue {
     tonic::metadata::AsciiMetadataValue::from_static(close.as_str_name())
 }
 
-/// Reads the [`CloseCode`] that Herald put in a status's trailers.
-pub fn close_code_of(status: &Status) -> Option<CloseCode> {
-    let value = status.metadata().get(CLOSE_CODE_TRAILER)?.to_str().ok()?;
-    CloseCode::from_str_name(value)
-}
-
-/// Whether a client should reconnect after a stream ended with this code (3000–3499).
-pub fn should_reconnect(code: CloseCode) -> bool {
-    (3000..3500).contains(&(code as i32))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use herald_proto::codes::close_code_of;
 
-    #[test]
-    fn close_codes_are_classified_by_their_number_range() {
-        assert!(should_reconnect(CloseCode::Shutdown));
-        assert!(should_reconnect(CloseCode::SlowConsumer));
-        assert!(should_reconnect(CloseCode::TokenExpired));
-        assert!(!should_reconnect(CloseCode::InvalidToken));
-        assert!(!should_reconnect(CloseCode::PermissionDenied));
-        assert!(!should_reconnect(CloseCode::Unspecified));
-    }
+    use super::*;
 
     #[test]
     fn a_stream_end_carries_the_last_position_in_trailers_and_message() {

@@ -17,7 +17,10 @@ use std::{
     },
 };
 
-use herald_proto::v1::{PresenceChange, Signal};
+use herald_proto::{
+    support::{lock, read, write},
+    v1::{PresenceChange, Signal},
+};
 use tokio::sync::mpsc;
 
 use crate::{event::SharedEvent, topic::Topic};
@@ -243,21 +246,6 @@ impl Drop for HubSubscription {
     fn drop(&mut self) {
         self.hub.remove(&self.topic, self.id);
     }
-}
-
-// A poisoned lock means a panic while holding it; the maps stay structurally valid (every
-// critical section is a single map operation), so continuing is safe.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

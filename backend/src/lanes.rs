@@ -61,10 +61,10 @@ pub struct TopicsConfig {
     /// Retention of durable kinds, by kind; kinds left out keep 30 days.
     pub retention: BTreeMap<String, KindRetention>,
     /// How long a durable publish's idempotency key is remembered.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub idempotency_window: Duration,
     /// How often the retention purge runs.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub purge_interval: Duration,
     /// The most events one purge statement deletes (the purge loops until done).
     pub purge_batch: u64,
@@ -201,16 +201,12 @@ fn parse_kind(name: &str, key: &str) -> Result<TopicKind, String> {
     name.parse::<TopicKind>().map_err(|e| format!("{key}: {e}"))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))
-}
-
 fn age_or_forever<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     if text == "forever" {
         return Ok(None);
     }
-    parse_duration(&text)
+    herald_proto::support::duration::parse(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
@@ -220,7 +216,7 @@ fn durations_by_kind<'de, D: Deserializer<'de>>(
 ) -> Result<BTreeMap<String, Duration>, D::Error> {
     BTreeMap::<String, String>::deserialize(d)?
         .into_iter()
-        .map(|(kind, text)| Ok((kind, parse_duration(&text)?)))
+        .map(|(kind, text)| Ok((kind, herald_proto::support::duration::parse(&text)?)))
         .collect::<Result<_, String>>()
         .map_err(serde::de::Error::custom)
 }

@@ -1,4 +1,7 @@
-//! The Herald backend: a tonic gRPC server holding all of Herald's logic.
+//! The Herald backend: a tonic gRPC server holding all of Herald's logic, as a library. The
+//! `herald` binary (`cli/`, crate `herald-cli`) composes it with the browser edge, which this
+//! crate knows nothing about; the close-code rules, trailer names and the small shared
+//! helpers come from `herald_proto` ([`herald_proto::codes`], [`herald_proto::support`]).
 //!
 //! How the modules fit (dependencies point inward, to the core; no module imports form a
 //! cycle):
@@ -27,10 +30,8 @@
 pub mod auth;
 pub mod authz;
 pub mod broker;
-pub mod cli;
 pub mod config;
 pub mod cursor;
-pub mod db;
 pub mod error;
 pub mod event;
 pub mod grpc;

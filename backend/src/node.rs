@@ -519,11 +519,7 @@ mod tests {
     }
 
     fn service() -> Principal {
-        Principal {
-            user_id: "svc".into(),
-            roles: vec!["service".into()],
-            expires_at: u64::MAX / 2,
-        }
+        Principal::new("svc", vec!["service".into()], u64::MAX / 2)
     }
 
     async fn publish(node: &Node, topic: &Topic) -> u64 {

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "test-util")]
+use crate::store::RelayFaults;
 use crate::{
     auth::{AuthInterceptor, TokenVerifier, dev_key, verifier::AuthConfigError},
     authz::Policy,
@@ -21,7 +23,7 @@ use crate::{
     node::{Node, NodeParts},
     presence::memory::MemoryPresence,
     publish::Publisher,
-    store::{RelayFaults, Store, StoreError, relay},
+    store::{Store, StoreError, relay},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,7 @@ pub struct Backend {
     broker: Arc<MemoryBroker>,
     verifier: Arc<TokenVerifier>,
     store: Store,
+    #[cfg(feature = "test-util")]
     relay_faults: Arc<RelayFaults>,
 }
 
@@ -106,6 +109,7 @@ impl Backend {
             broker,
             verifier,
             store,
+            #[cfg(feature = "test-util")]
             relay_faults: Arc::new(RelayFaults::default()),
         })
     }
@@ -119,7 +123,8 @@ impl Backend {
         &self.store
     }
 
-    /// Fault injection into the outbox relay (tests).
+    /// Fault injection into the outbox relay (tests; the `test-util` feature).
+    #[cfg(feature = "test-util")]
     pub fn relay_faults(&self) -> &Arc<RelayFaults> {
         &self.relay_faults
     }
@@ -138,6 +143,7 @@ impl Backend {
             broker,
             verifier,
             store,
+            #[cfg(feature = "test-util")]
             relay_faults,
         } = self;
         let tracker = tokio_util::task::TaskTracker::new();
@@ -147,12 +153,16 @@ impl Backend {
                 .run_sweeper(std::time::Duration::from_secs(30), shutdown.clone()),
         );
 
-        tracker.spawn(relay::run(
+        #[cfg(feature = "test-util")]
+        let relay = relay::run(
             store.clone(),
             broker.clone(),
             relay_faults,
             shutdown.clone(),
-        ));
+        );
+        #[cfg(not(feature = "test-util"))]
+        let relay = relay::run(store.clone(), broker.clone(), shutdown.clone());
+        tracker.spawn(relay);
         tracker.spawn(store.clone().run_health(shutdown.clone()));
         tracker.spawn(store.clone().run_retention(shutdown.clone()));
 

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use herald_proto::v1::Signal;
+use herald_proto::{support::lock, v1::Signal};
 use tokio::time::Instant;
 
 use crate::topic::Topic;
@@ -154,13 +154,6 @@ fn refill(bucket: &mut Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
     bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
     bucket.at = now;
     bucket.tokens
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section leaves the maps consistent; a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

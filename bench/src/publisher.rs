@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use herald_proto::support::lock;
 use herald_proto::v1::{PublishRequest, rooms_client::RoomsClient};
 use tokio::time::Instant;
 use tonic::{Request, metadata::AsciiMetadataValue, transport::Channel};
@@ -76,15 +77,12 @@ impl Publishing {
 
     /// Publish failures by gRPC code, with the first message of each.
     pub(crate) fn errors(&self) -> BTreeMap<String, u64> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.errors).clone()
     }
 
     fn failed(&self, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = lock(&self.errors);
         *errors.entry(error).or_default() += 1;
     }
 
@@ -187,11 +185,7 @@ pub(crate) async fn run(
                 publishing.acked.fetch_add(1, Ordering::Relaxed);
                 if sent >= publishing.window_start_ns.load(Ordering::Relaxed) {
                     let micros = wire::now_ns().saturating_sub(sent) / 1_000;
-                    publishing
-                        .round_trips
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(micros);
+                    lock(&publishing.round_trips).record(micros);
                 }
             }
             Err(error) => {

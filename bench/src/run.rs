@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use herald_proto::support::lock;
 use herald_proto::v1::rooms_client::RoomsClient;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -95,12 +96,7 @@ async fn wait_open(shared: &Shared, plan: &Plan, started: Instant) -> Result<(),
     loop {
         let opened = shared.opened.load(Ordering::Acquire);
         if shared.open_failures.load(Ordering::Acquire) > 0 {
-            let first = shared
-                .first_open_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_default();
+            let first = lock(&shared.first_open_error).clone().unwrap_or_default();
             return Err(BenchError::new(format!(
                 "the server refused a subscription after {opened} opened: {first}"
             )));
@@ -426,15 +422,7 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
     report.published = publishing.acked.load(Ordering::Relaxed);
     report.publish_failures = publishing.failed.load(Ordering::Relaxed);
     report.publish_errors = publishing.errors();
-    report.publish_round_trip = publishing
-        .round_trips
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    report.latency = shared
-        .latencies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    report.publish_round_trip = lock(&publishing.round_trips).clone();
+    report.latency = lock(&shared.latencies).clone();
     Ok(report)
 }

@@ -17,6 +17,9 @@ pub struct EdgeConfig {
     pub allowed_origins: Vec<String>,
     /// How many backend HTTP/2 connections the edge opens per backend.
     pub connections_per_backend: usize,
+    /// How long open sockets get to close after a shutdown signal.
+    #[serde(with = "herald_proto::support::duration")]
+    pub shutdown_grace: Duration,
     pub limits: SocketLimits,
 }
 
@@ -27,6 +30,7 @@ impl Default for EdgeConfig {
             backends: vec!["http://127.0.0.1:50051".into()],
             allowed_origins: Vec::new(),
             connections_per_backend: 2,
+            shutdown_grace: Duration::from_secs(5),
             limits: SocketLimits::default(),
         }
     }
@@ -41,13 +45,13 @@ pub struct SocketLimits {
     /// Most subscriptions one socket may hold.
     pub max_subscriptions: usize,
     /// A socket that has not authenticated by then is closed (stale).
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub auth_timeout: Duration,
     /// How often the edge pings.
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub ping_interval: Duration,
     /// A socket silent (no pong, no frame) for this long is closed (stale).
-    #[serde(with = "duration")]
+    #[serde(with = "herald_proto::support::duration")]
     pub idle_timeout: Duration,
     /// Most bytes queued for one socket before it is closed as slow.
     pub max_outbound_bytes: usize,
@@ -75,16 +79,5 @@ impl Default for SocketLimits {
             rate_abuse_limit: 100,
             max_calls_in_flight: 16,
         }
-    }
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }

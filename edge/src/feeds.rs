@@ -20,6 +20,7 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
+use herald_proto::codes::close_code_of;
 use herald_proto::v1::{
     CloseCode, Event, FollowAttach, FollowAttached, FollowDetach, FollowDetached, FollowMore,
     FollowOpen, FollowRefresh, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
@@ -117,11 +118,9 @@ impl Feeds {
             .await;
     }
 
+    /// Each critical section is one map operation (see [`herald_proto::support::lock`]).
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, mpsc::Sender<Command>>> {
-        // Each critical section is one map operation; a poisoned map is still consistent.
-        self.topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        herald_proto::support::lock(&self.topics)
     }
 
     /// Delivers a command to the topic's feed, starting the feed when `create` is set.
@@ -221,8 +220,8 @@ impl Feed {
                 }
                 StreamEnd::Shutdown => return,
                 StreamEnd::Failed(status) => {
-                    let code = herald_code(&status);
-                    let reconnect = code.is_none_or(|c| (3000..3500).contains(&(c as i32)));
+                    let code = close_code_of(&status);
+                    let reconnect = code.is_none_or(CloseCode::should_reconnect);
                     failures += 1;
                     if !reconnect || failures > MAX_RECONNECTS {
                         tracing::warn!(topic = %self.topic, status = ?status.code(), message = status.message(), "feed ended");
@@ -649,12 +648,6 @@ fn attach_request(subscriber: u64, token: &str, since: Option<StreamPosition>) -
             since,
         })),
     }
-}
-
-/// The Herald close code a status carries, if any.
-fn herald_code(status: &Status) -> Option<CloseCode> {
-    let name = status.metadata().get("herald-close-code")?.to_str().ok()?;
-    CloseCode::from_str_name(name)
 }
 
 /// Exponential backoff with jitter: 100 ms, 200 ms, … up to 5 s.

@@ -8,8 +8,10 @@
 //!
 //! It holds no business rule: the backend authenticates and authorizes every socket's
 //! subscription and call with the socket's own token. `protocol` is the JSON frame format,
-//! `outbound` a socket's byte-bounded queue, `backends` the connections to the backends.
-//! Start with [`run`].
+//! `outbound` a socket's byte-bounded queue, `backends` the connections to the backends,
+//! [`EdgeConfig`] its settings (the `[edge]` table of the configuration file). The edge does
+//! not depend on the backend crate: the `herald` binary (`cli/`) runs it alone (`herald edge`)
+//! or next to a backend (`herald serve`). Start with [`run`].
 
 pub mod backends;
 pub mod config;

@@ -62,11 +62,9 @@ struct Shared {
 }
 
 impl Shared {
+    /// Each critical section is one deque operation (see [`herald_proto::support::lock`]).
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<OutItem>> {
-        // Each critical section is one deque operation; a poisoned deque is still consistent.
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        herald_proto::support::lock(&self.queue)
     }
 }
 

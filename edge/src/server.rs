@@ -1,7 +1,7 @@
 //! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the Origin allow-list,
 //! CORS for grpc-web, and graceful shutdown.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::{Arc, LazyLock};
 
 use axum::{
     Router,
@@ -13,6 +13,7 @@ use axum::{
     serve::ListenerExt,
 };
 use futures_util::StreamExt;
+use herald_proto::codes::{CLOSE_CODE_TRAILER, EPOCH_TRAILER, OFFSET_TRAILER};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Layer;
@@ -29,8 +30,6 @@ use crate::{
 
 /// Bytes of frames gathered before a socket write, unless a flush comes first.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
-/// How long open sockets get to close after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -43,7 +42,8 @@ pub enum EdgeError {
 }
 
 /// Serves the edge on `listener` until `shutdown` is cancelled; then every socket is closed
-/// with the "shutdown" code (reconnect), within a grace period.
+/// with the "shutdown" code (reconnect), and the server waits for them at most
+/// `config.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
     config: EdgeConfig,
@@ -55,6 +55,7 @@ pub async fn run(
         config.connections_per_backend,
         service_token,
     )?);
+    let grace = config.shutdown_grace;
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
@@ -88,10 +89,7 @@ pub async fn run(
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
     }
     Ok(())
@@ -180,10 +178,20 @@ async fn check_origin(
 fn cors_headers(headers: &mut HeaderMap, origin: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(header::VARY, HeaderValue::from_static("origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin, herald-close-code, herald-offset, herald-epoch"),
-    );
+    // The gRPC status and Herald's stream-end trailers, readable by grpc-web clients.
+    static EXPOSED: LazyLock<HeaderValue> = LazyLock::new(|| {
+        let names = [
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            CLOSE_CODE_TRAILER,
+            OFFSET_TRAILER,
+            EPOCH_TRAILER,
+        ];
+        HeaderValue::from_str(&names.join(", "))
+            .expect("header names are visible ASCII, so a valid header value")
+    });
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED.clone());
 }
 
 fn origin_allowed(config: &EdgeConfig, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {

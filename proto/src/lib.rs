@@ -4,11 +4,17 @@
 //! implementations, so gRPC, grpc-web and WebSocket clients all see the same shapes.
 //! [`FILE_DESCRIPTOR_SET`] is the compiled schema, used by gRPC reflection and by the
 //! edge's generic JSON transcoding.
+//!
+//! Next to the generated code: [`codes`], the rules of the close-code table (which codes
+//! reconnect, the trailers that carry them), and [`support`], the duration and lock helpers
+//! every Herald crate shares.
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod codec;
+pub mod codes;
 pub mod encoded;
+pub mod support;
 
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use herald_backend::error::RETRY_AFTER_TRAILER;
 use herald_e2e::{
     HealthCheckRequest, PATIENCE, ServingStatus, TestDatabase, postgres::PgCluster, spawn_app_on,
 };
+use herald_proto::codes::RETRY_AFTER_TRAILER;
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;

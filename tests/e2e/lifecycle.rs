@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use herald_backend::{
-    auth::dev_key::TokenClaims,
-    error::{OFFSET_TRAILER, close_code_of},
-};
+use herald_backend::auth::dev_key::TokenClaims;
 use herald_e2e::{Client, range, spawn_app, spawn_app_with};
-use herald_proto::v1::{
-    CloseCode, StreamPosition, presence_change::Kind, subscribe_response::Frame,
+use herald_proto::{
+    codes::{OFFSET_TRAILER, close_code_of},
+    v1::{CloseCode, StreamPosition, presence_change::Kind, subscribe_response::Frame},
 };
 use serde_json::json;
 use tonic::{Code, Status};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use herald_backend::error::close_code_of;
 use herald_e2e::{Subscription, edge::spawn_edge, spawn_app, spawn_app_with};
+use herald_proto::codes::close_code_of;
 use herald_proto::v1::{CloseCode, Signal, StreamPosition, subscribe_response::Frame};
 use serde_json::json;
 

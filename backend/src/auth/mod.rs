@@ -11,6 +11,8 @@ pub mod verifier;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 pub use interceptor::AuthInterceptor;
 pub use verifier::{AuthConfig, PublicKeyConfig, TokenVerifier};
 
@@ -27,9 +29,35 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `expires_at` on the runtime's clock, fixed when the principal is made: the wall clock
+    /// is read once, there, and every later question ([`Principal::time_left`], the expiry
+    /// timers built from it) follows `tokio::time`, so tests drive token expiry with
+    /// `tokio::time::pause` and `advance`.
+    deadline: Instant,
 }
 
+/// Instead of a deadline beyond what `Instant` holds (tokens that never expire in practice).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 impl Principal {
+    /// The caller a verified token names, expiring at `expires_at` (Unix seconds).
+    pub fn new(user_id: impl Into<String>, roles: Vec<String>, expires_at: u64) -> Principal {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let left = Duration::from_secs(expires_at.saturating_sub(now));
+        let start = Instant::now();
+        Principal {
+            user_id: user_id.into(),
+            roles,
+            expires_at,
+            deadline: start
+                .checked_add(left)
+                .unwrap_or_else(|| start + FAR_FUTURE),
+        }
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -38,13 +66,9 @@ impl Principal {
         self.has_role(SERVICE_ROLE)
     }
 
-    /// How long until the token expires (zero if it already has).
+    /// How long until the token expires (zero if it already has), on the runtime's clock.
     pub fn time_left(&self) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Duration::from_secs(self.expires_at.saturating_sub(now))
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
@@ -73,4 +97,33 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token's audience is not accepted")]
     WrongAudience,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_left_runs_on_the_runtime_clock() {
+        let who = Principal::new("alice", vec![], unix_now() + 60);
+        let left = who.time_left();
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(who.time_left(), left - Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(who.time_left(), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_expired_or_far_away_expiry_is_no_problem() {
+        assert_eq!(Principal::new("a", vec![], 0).time_left(), Duration::ZERO);
+        assert!(Principal::new("a", vec![], u64::MAX).time_left() > Duration::from_secs(86_400));
+    }
 }

@@ -203,11 +203,11 @@ impl TokenVerifier {
         if data.claims.sub.is_empty() {
             return Err(AuthError::BadClaim("sub".to_owned()));
         }
-        Ok(Principal {
-            user_id: data.claims.sub,
-            roles: data.claims.roles,
-            expires_at: data.claims.exp,
-        })
+        Ok(Principal::new(
+            data.claims.sub,
+            data.claims.roles,
+            data.claims.exp,
+        ))
     }
 
     fn not_allowed(&self) -> AuthError {

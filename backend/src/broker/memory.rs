@@ -13,7 +13,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_proto::v1::{Event, StreamPosition};
+use herald_proto::{
+    support::lock,
+    v1::{Event, StreamPosition},
+};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -31,10 +34,10 @@ pub struct RetentionConfig {
     /// The most events kept per topic.
     pub history_max_events: usize,
     /// Events older than this are trimmed.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub history_max_age: Duration,
     /// A publish retried with the same idempotency key within this window is not repeated.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub idempotency_window: Duration,
 }
 
@@ -45,18 +48,6 @@ impl Default for RetentionConfig {
             history_max_age: Duration::from_secs(600),
             idempotency_window: Duration::from_secs(300),
         }
-    }
-}
-
-/// Durations in configuration files are written like `10m` or `90s`.
-pub(crate) mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -301,11 +292,4 @@ impl Broker for MemoryBroker {
         self.hub.deliver(topic, item);
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the log consistent before it can panic.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -16,6 +16,7 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
+use herald_proto::codes::close_code_of;
 use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
     CloseCode, FollowAttached, FollowDetached, FollowOpened, FollowRefreshed, FollowReplay,
@@ -30,7 +31,7 @@ use crate::{
     auth::{Principal, TokenVerifier, interceptor::principal},
     authz::Action as PolicyAction,
     cursor::{Ending, LiveCursor, Verdict},
-    error::{Error, close_code_of},
+    error::Error,
     history::{HistoryError, PageBudget},
     hub::{HubItem, HubSubscription},
     node::{Node, history_error},

@@ -28,11 +28,9 @@ impl MemoryPresence {
         MemoryPresence::default()
     }
 
+    /// Each critical section is a single map update (see [`herald_proto::support::lock`]).
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, HashMap<String, Member>>> {
-        // Each critical section is a single consistent map update.
-        self.topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        herald_proto::support::lock(&self.topics)
     }
 }
 

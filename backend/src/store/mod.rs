@@ -84,6 +84,7 @@ use crate::{
 };
 use entity::{outbox, outbox_topic};
 
+#[cfg(feature = "test-util")]
 pub use relay::RelayFaults;
 pub use snapshot::ReadSnapshot;
 
@@ -96,19 +97,19 @@ pub struct StoreConfig {
     /// Connections kept open while idle.
     pub min_connections: u32,
     /// How long one attempt waits for a connection before it counts as a failure.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub acquire_timeout: Duration,
     /// How long a write keeps retrying transient failures (with backoff) before it answers
     /// UNAVAILABLE.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub write_retry_budget: Duration,
     /// How often readiness pings the database.
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub health_interval: Duration,
     /// The most outbox rows the relay publishes per round trip.
     pub relay_batch: u64,
     /// The slow safety sweep of the relay (it is otherwise woken by commits and NOTIFY).
-    #[serde(with = "crate::broker::memory::humantime_serde_compat")]
+    #[serde(with = "herald_proto::support::duration")]
     pub relay_sweep: Duration,
 }
 

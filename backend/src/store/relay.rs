@@ -21,18 +21,18 @@
 //!
 //! **Crash windows.** Died after the commit and before handing over: the rows are pending and
 //! the next relay hands them over. Died after handing over and before marking: see above.
-//! [`RelayFaults`] kills a relay at either point on purpose, for tests.
+//! `RelayFaults` kills a relay at either point on purpose, for tests (compiled only with the
+//! `test-util` feature).
 //!
 //! **Wake-ups.** A local commit wakes the relay at once; on PostgreSQL, commits on other
 //! nodes wake it through `NOTIFY herald_outbox`. A slow sweep (`relay_sweep`) is the safety
 //! net, and also checks the leadership connection.
 
+#[cfg(feature = "test-util")]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::{
     collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -42,6 +42,7 @@ use sea_orm::{
     sea_query::Expr,
     sqlx::{self, PgConnection, PgPool, postgres::PgListener},
 };
+#[cfg(feature = "test-util")]
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +65,7 @@ const LEADER_LOCK_KEY: i64 = 0x6865_7261_6c64;
 /// Fault injection for tests: makes the relay die at a chosen point of its next batch, as a
 /// killed process would (its leadership, if any, is released and a fresh relay starts from
 /// what the database says).
+#[cfg(feature = "test-util")]
 #[derive(Debug)]
 pub struct RelayFaults {
     kill_before_publish: AtomicU64,
@@ -71,6 +73,7 @@ pub struct RelayFaults {
     kills: watch::Sender<u64>,
 }
 
+#[cfg(feature = "test-util")]
 impl Default for RelayFaults {
     fn default() -> Self {
         RelayFaults {
@@ -81,6 +84,7 @@ impl Default for RelayFaults {
     }
 }
 
+#[cfg(feature = "test-util")]
 impl RelayFaults {
     /// The next `times` batches die after reading committed rows and before publishing any
     /// (`u64::MAX`: every batch, a relay that never gets further).
@@ -121,6 +125,7 @@ impl RelayFaults {
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
+    #[cfg(feature = "test-util")]
     #[error("killed by fault injection {0}")]
     Killed(&'static str),
     #[error(transparent)]
@@ -142,7 +147,7 @@ impl From<sea_orm::DbErr> for RelayError {
 pub async fn run(
     store: Store,
     broker: Arc<dyn Broker>,
-    faults: Arc<RelayFaults>,
+    #[cfg(feature = "test-util")] faults: Arc<RelayFaults>,
     shutdown: CancellationToken,
 ) {
     let listener = (store.backend() == DbBackend::Postgres)
@@ -152,6 +157,7 @@ pub async fn run(
         let relay = Relay {
             store: store.clone(),
             broker: broker.clone(),
+            #[cfg(feature = "test-util")]
             faults: faults.clone(),
         };
         let began = tokio::time::Instant::now();
@@ -161,6 +167,7 @@ pub async fn run(
         }
         match result {
             Ok(()) => break,
+            #[cfg(feature = "test-util")]
             Err(RelayError::Killed(point)) => {
                 tracing::warn!(point, "relay killed by fault injection; starting over");
                 // Like a restarted process: a fresh relay, at once but not in a hot loop.
@@ -190,6 +197,7 @@ pub async fn run(
 struct Relay {
     store: Store,
     broker: Arc<dyn Broker>,
+    #[cfg(feature = "test-util")]
     faults: Arc<RelayFaults>,
 }
 
@@ -259,6 +267,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        #[cfg(feature = "test-util")]
         self.faults
             .check(&self.faults.kill_before_publish, "before publish")?;
 
@@ -275,6 +284,7 @@ impl Relay {
                 already += 1;
             }
         }
+        #[cfg(feature = "test-util")]
         self.faults
             .check(&self.faults.kill_before_mark, "before mark")?;
 

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use herald_proto::v1::{CloseCode, StreamPosition, SubscribeRequest, Subscribed};
+use herald_proto::{
+    codes::{CLOSE_CODE_TRAILER, OFFSET_TRAILER},
+    v1::{CloseCode, StreamPosition, SubscribeRequest, Subscribed},
+};
 use tokio::sync::watch;
 use tonic::{Code, Request, Status, codec::Streaming, transport::Channel};
 
 use super::{MAX_RESUME_FAILURES, Outcome, Shared, Tally, backoff};
 use crate::wire::{self, Frame};
-
-const CLOSE_CODE_TRAILER: &str = "herald-close-code";
-const OFFSET_TRAILER: &str = "herald-offset";
 
 /// How a stream ended, read from its status and trailers.
 fn classify(status: &Status) -> (String, bool) {
@@ -22,8 +22,8 @@ fn classify(status: &Status) -> (String, bool) {
         .map(str::to_owned);
     match close {
         Some(name) => {
-            let reconnect = CloseCode::from_str_name(&name)
-                .is_some_and(|code| (3000..3500).contains(&(code as i32)));
+            let reconnect =
+                CloseCode::from_str_name(&name).is_some_and(CloseCode::should_reconnect);
             (name, reconnect)
         }
         // No close code: a transport failure (connection reset, GOAWAY) is worth a retry.

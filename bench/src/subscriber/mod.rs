@@ -10,10 +10,11 @@
 //!
 //! Correctness is checked per subscriber against Herald's contract: offsets of a topic arrive
 //! in order, without gaps or duplicates, and a subscription the server ends with a reconnect
-//! close code (3000–3499, for example slow consumer) is resumed with `since` = the last offset
-//! received, after which nothing is missing. What was received is compared, at the end, with
-//! the offsets publishers had acknowledged on the topic. Socket.IO has no resume: a
-//! reconnected socket rejoins at the room's current offset and what it missed counts as lost.
+//! close code (`CloseCode::should_reconnect`, e.g. slow consumer) is resumed with `since` =
+//! the last offset received, after which nothing is missing. What was received is compared,
+//! at the end, with the offsets publishers had acknowledged on the topic. Socket.IO has no
+//! resume: a reconnected socket rejoins at the room's current offset and what it missed
+//! counts as lost.
 
 pub(crate) mod grpc;
 pub(crate) mod socketio;
@@ -28,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use herald_proto::support::lock;
 use tokio::sync::Semaphore;
 use tonic::metadata::AsciiMetadataValue;
 
@@ -96,8 +98,7 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
-        // A poisoned lock only means another subscriber panicked mid-record; counts stay valid.
-        let mut histogram = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut histogram = lock(&self.latencies);
         for &micros in batch.iter() {
             histogram.record(micros);
         }
@@ -106,10 +107,7 @@ impl Shared {
 
     fn open_failed(&self, message: String) {
         self.open_failures.fetch_add(1, Ordering::AcqRel);
-        let mut first = self
-            .first_open_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut first = lock(&self.first_open_error);
         first.get_or_insert(message);
     }
 }

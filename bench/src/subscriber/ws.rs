@@ -1,6 +1,7 @@
 //! A browser-protocol WebSocket to a Herald edge (docs/protocol.md): `auth`, `subscribe`,
 //! count every push; when the edge closes the socket or ends the subscription with a
-//! reconnect code (3000–3499, e.g. 3001 slow consumer), reconnect and subscribe with `since`.
+//! reconnect code (`herald_proto::codes::reconnects`, e.g. 3001 slow consumer), reconnect and
+//! subscribe with `since`.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -47,12 +48,12 @@ impl OpenError {
     }
 }
 
-/// `3001` → `3001 CLOSE_CODE_SLOW_CONSUMER`; reconnect when the code is in 3000–3499.
+/// `3001` → `3001 CLOSE_CODE_SLOW_CONSUMER`; reconnect when the code's range says so.
 fn close_label(code: u16) -> (String, bool) {
     let name = CloseCode::try_from(i32::from(code))
         .map(|code| code.as_str_name().to_owned())
         .unwrap_or_default();
-    let reconnect = (3000..3500).contains(&code);
+    let reconnect = herald_proto::codes::reconnects(i32::from(code));
     (
         format!("ws close {code} {name}").trim_end().to_owned(),
         reconnect,

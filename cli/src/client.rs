@@ -2,21 +2,21 @@
 
 use std::time::Duration;
 
+use herald_backend::{
+    Config,
+    auth::dev_key::{self, TokenClaims},
+};
 use herald_proto::{
+    codes::close_code_of,
     v1::{
-        HistoryRequest, PublishRequest, StreamPosition, SubscribeRequest,
+        CloseCode, HistoryRequest, PublishRequest, StreamPosition, SubscribeRequest,
         rooms_client::RoomsClient, subscribe_response::Frame,
     },
     wkt::Struct,
 };
 use tonic::{Request, Status, transport::Channel};
 
-use super::{CliError, ClientArgs, HistoryArgs, PublishArgs, SubscribeArgs};
-use crate::{
-    auth::dev_key::{self, TokenClaims},
-    config::Config,
-    error::{close_code_of, should_reconnect},
-};
+use crate::{CliError, ClientArgs, HistoryArgs, PublishArgs, SubscribeArgs};
 
 /// Parses `OFFSET:EPOCH`.
 pub(crate) fn parse_position(text: &str) -> Result<StreamPosition, CliError> {
@@ -152,14 +152,12 @@ pub(crate) async fn subscribe(args: SubscribeArgs, config: &Config) -> Result<()
             }
             Err(status) => status,
         };
-        let reconnect = close_code_of(&status).is_some_and(should_reconnect)
+        let reconnect = close_code_of(&status).is_some_and(CloseCode::should_reconnect)
             || status.code() == tonic::Code::Unavailable;
         if !reconnect {
             return Err(status_error(&status));
         }
-        if close_code_of(&status) == Some(herald_proto::v1::CloseCode::TokenExpired)
-            && !credentials.refresh()?
-        {
+        if close_code_of(&status) == Some(CloseCode::TokenExpired) && !credentials.refresh()? {
             return Err(status_error(&status));
         }
         eprintln!(

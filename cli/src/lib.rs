@@ -1,19 +1,30 @@
-//! The `herald` command line: `serve`, `token`, `migrate`, and the small gRPC clients
-//! `subscribe`, `publish` and `history` that let a newcomer watch events flow in two terminals.
+//! The `herald` binary: it composes the backend (`herald-backend`) and the browser edge
+//! (`herald-edge`), which know nothing of each other, and adds the tools around them.
+//!
+//! - this file: the command line (`serve`, `edge`, `token`, `migrate`, and the small gRPC
+//!   clients `subscribe`, `publish` and `history` that let a newcomer watch events flow in two
+//!   terminals) and how flags and `HERALD_*` variables override the file;
+//! - [`config`]: the TOML file, split into the backend's part and the edge's `[edge]`;
+//! - `serve`: binding listeners and running the backend, the edge, or both;
+//! - `client`, `migrate`: the client commands and `herald migrate`.
+//!
+//! `main.rs` only parses arguments, sets up tracing and signals, and calls in here.
+
+pub mod config;
 
 mod client;
 mod migrate;
 mod serve;
 
+pub use config::Settings;
 pub use serve::{serve, serve_edge};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::{
+use herald_backend::{
+    Config,
     auth::dev_key::{self, TokenClaims},
-    config::Config,
 };
 
 #[derive(Debug, Parser)]
@@ -292,11 +303,14 @@ pub struct PublishArgs {
     #[arg(long, default_value = "{}", value_name = "JSON")]
     pub data: String,
 
-    /// Retrying with the same key within 5 minutes publishes nothing new.
+    /// Retrying with the same key publishes nothing new (per publisher; remembered 5 minutes
+    /// on memory topics, `topics.idempotency_window` on durable ones).
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
 
-    /// Commit the event to the database first (transactional outbox); answers once published.
+    /// Insist on a durable publish: refused for memory topics (`room:` by default). Publishes
+    /// to durable kinds (user, role, group, conv, order, deployment) are always committed to
+    /// the database first, with or without this flag.
     #[arg(long)]
     pub durable: bool,
 
@@ -333,11 +347,15 @@ impl CliError {
 }
 
 /// The configuration in effect: defaults, then the file, then flags and environment.
-pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path).map_err(CliError::new)?,
-        None => Config::default(),
+pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
+    let mut settings = match &cli.config {
+        Some(path) => Settings::from_file(path).map_err(CliError::new)?,
+        None => Settings::default(),
     };
+    let Settings {
+        backend: config,
+        edge,
+    } = &mut settings;
     if let Command::Serve(args) = &cli.command {
         if let Some(addr) = args.grpc_addr {
             config.grpc_addr = addr;
@@ -358,15 +376,12 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
         ..
     }) = &cli.command
     {
-        config.edge.http_addr = *addr;
+        edge.http_addr = *addr;
     }
     if let Command::Edge(args) = &cli.command {
-        config.edge.backends.clone_from(&args.backends);
+        edge.backends.clone_from(&args.backends);
         if !args.allowed_origins.is_empty() {
-            config
-                .edge
-                .allowed_origins
-                .clone_from(&args.allowed_origins);
+            edge.allowed_origins.clone_from(&args.allowed_origins);
         }
         if let Some(secret) = &args.hs256_secret {
             config.auth.hs256_secret = Some(secret.clone());
@@ -389,10 +404,11 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
     if let Some(dir) = data_dir {
         config.data_dir = dir.clone();
     }
-    Ok(config)
+    Ok(settings)
 }
 
-/// Runs a client or token command (everything except `serve`).
+/// Runs a client or token command (everything except `serve` and `edge`), with the
+/// backend's part of the configuration: where the data directory and the keys are.
 pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(_) | Command::Edge(_) => Err(CliError::new("servers are run by main")),

@@ -2,14 +2,14 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use herald_backend::{
+    Config,
+    auth::dev_key::{self, TokenClaims},
+};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::{CliError, EdgeAuthArgs};
-use crate::{
-    auth::dev_key::{self, TokenClaims},
-    config::Config,
-};
+use crate::{CliError, EdgeAuthArgs, Settings};
 
 /// Pending connections the kernel queues per listener.
 const ACCEPT_BACKLOG: u32 = 4096;
@@ -17,21 +17,25 @@ const ACCEPT_BACKLOG: u32 = 4096;
 /// Binds both listeners, then runs the backend and (unless disabled) the edge until
 /// `shutdown`.
 pub async fn serve(
-    mut config: Config,
+    settings: Settings,
     with_edge: bool,
     edge_auth: &EdgeAuthArgs,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
+    let Settings {
+        backend: mut config,
+        edge: mut edge_config,
+    } = settings;
     let grpc = bind(config.grpc_addr, "--grpc-addr", false)?;
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| CliError::new(format!("gRPC listener: {e}")))?;
     let http = if with_edge {
-        Some(bind(config.edge.http_addr, "--http-addr", false)?)
+        Some(bind(edge_config.http_addr, "--http-addr", false)?)
     } else {
         None
     };
-    let backend = crate::Backend::build(config.clone())
+    let backend = herald_backend::Backend::build(config.clone())
         .await
         .map_err(CliError::new)?;
     // The dev key may have just been created: the edge signs its service tokens with it.
@@ -41,7 +45,6 @@ pub async fn serve(
     let backend = tokio::spawn(backend.serve(grpc, shutdown.clone()));
     let edge = match http {
         Some(http) => {
-            let mut edge_config = config.edge.clone();
             edge_config.backends = vec![format!("http://{grpc_addr}")];
             let token = service_token(&config, edge_auth)?;
             Some(tokio::spawn(herald_edge::run(
@@ -68,20 +71,24 @@ pub async fn serve(
     }
 }
 
-/// Runs an edge alone in front of `config.edge.backends`.
+/// Runs an edge alone in front of `settings.edge.backends`. The backend's part of the
+/// configuration only says how to sign the edge's service tokens.
 pub async fn serve_edge(
-    config: Config,
+    settings: Settings,
     edge_auth: &EdgeAuthArgs,
     reuse_port: bool,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
-    let mut config = config;
+    let Settings {
+        backend: mut config,
+        edge,
+    } = settings;
     if config.auth.hs256_secret.is_none() && edge_auth.edge_service_token.is_none() {
         config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
     }
-    let http = bind(config.edge.http_addr, "--http-addr", reuse_port)?;
+    let http = bind(edge.http_addr, "--http-addr", reuse_port)?;
     let token = service_token(&config, edge_auth)?;
-    herald_edge::run(http, config.edge.clone(), token, shutdown)
+    herald_edge::run(http, edge, token, shutdown)
         .await
         .map_err(CliError::new)
 }

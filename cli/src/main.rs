@@ -1,7 +1,7 @@
 //! `herald`: reads configuration, sets up tracing and signals, and hands over to the library.
 
 use clap::Parser;
-use herald_backend::cli::{self, Cli, Command, LogFormat};
+use herald_cli::{self as cli, Cli, Command, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -10,20 +10,26 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli::load_config(&cli) {
-        Ok(config) => match &cli.command {
+        Ok(settings) => match &cli.command {
             Command::Serve(args) => {
-                cli::serve(config, !args.no_edge, &args.edge_auth, shutdown_on_signal()).await
+                cli::serve(
+                    settings,
+                    !args.no_edge,
+                    &args.edge_auth,
+                    shutdown_on_signal(),
+                )
+                .await
             }
             Command::Edge(args) => {
                 cli::serve_edge(
-                    config,
+                    settings,
                     &args.edge_auth,
                     args.reuse_port,
                     shutdown_on_signal(),
                 )
                 .await
             }
-            _ => cli::run_tool(cli, config).await,
+            _ => cli::run_tool(cli, settings.backend).await,
         }
         .map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),

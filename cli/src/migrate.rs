@@ -1,10 +1,10 @@
 //! `herald migrate up|down|status`: the schema, by hand. `herald serve` applies pending
 //! migrations by itself; this is for rolling back and for looking.
 
+use herald_backend::{Config, store};
 use herald_migrations::{MigrationStatus, Migrator, MigratorTrait};
 
-use super::{CliError, MigrateAction, MigrateArgs};
-use crate::{config::Config, store};
+use crate::{CliError, MigrateAction, MigrateArgs};
 
 pub(crate) async fn run(args: MigrateArgs, config: &Config) -> Result<(), CliError> {
     if config.database_url.is_none() {
