@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/rooms.proto",
     "herald/v1/edge.proto",
     "herald/v1/auth.proto",
+    "herald/v1/notification_events.proto",
+    "herald/v1/notifications.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_well_known_types(true)
         .codec_path("crate::codec::HeraldCodec")
         .extern_path(".google.protobuf", "::pbjson_types")
+        // Large typed bodies are boxed, so every `Event` (held per subscriber queue and in
+        // the broker's caches) stays small whatever the domain.
+        .boxed(".herald.v1.Event.body.notification_created")
         .compile_fds(fds.clone())?;
 
     // The server side of the services again, streaming `Rooms/Subscribe` responses as frames

@@ -8,8 +8,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, lanes::TopicsConfig,
-    node::NodeConfig, store::StoreConfig,
+    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig,
+    domain::inbox::InboxConfig, lanes::TopicsConfig, node::NodeConfig, store::StoreConfig,
 };
 
 /// Everything the backend needs. Every section and field is optional in the file.
@@ -34,6 +34,8 @@ pub struct Config {
     pub database: StoreConfig,
     /// Lanes per topic kind, durable retention, signals.
     pub topics: TopicsConfig,
+    /// The notification inbox: its sweeper (snoozes that end, expiry purge).
+    pub notifications: InboxConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
+            notifications: InboxConfig::default(),
         }
     }
 }

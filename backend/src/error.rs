@@ -36,6 +36,13 @@ pub enum Error {
     /// Too many requests of one kind from one sender; retry later.
     #[error("{0}")]
     RateLimited(String),
+    /// The target's state does not allow the request (for example a review already
+    /// decided); the message says what the state is.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request names something that does not exist (or that the caller may not see).
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -84,6 +91,10 @@ impl From<Error> for Status {
             Error::RateLimited(message) => {
                 with_code(Code::ResourceExhausted, message, CloseCode::RateLimited)
             }
+            Error::FailedPrecondition(message) => {
+                with_code(Code::FailedPrecondition, message, CloseCode::BadRequest)
+            }
+            Error::NotFound(message) => with_code(Code::NotFound, message, CloseCode::BadRequest),
             Error::Store(error) => store_status(error),
             Error::Log(LogError::Unavailable(cause)) => {
                 store_status(StoreError::Unavailable(sea_orm::DbErr::Custom(cause)))

@@ -17,6 +17,8 @@
 //!   │  └──► subscription (EventStream) ──► cursor (LiveCursor: deliver, skip, fill, end)
 //!  store (DomainTx, snapshots, the EventLog, retention) ──► store::relay ──► broker
 //!  auth (interceptor: JWT → Principal)   topic, event (parsed once)   config, server (assembly)
+//!
+//!  grpc::inbox ──► domain::inbox ──► store (DomainTx, ReadSnapshot)   clock (the rules' `now`)
 //! ```
 //!
 //! **Rule for domain services** (reviews, inbox, orders, chat, deployments): they add nothing
@@ -30,8 +32,10 @@
 pub mod auth;
 pub mod authz;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod cursor;
+pub mod domain;
 pub mod error;
 pub mod event;
 pub mod grpc;

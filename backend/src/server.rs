@@ -4,7 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
-    auth_server::AuthServer, edge_server::EdgeServer, rooms_server::RoomsServer,
+    auth_server::AuthServer, edge_server::EdgeServer, notifications_server::NotificationsServer,
+    rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,8 +17,12 @@ use crate::{
     auth::{AuthInterceptor, TokenVerifier, dev_key, verifier::AuthConfigError},
     authz::Policy,
     broker::memory::MemoryBroker,
+    clock::{SharedClock, SystemClock},
     config::Config,
-    grpc::{auth::AuthService, edge::EdgeService, rooms::RoomsService},
+    domain::inbox::Inbox,
+    grpc::{
+        auth::AuthService, edge::EdgeService, inbox::NotificationsService, rooms::RoomsService,
+    },
     hub::Hub,
     lanes::Lanes,
     node::{Node, NodeParts},
@@ -53,6 +58,8 @@ pub struct Backend {
     broker: Arc<MemoryBroker>,
     verifier: Arc<TokenVerifier>,
     store: Store,
+    /// The wall clock of the domain rules.
+    clock: SharedClock,
     #[cfg(feature = "test-util")]
     relay_faults: Arc<RelayFaults>,
 }
@@ -109,9 +116,17 @@ impl Backend {
             broker,
             verifier,
             store,
+            clock: Arc::new(SystemClock),
             #[cfg(feature = "test-util")]
             relay_faults: Arc::new(RelayFaults::default()),
         })
+    }
+
+    /// Replaces the wall clock the domain rules read (tests move time with a
+    /// [`ShiftedClock`](crate::clock::ShiftedClock)).
+    pub fn with_clock(mut self, clock: SharedClock) -> Backend {
+        self.clock = clock;
+        self
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -143,6 +158,7 @@ impl Backend {
             broker,
             verifier,
             store,
+            clock,
             #[cfg(feature = "test-util")]
             relay_faults,
         } = self;
@@ -165,6 +181,8 @@ impl Backend {
         tracker.spawn(relay);
         tracker.spawn(store.clone().run_health(shutdown.clone()));
         tracker.spawn(store.clone().run_retention(shutdown.clone()));
+        let inbox = Inbox::new(store.clone(), clock.clone(), config.notifications.clone());
+        tracker.spawn(inbox.clone().run_sweeper(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -195,6 +213,11 @@ impl Backend {
         );
         let auth = tonic::service::interceptor::InterceptedService::new(
             AuthServer::new(AuthService),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let notifications = tonic::service::interceptor::InterceptedService::new(
+            NotificationsServer::new(NotificationsService::new(inbox))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -222,6 +245,7 @@ impl Backend {
             .add_service(rooms)
             .add_service(edge)
             .add_service(auth)
+            .add_service(notifications)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

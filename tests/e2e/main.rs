@@ -5,6 +5,7 @@ mod delivery;
 mod durable;
 mod edge;
 mod lifecycle;
+mod notifications;
 mod outbox;
 mod resume;
 mod signals;

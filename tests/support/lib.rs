@@ -17,6 +17,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use herald_backend::{
     Backend, Config, ServeError,
     auth::dev_key::{self, TokenClaims},
+    clock::ShiftedClock,
     store::{RelayFaults, Store},
 };
 use herald_proto::{
@@ -54,6 +55,9 @@ pub struct TestApp {
     pub relay_faults: Arc<RelayFaults>,
     /// The app's core, for its observability counters.
     pub node: Arc<herald_backend::node::Node>,
+    /// The wall clock of the app's domain rules: advance it to move past a rate-limit window,
+    /// a snooze or an expiry without waiting. It survives [`TestApp::restart`].
+    pub clock: Arc<ShiftedClock>,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), ServeError>>,
     data_dir: Arc<tempfile::TempDir>,
@@ -121,13 +125,19 @@ async fn spawn_app_on_at(
     config.auth.hs256_secret = Some(SECRET.to_owned());
     config.shutdown_grace = Duration::from_secs(5);
     configure(&mut config);
-    start(config, Arc::new(data_dir), addr).await
+    start(config, Arc::new(data_dir), addr, Arc::default()).await
 }
 
-async fn start(config: Config, data_dir: Arc<tempfile::TempDir>, addr: &str) -> TestApp {
+async fn start(
+    config: Config,
+    data_dir: Arc<tempfile::TempDir>,
+    addr: &str,
+    clock: Arc<ShiftedClock>,
+) -> TestApp {
     let backend = Backend::build(config.clone())
         .await
-        .expect("the backend builds");
+        .expect("the backend builds")
+        .with_clock(clock.clone());
     let store = backend.store().clone();
     let relay_faults = backend.relay_faults().clone();
     let node = backend.node().clone();
@@ -143,6 +153,7 @@ async fn start(config: Config, data_dir: Arc<tempfile::TempDir>, addr: &str) -> 
         store,
         relay_faults,
         node,
+        clock,
         shutdown,
         server,
         data_dir,
@@ -155,8 +166,9 @@ impl TestApp {
     pub async fn restart(self) -> TestApp {
         let config = self.config.clone();
         let data_dir = self.data_dir.clone();
+        let clock = self.clock.clone();
         self.shutdown().await.expect("the old app stops cleanly");
-        start(config, data_dir, "127.0.0.1:0").await
+        start(config, data_dir, "127.0.0.1:0", clock).await
     }
 
     /// A grpc.health.v1 client on its own connection.

@@ -5,4 +5,5 @@
 
 pub mod auth;
 pub mod edge;
+pub mod inbox;
 pub mod rooms;
