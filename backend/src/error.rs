@@ -36,6 +36,9 @@ pub enum Error {
     /// Too many requests of one kind from one sender; retry later.
     #[error("{0}")]
     RateLimited(String),
+    /// A shared bound of the server is reached (not the caller's fault); retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -83,6 +86,9 @@ impl From<Error> for Status {
             }
             Error::RateLimited(message) => {
                 with_code(Code::ResourceExhausted, message, CloseCode::RateLimited)
+            }
+            Error::Busy(message) => {
+                with_code(Code::ResourceExhausted, message, CloseCode::Unavailable)
             }
             Error::Store(error) => store_status(error),
             Error::Log(LogError::Unavailable(cause)) => {
