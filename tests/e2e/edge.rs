@@ -698,3 +698,45 @@ async fn an_oversize_frame_is_closed_with_its_size_and_the_configured_limit() {
         }
     );
 }
+
+#[tokio::test]
+async fn publishes_pipelined_on_one_socket_take_offsets_in_the_order_they_were_sent() {
+    const PUBLISHES: u64 = 1000;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.rate_burst = 2 * PUBLISHES as u32;
+        config.limits.rate_per_second = 2 * PUBLISHES as u32;
+        config.limits.max_calls_in_flight = 2 * PUBLISHES as usize;
+    })
+    .await;
+    let mut watcher = app
+        .client("watcher", &[])
+        .await
+        .subscribe("room:pipeline")
+        .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    // Back to back, without waiting for any reply.
+    for n in 0..PUBLISHES {
+        let frame = json!({ "id": 100 + n, "method": "publish",
+            "params": { "topic": "room:pipeline", "type": "test.event", "data": { "n": n } } });
+        socket.send_text(frame.to_string()).await;
+    }
+    for n in 0..PUBLISHES {
+        let reply = socket.reply_to(100 + n).await;
+        let offset: u64 = reply["result"]["position"]["offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("publish {n}: {reply}"));
+        assert_eq!(offset, n + 1, "publish {n} took offset {offset}");
+    }
+    for n in 0..PUBLISHES {
+        let event = watcher.next_event().await;
+        let data = serde_json::to_value(event.data.unwrap()).unwrap();
+        assert_eq!(
+            data["n"].as_f64(),
+            Some(n as f64),
+            "offset {} carries",
+            event.offset
+        );
+    }
+}

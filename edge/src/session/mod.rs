@@ -15,7 +15,13 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, error::Error as StdError, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    error::Error as StdError,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, stream::FuturesUnordered};
@@ -133,6 +139,8 @@ struct Session<S> {
     strikes: u32,
     pending: FuturesUnordered<Pending>,
     calls_in_flight: usize,
+    /// Topics with a publish in flight, and the publishes queued behind it, in arrival order.
+    publishing: HashMap<Arc<str>, VecDeque<(u64, serde_json::Value)>>,
     /// An `auth` is being verified.
     authenticating: bool,
     /// Requests that arrived while `auth` was being verified, handled once it is answered.
@@ -153,6 +161,7 @@ impl<S> Session<S> {
             strikes: 0,
             pending: FuturesUnordered::new(),
             calls_in_flight: 0,
+            publishing: HashMap::new(),
             authenticating: false,
             held: Vec::new(),
             ctx,
