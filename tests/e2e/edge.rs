@@ -740,3 +740,61 @@ async fn publishes_pipelined_on_one_socket_take_offsets_in_the_order_they_were_s
         );
     }
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_as_slow_and_releases_its_subscriptions() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    // A queue far larger than the kernel buffers: only the write timeout can notice.
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.max_outbound_bytes = 256 * 1024 * 1024;
+    })
+    .await;
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(edge.addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(edge.url(), stream)
+        .await
+        .unwrap();
+    let token = app.token("stalled", &[]);
+    let frames = [
+        json!({ "id": 1, "method": "auth", "params": { "token": token } }),
+        json!({ "id": 2, "method": "subscribe", "params": { "topic": "room:stall" } }),
+    ];
+    for frame in frames {
+        socket.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    let service = app.service().await;
+    let present = |members: &herald_proto::v1::PresenceResponse| {
+        members.members.iter().any(|m| m.user_id == "stalled")
+    };
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    while !present(&service.presence("room:stall").await.unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From here on the peer reads nothing: the kernel buffers fill, then the edge's writes.
+    let blob = "x".repeat(60 * 1024);
+    for n in 0..300 {
+        service
+            .try_publish(
+                "room:stall",
+                "test.blob",
+                json!({ "n": n, "blob": blob }),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    while present(&service.presence("room:stall").await.unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled socket still holds its subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(socket);
+}

@@ -210,7 +210,7 @@ impl<S: Sink<Message> + Unpin> Session<S> {
                 biased;
                 () = shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
                 () = slow.wait() => return Err(CloseReason::SlowConsumer.into()),
-                item = out_rx.recv() => self.write(item, out_rx).await.map_err(|_| End::Gone)?,
+                item = out_rx.recv() => self.write_in_time(item, out_rx).await?,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.complete(done)?;
                 }
@@ -255,7 +255,10 @@ impl<S: Sink<Message> + Unpin> Session<S> {
             return Err(CloseReason::PongTimeout.into());
         }
         let ping = self.sink.send(Message::Ping(Default::default()));
-        ping.await.map_err(|_| End::Gone)?;
+        match tokio::time::timeout(self.ctx.config.limits.write_timeout, ping).await {
+            Ok(sent) => sent.map_err(|_| End::Gone)?,
+            Err(_) => return Err(CloseReason::SlowConsumer.into()),
+        }
         self.heartbeat.next_ping();
         Ok(())
     }
@@ -292,6 +295,15 @@ impl<S: Sink<Message> + Unpin> Session<S> {
     }
 
     /// Writes one item, then whatever else is already queued, with a single flush.
+    /// Writes within `write_timeout`; a peer that does not take the bytes is closed as slow.
+    async fn write_in_time(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), End> {
+        let limit = self.ctx.config.limits.write_timeout;
+        match tokio::time::timeout(limit, self.write(item, rx)).await {
+            Ok(written) => written.map_err(|_| End::Gone),
+            Err(_) => Err(CloseReason::SlowConsumer.into()),
+        }
+    }
+
     async fn write(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), S::Error> {
         self.feed_one(item).await?;
         for _ in 0..MAX_BATCH {
