@@ -1086,13 +1086,11 @@ async fn concurrent_writers_of_one_inbox_end_with_a_pushed_badge_equal_to_the_da
     let mut sub = alice.who.subscribe("user:alice").await;
 
     let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..4 {
+    for kind in KINDS {
         let service = service.clone();
         tasks.spawn(async move {
             for _ in 0..5 {
-                service
-                    .send(note(&["alice"], KINDS[writer], "concurrent"))
-                    .await;
+                service.send(note(&["alice"], kind, "concurrent")).await;
             }
         });
     }
