@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/auth.proto",
     "herald/v1/notification_events.proto",
     "herald/v1/notifications.proto",
+    "herald/v1/review_events.proto",
+    "herald/v1/reviews.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Large typed bodies are boxed, so every `Event` (held per subscriber queue and in
         // the broker's caches) stays small whatever the domain.
         .boxed(".herald.v1.Event.body.notification_created")
+        .boxed(".herald.v1.Event.body.review_submitted")
+        .boxed(".herald.v1.Event.body.review_decided")
         .compile_fds(fds.clone())?;
 
     // The server side of the services again, streaming `Rooms/Subscribe` responses as frames

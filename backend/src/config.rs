@@ -8,8 +8,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig,
-    domain::inbox::InboxConfig, lanes::TopicsConfig, node::NodeConfig, store::StoreConfig,
+    auth::AuthConfig,
+    authz::PolicyConfig,
+    broker::memory::RetentionConfig,
+    domain::{inbox::InboxConfig, reviews::ReviewsConfig},
+    lanes::TopicsConfig,
+    node::NodeConfig,
+    store::StoreConfig,
 };
 
 /// Everything the backend needs. Every section and field is optional in the file.
@@ -36,6 +41,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     /// The notification inbox: its sweeper (snoozes that end, expiry purge).
     pub notifications: InboxConfig,
+    /// Review requests: the default reviewer role.
+    pub reviews: ReviewsConfig,
 }
 
 impl Default for Config {
@@ -53,6 +60,7 @@ impl Default for Config {
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
             notifications: InboxConfig::default(),
+            reviews: ReviewsConfig::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
     auth_server::AuthServer, edge_server::EdgeServer, notifications_server::NotificationsServer,
-    rooms_server::RoomsServer,
+    reviews_server::ReviewsServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,9 +19,10 @@ use crate::{
     broker::memory::MemoryBroker,
     clock::{SharedClock, SystemClock},
     config::Config,
-    domain::inbox::Inbox,
+    domain::{inbox::Inbox, reviews::Reviews},
     grpc::{
-        auth::AuthService, edge::EdgeService, inbox::NotificationsService, rooms::RoomsService,
+        auth::AuthService, edge::EdgeService, inbox::NotificationsService, reviews::ReviewsService,
+        rooms::RoomsService,
     },
     hub::Hub,
     lanes::Lanes,
@@ -74,6 +75,8 @@ impl Backend {
             source,
         })?;
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
+        crate::domain::reviews::rules::role("reviews.reviewer_role", &config.reviews.reviewer_role)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let store = Store::open(
             &config.database_url(),
             config.database.clone(),
@@ -183,6 +186,7 @@ impl Backend {
         tracker.spawn(store.clone().run_retention(shutdown.clone()));
         let inbox = Inbox::new(store.clone(), clock.clone(), config.notifications.clone());
         tracker.spawn(inbox.clone().run_sweeper(shutdown.clone()));
+        let reviews = Reviews::new(store.clone(), clock.clone(), config.reviews.clone());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -218,6 +222,11 @@ impl Backend {
         let notifications = tonic::service::interceptor::InterceptedService::new(
             NotificationsServer::new(NotificationsService::new(inbox))
                 .max_decoding_message_size(config.grpc.max_decode_bytes),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let reviews = tonic::service::interceptor::InterceptedService::new(
+            ReviewsServer::new(ReviewsService::new(reviews))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -246,6 +255,7 @@ impl Backend {
             .add_service(edge)
             .add_service(auth)
             .add_service(notifications)
+            .add_service(reviews)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

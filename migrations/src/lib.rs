@@ -9,6 +9,9 @@ mod m20261201_000003_durable_topics;
 mod m20261201_000020_notification;
 mod m20261201_000021_notification_user;
 mod m20261201_000022_notification_mention;
+mod m20261201_000023_review_request;
+mod m20261201_000024_review_decision;
+mod m20261201_000025_review_queue;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
@@ -26,6 +29,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000020_notification::Migration),
             Box::new(m20261201_000021_notification_user::Migration),
             Box::new(m20261201_000022_notification_mention::Migration),
+            Box::new(m20261201_000023_review_request::Migration),
+            Box::new(m20261201_000024_review_decision::Migration),
+            Box::new(m20261201_000025_review_queue::Migration),
         ]
     }
 }

@@ -8,5 +8,6 @@ mod lifecycle;
 mod notifications;
 mod outbox;
 mod resume;
+mod reviews;
 mod signals;
 mod validation;

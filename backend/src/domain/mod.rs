@@ -4,3 +4,4 @@
 //! `mod.rs` (every command: begin → load → authorize → decide → save → emit → commit).
 
 pub mod inbox;
+pub mod reviews;

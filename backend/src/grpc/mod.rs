@@ -6,4 +6,5 @@
 pub mod auth;
 pub mod edge;
 pub mod inbox;
+pub mod reviews;
 pub mod rooms;
