@@ -1132,6 +1132,84 @@ async fn concurrent_writers_of_one_inbox_end_with_a_pushed_badge_equal_to_the_da
     );
 }
 
+/// A token signed with the test secret, as `herald serve` processes verify them.
+fn process_token(sub: &str, roles: &[&str]) -> String {
+    use herald_backend::auth::dev_key::{TokenClaims, sign_hs256};
+    sign_hs256(
+        herald_e2e::SECRET,
+        &TokenClaims::new(sub, roles, Duration::from_secs(3600)),
+    )
+    .unwrap()
+}
+
+async fn notify_process(grpc_url: String, title: &str) {
+    let endpoint = tonic::transport::Endpoint::from_shared(grpc_url).unwrap();
+    let service = Client::connect(endpoint.clone(), process_token("notifier", &["service"])).await;
+    let mut client = NotificationsClient::new(endpoint.connect().await.unwrap());
+    let response = client
+        .create(service.request(note(&["alice"], NotificationType::NewMessage, title)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.deliveries[0].outcome(), Outcome::Created);
+}
+
+#[tokio::test]
+async fn a_browser_session_reconnecting_after_a_herald_serve_restart_resumes_its_inbox_without_reloading()
+ {
+    use herald_e2e::{edge::WsClient, process::spawn_serve_process};
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let connect = |url: String| async move {
+        let mut socket = WsClient::connect(&url).await;
+        let reply = socket
+            .request("auth", json!({ "token": process_token("alice", &[]) }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+        socket
+    };
+    let mut socket = connect(herald.ws_url()).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "user:alice" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    notify_process(herald.grpc_url(), "before the restart").await;
+    let created = socket.next_event().await;
+    assert_eq!(created["event"]["type"], "notification.created");
+    let counts = socket.next_event().await;
+    assert_eq!(counts["event"]["type"], "notification.counts");
+    let last = json!({ "offset": counts["offset"], "epoch": counts["epoch"] });
+
+    herald.kill9().await;
+    socket.closed().await;
+    let herald = spawn_serve_process(data.path()).await;
+    notify_process(herald.grpc_url(), "while the page was away").await;
+
+    let mut socket = connect(herald.ws_url()).await;
+    let reply = socket
+        .request("subscribe", json!({ "topic": "user:alice", "since": last }))
+        .await;
+    assert_eq!(
+        reply["result"]["recovered"], true,
+        "the inbox resumes from where the page was, no reload: {reply}"
+    );
+    let missed = socket.next_event().await;
+    assert_eq!(
+        missed["event"]["notificationCreated"]["notification"]["title"], "while the page was away",
+        "{missed}"
+    );
+    let offset =
+        |push: &serde_json::Value| push["offset"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        offset(&missed),
+        offset(&counts) + 1,
+        "nothing missed, nothing twice"
+    );
+    let badge = socket.next_event().await;
+    assert_eq!(badge["event"]["notificationCounts"]["unread"], 2, "{badge}");
+    herald.kill9().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Counts never drift: random operation sequences
 

@@ -90,3 +90,73 @@ impl HeraldProcess {
         let _ = self.child.wait().await;
     }
 }
+
+/// A running `herald serve` (backend and edge in one process); killed when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// Starts `herald serve` on free ports with its data (and SQLite database) in `data_dir`,
+/// and waits until both the backend and the edge listen.
+pub async fn spawn_serve_process(data_dir: &std::path::Path) -> ServeProcess {
+    let mut child = Command::new(herald_binary())
+        .args(["--log-format", "json", "serve"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("HERALD_AUTH_HS256_SECRET", SECRET)
+        .env("HERALD_LOG", "info")
+        .env_remove("HERALD_DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (grpc_addr, http_addr) = tokio::time::timeout(PATIENCE, async {
+        let (mut grpc, mut http) = (None, None);
+        while let Some(line) = lines.next_line().await.expect("read herald's log") {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let addr = |field: &str| entry["fields"][field].as_str().and_then(|a| a.parse().ok());
+            match entry["fields"]["message"].as_str() {
+                Some("herald backend listening") => grpc = addr("grpc_addr"),
+                Some("herald edge listening") => http = addr("http_addr"),
+                _ => {}
+            }
+            if let (Some(grpc), Some(http)) = (grpc, http) {
+                return (grpc, http);
+            }
+        }
+        panic!("herald serve exited before listening");
+    })
+    .await
+    .expect("herald serve starts in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    ServeProcess {
+        child,
+        grpc_addr,
+        http_addr,
+    }
+}
+
+impl ServeProcess {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http_addr)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("send SIGKILL");
+        let _ = self.child.wait().await;
+    }
+}
