@@ -6,13 +6,16 @@
 //!   terminals) and how flags and `HERALD_*` variables override the file;
 //! - [`config`]: the TOML file, split into the backend's part and the edge's `[edge]`;
 //! - `serve`: binding listeners and running the backend, the edge, or both;
-//! - `client`, `migrate`: the client commands and `herald migrate`.
+//! - `client`, `migrate`: the client commands and `herald migrate`;
+//! - `demo`: `herald demo inbox` and `herald demo reviews`, narrated scripts against a
+//!   running server.
 //!
 //! `main.rs` only parses arguments, sets up tracing and signals, and calls in here.
 
 pub mod config;
 
 mod client;
+mod demo;
 mod migrate;
 mod serve;
 
@@ -39,7 +42,9 @@ use herald_backend::{
         Quick start:\n  herald serve                          # gRPC on 127.0.0.1:50051, data in ./herald-data\n  \
         herald subscribe room:lobby           # in a second terminal\n  \
         herald publish room:lobby --type chat.message --data '{\"text\":\"hi\"}'\n  \
-        herald token --sub alice --role admin # a token for your own clients\n\n\
+        herald token --sub alice --role admin # a token for your own clients\n  \
+        herald demo inbox                     # watch a notification inbox work, step by step\n  \
+        herald demo reviews                   # watch reviewers share an approval queue\n\n\
         Settings come from flags, then HERALD_* environment variables, then the TOML file given \
         by --config, then defaults."
 )]
@@ -81,6 +86,106 @@ pub enum Command {
     History(HistoryArgs),
     /// Apply, roll back or list database migrations (`serve` applies pending ones by itself).
     Migrate(MigrateArgs),
+    /// Watch the notification inbox or the review queue work, step by step, against a
+    /// running server.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Narrated demos that act against a running server as several principals \
+        (a service, users, reviewers) and print, after every step, exactly the events that \
+        step pushed to the topics they watch.\n\n\
+        Start a server first, then run a demo in a second terminal:\n  \
+        herald serve\n  \
+        herald demo inbox\n  \
+        herald demo reviews\n\n\
+        The demos sign their own tokens with the server's development key (in --data-dir) or \
+        with --secret, the server's HS256 secret."
+)]
+pub struct DemoArgs {
+    #[command(subcommand)]
+    pub demo: DemoCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// A service notifies a user: typed notifications pushed whole, the badge after every
+    /// change, sanitising, the mention rate limit, preferences, do-not-disturb, snooze.
+    #[command(
+        long_about = "A service (role `service`) notifies one user, and the demo \
+        watches the user's inbox, user:<USER>. Every step prints what it pushed: the whole \
+        notification on creation (no refetch), each change (seen, read, archived, snoozed, \
+        deleted) and, in the same transaction, the new badge.\n\n\
+        Steps: a mention with a 25-word preview; HTML removed on the way in; 6 mentions from \
+        one sender in a minute (5 created, 1 rate-limited); MarkSeen, MarkRead, MarkAllRead by \
+        type; a type turned off (suppressed); do-not-disturb (quiet, except urgent); snooze \
+        and unsnooze; archive and delete; a List page.\n\n\
+        Watch the raw stream in a third terminal:\n  \
+        herald subscribe user:alice --token $(herald token --sub alice)"
+    )]
+    Inbox(InboxDemoArgs),
+    /// Signups queue for reviewers: every reviewer sees a request at once, the first decision
+    /// wins, N-of-M approvals, the applicant told in their inbox.
+    #[command(
+        long_about = "A signup service submits requests to the `admin` review queue, \
+        role:admin. Two reviewers, alice and bob, watch it, and the applicant watches their \
+        inbox. Steps: a request appears for both reviewers with the pending count; both \
+        approve at the same moment (one wins, the other gets FAILED_PRECONDITION \"already \
+        approved by … at …\"); a request needing two approvals; a rejection with a reason \
+        that reaches the applicant's inbox in the same transaction; self-review and a \
+        non-reviewer refused; the audit trail."
+    )]
+    Reviews(ReviewsDemoArgs),
+}
+
+/// What every demo needs.
+#[derive(Debug, Args)]
+pub struct DemoCommon {
+    /// The Herald gRPC server.
+    #[arg(
+        long,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// The server's HS256 secret, to sign the demo's tokens [default: the development key in the data directory]
+    #[arg(
+        long,
+        env = "HERALD_AUTH_HS256_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+
+    /// The pause between steps, for example 0s, 500ms, 2s.
+    #[arg(long, default_value = "800ms", value_parser = humantime::parse_duration)]
+    pub pace: Duration,
+
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct InboxDemoArgs {
+    /// The user whose inbox the demo fills.
+    #[arg(long, default_value = "alice", value_name = "USER_ID")]
+    pub user: String,
+
+    #[command(flatten)]
+    pub common: DemoCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewsDemoArgs {
+    /// The applicant's user id (they get the decisions in their inbox).
+    #[arg(long, default_value = "marie", value_name = "USER_ID")]
+    pub applicant: String,
+
+    #[command(flatten)]
+    pub common: DemoCommon,
 }
 
 #[derive(Debug, Args)]
@@ -400,6 +505,11 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         | Command::Publish(PublishArgs { client, .. })
         | Command::History(HistoryArgs { client, .. }) => &client.data.data_dir,
         Command::Migrate(args) => &args.data.data_dir,
+        Command::Demo(DemoArgs {
+            demo:
+                DemoCommand::Inbox(InboxDemoArgs { common, .. })
+                | DemoCommand::Reviews(ReviewsDemoArgs { common, .. }),
+        }) => &common.data.data_dir,
     };
     if let Some(dir) = data_dir {
         config.data_dir = dir.clone();
@@ -421,6 +531,7 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Publish(args) => client::publish(args, &config).await,
         Command::History(args) => client::history(args, &config).await,
         Command::Migrate(args) => migrate::run(args, &config).await,
+        Command::Demo(args) => demo::run(args, &config).await,
     }
 }
 

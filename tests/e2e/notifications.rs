@@ -1210,6 +1210,42 @@ async fn a_browser_session_reconnecting_after_a_herald_serve_restart_resumes_its
     herald.kill9().await;
 }
 
+#[tokio::test]
+async fn the_inbox_demo_runs_against_a_herald_serve_and_ends_with_the_badge_equal_to_the_database()
+{
+    use herald_e2e::process::{herald_binary, spawn_serve_process};
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let output = tokio::process::Command::new(herald_binary())
+        .args(["demo", "inbox", "--pace", "0s", "--server"])
+        .arg(herald.grpc_url())
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "notification.created",
+        "“Welcome & thanks”",
+        "rate_limited",
+        "suppressed_by_preference",
+        "quietly (do-not-disturb)",
+        "notification.unsnoozed",
+        "equal to the last badge pushed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+    herald.kill9().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Counts never drift: random operation sequences
 

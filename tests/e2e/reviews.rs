@@ -615,6 +615,41 @@ async fn every_decision_is_an_audit_record_for_admins() {
     assert_eq!(of_first.decisions.len(), 2);
 }
 
+#[tokio::test]
+async fn the_reviews_demo_runs_against_a_herald_serve() {
+    use herald_e2e::process::{herald_binary, spawn_serve_process};
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let output = tokio::process::Command::new(herald_binary())
+        .args(["demo", "reviews", "--pace", "0s", "--server"])
+        .arg(herald.grpc_url())
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "review.submitted",
+        "FailedPrecondition: already approved by",
+        "review.approval_recorded",
+        "you already approved this request",
+        "“Your request for the artisan role was rejected”",
+        "reviewers may not decide their own request",
+        "PermissionDenied: only holders of the role `admin`",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+    herald.kill9().await;
+}
+
 /// Everything logged while it is the thread's default subscriber.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

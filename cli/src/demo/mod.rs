@@ -1,0 +1,299 @@
+//! `herald demo inbox` and `herald demo reviews`: narrated scripts that act against a running
+//! server as several principals (a service, users, reviewers), and print, after every step,
+//! exactly the events that step pushed to the topics they watch. A newcomer runs
+//! `herald serve` in one terminal and a demo in another.
+
+mod inbox;
+mod reviews;
+
+use std::time::Duration;
+
+use herald_backend::{
+    Config,
+    auth::dev_key::{self, TokenClaims},
+};
+use herald_proto::v1::{
+    Event, StreamPosition, SubscribeRequest, SubscribeResponse, event::Body,
+    subscribe_response::Frame,
+};
+use tonic::{Request, Status, Streaming, transport::Channel};
+
+use crate::{CliError, DemoArgs, DemoCommand, DemoCommon};
+
+pub(crate) async fn run(args: DemoArgs, config: &Config) -> Result<(), CliError> {
+    match args.demo {
+        DemoCommand::Inbox(args) => inbox::run(args, config).await,
+        DemoCommand::Reviews(args) => reviews::run(args, config).await,
+    }
+}
+
+/// What the demos share: the connection, who may sign tokens, the pace.
+struct Stage {
+    channel: Channel,
+    secret: String,
+    pace: Duration,
+    step: usize,
+}
+
+impl Stage {
+    async fn open(common: &DemoCommon, config: &Config) -> Result<Stage, CliError> {
+        let secret = match common
+            .secret
+            .clone()
+            .or_else(|| config.auth.hs256_secret.clone())
+        {
+            Some(secret) => secret,
+            None => dev_key::load(&config.data_dir).map_err(|e| {
+                CliError::new(format!(
+                    "{e}\n(the demo signs its tokens with the server's development key: run it \
+                     with the same --data-dir as `herald serve`, or pass --secret)"
+                ))
+            })?,
+        };
+        let channel = Channel::from_shared(common.server.clone())
+            .map_err(|e| {
+                CliError::new(format!(
+                    "--server `{}` is not a valid URL: {e}",
+                    common.server
+                ))
+            })?
+            .connect()
+            .await
+            .map_err(|e| {
+                CliError::new(format!(
+                    "cannot reach {}: {e}; start `herald serve` first",
+                    common.server
+                ))
+            })?;
+        Ok(Stage {
+            channel,
+            secret,
+            pace: common.pace,
+            step: 0,
+        })
+    }
+
+    /// Someone acting in the demo.
+    fn actor(&self, sub: &str, roles: &[&str]) -> Result<Actor, CliError> {
+        let claims = TokenClaims::new(sub, roles, Duration::from_secs(3600));
+        let token = dev_key::sign_hs256(&self.secret, &claims).map_err(CliError::new)?;
+        Ok(Actor {
+            name: sub.to_owned(),
+            token,
+        })
+    }
+
+    /// Prints the next step's title, after a pause so a reader can follow.
+    async fn step(&mut self, title: &str) {
+        if self.step > 0 {
+            tokio::time::sleep(self.pace).await;
+        }
+        self.step += 1;
+        println!("\n── {}. {title}", self.step);
+    }
+}
+
+/// A principal: its name and token.
+#[derive(Debug, Clone)]
+struct Actor {
+    name: String,
+    token: String,
+}
+
+impl Actor {
+    fn request<T>(&self, message: T) -> Result<Request<T>, CliError> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| CliError::new("a token with characters not allowed in metadata"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+fn status_error(status: Status) -> CliError {
+    CliError::new(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// A subscription whose events are printed, step by step, under a label.
+struct Watcher {
+    label: String,
+    stream: Streaming<SubscribeResponse>,
+    last: u64,
+}
+
+impl Watcher {
+    /// Subscribes as `who` from `since` (a read's position: what the read already showed).
+    async fn open(
+        stage: &Stage,
+        who: &Actor,
+        label: &str,
+        topic: &str,
+        since: StreamPosition,
+    ) -> Result<Watcher, CliError> {
+        let mut client = herald_proto::v1::rooms_client::RoomsClient::new(stage.channel.clone());
+        let request = who.request(SubscribeRequest {
+            topic: topic.to_owned(),
+            since: Some(since.clone()),
+        })?;
+        let mut stream = client
+            .subscribe(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        match stream
+            .message()
+            .await
+            .map_err(status_error)?
+            .and_then(|f| f.frame)
+        {
+            Some(Frame::Subscribed(_)) => {}
+            other => {
+                return Err(CliError::new(format!(
+                    "expected `subscribed`, got {other:?}"
+                )));
+            }
+        }
+        println!("   {label} watches {topic} from offset {}", since.offset);
+        Ok(Watcher {
+            label: label.to_owned(),
+            stream,
+            last: since.offset,
+        })
+    }
+
+    /// Prints every event up to `position` (a read's position after the step).
+    async fn show_until(&mut self, position: &StreamPosition) -> Result<Vec<Event>, CliError> {
+        let mut events = vec![];
+        while self.last < position.offset {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.message())
+                .await
+                .map_err(|_| CliError::new(format!("{}: no event within 10 s", self.label)))?
+                .map_err(status_error)?;
+            let Some(Frame::Event(event)) = message.and_then(|m| m.frame) else {
+                continue;
+            };
+            self.last = event.offset;
+            println!("   {} ← #{} {}", self.label, event.offset, describe(&event));
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+/// One line for an event, from its typed body.
+fn describe(event: &Event) -> String {
+    use herald_proto::v1::{NotificationPriority, NotificationType};
+    let kind = |t: i32| {
+        NotificationType::try_from(t)
+            .map(|t| {
+                t.as_str_name()
+                    .trim_start_matches("NOTIFICATION_TYPE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default()
+    };
+    let priority = |p: i32| {
+        NotificationPriority::try_from(p)
+            .map(|p| {
+                p.as_str_name()
+                    .trim_start_matches("NOTIFICATION_PRIORITY_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default()
+    };
+    let short = |id: &str| {
+        id.chars()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<String>()
+    };
+    let detail = match &event.body {
+        Some(Body::NotificationCreated(created)) => {
+            let n = created.notification.clone().unwrap_or_default();
+            format!(
+                "[{} {}] “{}”{}{} (id …{})",
+                priority(n.priority),
+                kind(n.r#type),
+                n.title,
+                if n.message_preview.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — “{}”", n.message_preview)
+                },
+                if created.quiet {
+                    " quietly (do-not-disturb)"
+                } else {
+                    ""
+                },
+                short(&n.id)
+            )
+        }
+        Some(Body::NotificationsChanged(change)) => {
+            if change.all {
+                let only = match kind(change.r#type).as_str() {
+                    "" | "unspecified" => String::new(),
+                    k => format!(" of type {k}"),
+                };
+                format!("every notification{only}")
+            } else {
+                let ids: Vec<String> = change
+                    .ids
+                    .iter()
+                    .map(|id| format!("…{}", short(id)))
+                    .collect();
+                ids.join(", ")
+            }
+        }
+        Some(Body::NotificationCounts(c)) => {
+            let by_type: Vec<String> = c
+                .unread_by_type
+                .iter()
+                .map(|t| format!("{} {}", kind(t.r#type), t.unread))
+                .collect();
+            format!(
+                "badge: total {} · unseen {} · unread {}{}",
+                c.total,
+                c.unseen,
+                c.unread,
+                if by_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_type.join(", "))
+                }
+            )
+        }
+        Some(Body::ReviewSubmitted(s)) => {
+            let review = s.review.clone().unwrap_or_default();
+            format!(
+                "{} asks for `{}` (needs {} approval{}) · {} pending",
+                review.applicant.map(|a| a.name).unwrap_or_default(),
+                review.requested_role,
+                review.required_approvals,
+                if review.required_approvals == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                s.pending
+            )
+        }
+        Some(Body::ReviewDecided(d)) => {
+            let decision = d.decision.clone().unwrap_or_default();
+            let reason = if decision.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": “{}”", decision.reason)
+            };
+            format!(
+                "by {}{reason} · {} pending",
+                decision.reviewer_id, d.pending
+            )
+        }
+        _ => String::new(),
+    };
+    format!("{:<26} {detail}", event.r#type)
+}
