@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/rooms.proto",
     "herald/v1/edge.proto",
     "herald/v1/auth.proto",
+    "herald/v1/deployment_events.proto",
+    "herald/v1/deployments.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

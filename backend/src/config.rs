@@ -8,8 +8,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig, lanes::TopicsConfig,
-    node::NodeConfig, store::StoreConfig,
+    auth::AuthConfig, authz::PolicyConfig, broker::memory::RetentionConfig,
+    domain::deployments::DeploymentsConfig, lanes::TopicsConfig, node::NodeConfig,
+    store::StoreConfig,
 };
 
 /// Everything the backend needs. Every section and field is optional in the file.
@@ -34,6 +35,8 @@ pub struct Config {
     pub database: StoreConfig,
     /// Lanes per topic kind, durable retention, signals.
     pub topics: TopicsConfig,
+    /// Deployment monitoring: log limits.
+    pub deployments: DeploymentsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
+            deployments: DeploymentsConfig::default(),
         }
     }
 }

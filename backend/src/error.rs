@@ -36,6 +36,12 @@ pub enum Error {
     /// Too many requests of one kind from one sender; retry later.
     #[error("{0}")]
     RateLimited(String),
+    /// Not in the state the request needs (an illegal transition); the message names the state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -84,6 +90,10 @@ impl From<Error> for Status {
             Error::RateLimited(message) => {
                 with_code(Code::ResourceExhausted, message, CloseCode::RateLimited)
             }
+            Error::FailedPrecondition(message) => {
+                with_code(Code::FailedPrecondition, message, CloseCode::BadRequest)
+            }
+            Error::NotFound(message) => with_code(Code::NotFound, message, CloseCode::BadRequest),
             Error::Store(error) => store_status(error),
             Error::Log(LogError::Unavailable(cause)) => {
                 store_status(StoreError::Unavailable(sea_orm::DbErr::Custom(cause)))

@@ -32,6 +32,7 @@ pub mod authz;
 pub mod broker;
 pub mod config;
 pub mod cursor;
+pub mod domain;
 pub mod error;
 pub mod event;
 pub mod grpc;

@@ -4,7 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
-    auth_server::AuthServer, edge_server::EdgeServer, rooms_server::RoomsServer,
+    auth_server::AuthServer, deployments_server::DeploymentsServer, edge_server::EdgeServer,
+    rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,13 +18,17 @@ use crate::{
     authz::Policy,
     broker::memory::MemoryBroker,
     config::Config,
-    grpc::{auth::AuthService, edge::EdgeService, rooms::RoomsService},
+    domain::deployments::Deployments,
+    grpc::{
+        auth::AuthService, deployments::DeploymentsService, edge::EdgeService, rooms::RoomsService,
+    },
     hub::Hub,
     lanes::Lanes,
     node::{Node, NodeParts},
     presence::memory::MemoryPresence,
     publish::Publisher,
     store::{Store, StoreError, relay},
+    topic::TopicKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,7 @@ impl Backend {
             source,
         })?;
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
+        config.deployments.check().map_err(ServeError::Config)?;
         let store = Store::open(
             &config.database_url(),
             config.database.clone(),
@@ -97,7 +103,8 @@ impl Backend {
             hub,
             broker: broker.clone(),
             presence: Arc::new(MemoryPresence::new()),
-            policy: Policy::new(config.policy.clone()),
+            policy: Policy::new(config.policy.clone())
+                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone())),
             config: config.node.clone(),
             lanes,
             log: Some(Arc::new(store.clone())),
@@ -180,7 +187,7 @@ impl Backend {
             .build_v1()
             .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-        let publisher = Publisher::new(node.clone(), store);
+        let publisher = Publisher::new(node.clone(), store.clone());
         let rooms = RoomsServer::new(RoomsService::new(node.clone(), publisher))
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let rooms = tonic::service::interceptor::InterceptedService::new(
@@ -191,6 +198,16 @@ impl Backend {
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let edge = tonic::service::interceptor::InterceptedService::new(
             edge,
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let deployments = DeploymentsServer::new(DeploymentsService::new(Deployments::new(
+            store.clone(),
+            node.clone(),
+            config.deployments.clone(),
+        )))
+        .max_decoding_message_size(config.grpc.max_decode_bytes);
+        let deployments = tonic::service::interceptor::InterceptedService::new(
+            deployments,
             AuthInterceptor::new(verifier.clone()),
         );
         let auth = tonic::service::interceptor::InterceptedService::new(
@@ -221,6 +238,7 @@ impl Backend {
             .add_service(reflection)
             .add_service(rooms)
             .add_service(edge)
+            .add_service(deployments)
             .add_service(auth)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;

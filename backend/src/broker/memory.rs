@@ -205,6 +205,7 @@ impl Broker for MemoryBroker {
             r#type: draft.event_type,
             data: draft.data,
             publisher: draft.publisher,
+            body: None,
         }));
         log.history.push_back((now, event.clone()));
         log.trim(&self.retention, now);

@@ -4,5 +4,6 @@
 //! [`Node`]: crate::node::Node
 
 pub mod auth;
+pub mod deployments;
 pub mod edge;
 pub mod rooms;
