@@ -6,13 +6,16 @@
 //!   terminals) and how flags and `HERALD_*` variables override the file;
 //! - [`config`]: the TOML file, split into the backend's part and the edge's `[edge]`;
 //! - `serve`: binding listeners and running the backend, the edge, or both;
-//! - `client`, `migrate`: the client commands and `herald migrate`.
+//! - `client`, `migrate`: the client commands and `herald migrate`;
+//! - `deploy`: `herald demo deploy` (a build worker at human pace) and `herald watch` (a
+//!   pretty printer for typed streams: a deployment's status line, then its log).
 //!
 //! `main.rs` only parses arguments, sets up tracing and signals, and calls in here.
 
 pub mod config;
 
 mod client;
+mod deploy;
 mod migrate;
 mod serve;
 
@@ -39,7 +42,8 @@ use herald_backend::{
         Quick start:\n  herald serve                          # gRPC on 127.0.0.1:50051, data in ./herald-data\n  \
         herald subscribe room:lobby           # in a second terminal\n  \
         herald publish room:lobby --type chat.message --data '{\"text\":\"hi\"}'\n  \
-        herald token --sub alice --role admin # a token for your own clients\n\n\
+        herald token --sub alice --role admin # a token for your own clients\n  \
+        herald demo deploy                    # a build worker; then `herald watch deployment:1`\n\n\
         Settings come from flags, then HERALD_* environment variables, then the TOML file given \
         by --config, then defaults."
 )]
@@ -79,6 +83,12 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's retained events as JSON.
     History(HistoryArgs),
+    /// Watch a topic in human form: for `deployment:ID`, a status line, then the log line by
+    /// line, until the deployment finishes; other topics, one line per event.
+    Watch(WatchArgs),
+    /// Demonstrations that act against a running server.
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Apply, roll back or list database migrations (`serve` applies pending ones by itself).
     Migrate(MigrateArgs),
 }
@@ -335,6 +345,68 @@ pub struct HistoryArgs {
     pub client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The topic, `kind:id`, for example deployment:7 (or just the deployment's number).
+    pub topic: String,
+
+    /// Resume after this position, written OFFSET:EPOCH.
+    #[arg(long, value_name = "OFFSET:EPOCH")]
+    pub since: Option<String>,
+
+    /// Deployments: show only the last N lines of the log so far, then live.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+
+    /// Never colour the output (also when NO_COLOR is set or stdout is not a terminal).
+    #[arg(long)]
+    pub no_color: bool,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Act as a build worker: create a deployment as the user `demo`, then clone, build an
+    /// image in several steps with a few hundred log lines (some in colour), deploy and
+    /// succeed (or fail with --fail), over a few seconds. Watch it with the printed
+    /// `herald watch deployment:ID`.
+    Deploy(DemoDeployArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoDeployArgs {
+    /// End with a failed build instead of success: a test fails, and the deployment finishes
+    /// FAILED with an error message and exit code 101.
+    #[arg(long)]
+    pub fail: bool,
+
+    /// How many log lines the build writes.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub lines: u32,
+
+    /// The application deployed.
+    #[arg(long, default_value = "web-shop", value_name = "NAME")]
+    pub application: String,
+
+    /// The git ref deployed.
+    #[arg(long = "ref", default_value = "main", value_name = "REF")]
+    pub git_ref: String,
+
+    /// How long the whole demo takes, roughly, for example 6s or 30s.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Wait this long after creating the deployment before the worker starts (time to open
+    /// a watcher).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub start_after: Duration,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// A command-line failure, printed as `error: …` with exit status 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -398,7 +470,11 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         Command::Token(args) => &args.data.data_dir,
         Command::Subscribe(SubscribeArgs { client, .. })
         | Command::Publish(PublishArgs { client, .. })
-        | Command::History(HistoryArgs { client, .. }) => &client.data.data_dir,
+        | Command::History(HistoryArgs { client, .. })
+        | Command::Watch(WatchArgs { client, .. })
+        | Command::Demo(DemoCommand::Deploy(DemoDeployArgs { client, .. })) => {
+            &client.data.data_dir
+        }
         Command::Migrate(args) => &args.data.data_dir,
     };
     if let Some(dir) = data_dir {
@@ -420,6 +496,8 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Subscribe(args) => client::subscribe(args, &config).await,
         Command::Publish(args) => client::publish(args, &config).await,
         Command::History(args) => client::history(args, &config).await,
+        Command::Watch(args) => deploy::watch(args, &config).await,
+        Command::Demo(DemoCommand::Deploy(args)) => deploy::demo(args, &config).await,
         Command::Migrate(args) => migrate::run(args, &config).await,
     }
 }
