@@ -42,6 +42,9 @@ pub enum Error {
     /// The request names something that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A shared bound of the server is reached (not the caller's fault); retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -94,6 +97,9 @@ impl From<Error> for Status {
                 with_code(Code::FailedPrecondition, message, CloseCode::BadRequest)
             }
             Error::NotFound(message) => with_code(Code::NotFound, message, CloseCode::BadRequest),
+            Error::Busy(message) => {
+                with_code(Code::ResourceExhausted, message, CloseCode::Unavailable)
+            }
             Error::Store(error) => store_status(error),
             Error::Log(LogError::Unavailable(cause)) => {
                 store_status(StoreError::Unavailable(sea_orm::DbErr::Custom(cause)))

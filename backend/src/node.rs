@@ -45,8 +45,9 @@ use crate::{
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 /// The number of events `History` returns when no limit is given.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
-/// The most encoded bytes one `History` page returns; a page ends early at this budget.
-pub const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
+/// The most encoded bytes one `History` page returns; a page ends early at this budget (well
+/// under the 4 MiB a default gRPC client accepts).
+pub const MAX_HISTORY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Limits and switches of the core.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +63,9 @@ pub struct NodeConfig {
     pub max_event_data_bytes: usize,
     /// Topic kinds whose subscribers receive presence join/leave pushes.
     pub presence_events: Vec<String>,
+    /// `History` calls served at once; more answer RESOURCE_EXHAUSTED (retry shortly). Each
+    /// holds at most one page (`MAX_HISTORY_BYTES`), so this bounds their memory.
+    pub max_concurrent_history: usize,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             replay_cap: 1000,
             max_event_data_bytes: 64 * 1024,
             presence_events: vec!["room".into(), "conv".into(), "group".into()],
+            max_concurrent_history: 64,
         }
     }
 }
@@ -112,6 +117,7 @@ pub struct Node {
     history: History,
     signals: SignalBoard,
     signal_rate: SignalRate,
+    history_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -123,6 +129,9 @@ impl Node {
             signal_rate: SignalRate::new(topics.signal_rate, topics.signal_burst),
             presence: PresenceNotifier::new(parts.broker.clone(), parts.presence, kinds),
             history: History::new(parts.broker.clone(), parts.log, parts.lanes),
+            history_reads: Arc::new(tokio::sync::Semaphore::new(
+                parts.config.max_concurrent_history,
+            )),
             hub: parts.hub,
             broker: parts.broker,
             policy: parts.policy,
@@ -386,6 +395,12 @@ impl Node {
                 )));
             }
             n => n,
+        };
+        let Ok(_reading) = self.history_reads.try_acquire() else {
+            return Err(Error::Busy(format!(
+                "too many History calls in progress (at most {}, node.max_concurrent_history); retry shortly",
+                self.config.max_concurrent_history
+            )));
         };
         let budget = PageBudget {
             events: limit as usize,

@@ -55,6 +55,11 @@ pub struct SocketLimits {
     pub idle_timeout: Duration,
     /// Most bytes queued for one socket before it is closed as slow.
     pub max_outbound_bytes: usize,
+    /// A write the peer does not take within this long (a full TCP window) closes the socket
+    /// as slow, so a peer that stops reading cannot hold its session, subscriptions and
+    /// presence.
+    #[serde(with = "herald_proto::support::duration")]
+    pub write_timeout: Duration,
     /// Requests (subscribe, publish, call…) a socket may burst.
     pub rate_burst: u32,
     /// Requests per second a socket may sustain.
@@ -74,6 +79,7 @@ impl Default for SocketLimits {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             max_outbound_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(1),
             rate_burst: 50,
             rate_per_second: 20,
             rate_abuse_limit: 100,

@@ -160,7 +160,19 @@ async fn missing_malformed_and_forged_tokens_are_unauthenticated() {
     let wrong_family = sign(Algorithm::RS256, Some("ec-1"), &rsa, &valid_claims());
     assert_unauthenticated(&app, wrong_family, "RS256 under an ES256 kid").await;
 
-    let unknown_kid = sign(Algorithm::RS256, Some("nope"), &rsa, &valid_claims());
+    let unknown_kid = sign(Algorithm::RS256, Some("<probe>"), &rsa, &valid_claims());
+    let status = app
+        .client_with_token(unknown_kid.clone())
+        .await
+        .try_subscribe("room:lobby", None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        !status.message().contains("<probe>"),
+        "the client's kid is not echoed: {}",
+        status.message()
+    );
     assert_unauthenticated(&app, unknown_kid, "unknown kid").await;
 
     let other_secret = sign(
@@ -273,4 +285,34 @@ async fn users_are_denied_other_users_and_roles_they_lack_and_see_none_of_their_
     let mut admins = admin.subscribe("role:admin").await;
     service.publish("role:admin", 2).await;
     assert_eq!(admins.next_event().await.offset, 2);
+}
+
+#[tokio::test]
+async fn claims_beyond_what_herald_can_store_or_time_are_refused_not_a_panic() {
+    let app = spawn_app().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let far = hs256(&json!({ "sub": "alice", "exp": 1u64 << 63 }));
+    let status = app
+        .client_with_token(far.clone())
+        .await
+        .try_subscribe("room:lobby", None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(status.message().contains("exp"), "{}", status.message());
+    assert_unauthenticated(&app, far, "exp beyond year 9999").await;
+    let whoami = app
+        .client_with_token(hs256(
+            &json!({ "sub": "alice", "exp": now + 40_000 * 86_400 }),
+        ))
+        .await
+        .whoami()
+        .await
+        .expect("a token valid for a century still works");
+    assert_eq!(whoami.user_id, "alice");
+    let long_sub = hs256(&json!({ "sub": "x".repeat(256), "exp": now + 600 }));
+    assert_unauthenticated(&app, long_sub, "a sub longer than 255 bytes").await;
 }

@@ -419,3 +419,46 @@ async fn a_durable_subscriber_that_stops_reading_falls_back_to_the_database_inst
     service.publish("order:firehose", 0).await;
     assert_eq!(slow.offsets(1).await, vec![301], "then live again");
 }
+
+#[tokio::test]
+async fn history_reads_beyond_the_concurrency_bound_are_refused_with_the_setting_named() {
+    let app = spawn_app_with(|config| config.node.max_concurrent_history = 0).await;
+    let error = app
+        .service()
+        .await
+        .history("order:any", None, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        error.message().contains("node.max_concurrent_history"),
+        "{}",
+        error.message()
+    );
+}
+
+#[tokio::test]
+async fn a_history_page_ends_at_its_byte_budget_with_the_rest_still_readable() {
+    let app = spawn_app().await;
+    let topic = topic("order:bulky");
+    let blob = "x".repeat(60 * 1024);
+    for n in 0..100u64 {
+        let mut tx = app.store.begin().await.unwrap();
+        tx.emit(&topic, "test.blob", json!({ "n": n, "blob": blob }))
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let service = app.service().await;
+    let first = service.history("order:bulky", None, 1000).await.unwrap();
+    let count = first.events.len() as u64;
+    assert!(
+        (1..100).contains(&count),
+        "about {} MiB fit in one page: got {count} events",
+        herald_backend::node::MAX_HISTORY_BYTES >> 20
+    );
+    let next = service
+        .history("order:bulky", Some(at(count, app.store.epoch())), 1000)
+        .await
+        .unwrap();
+    assert_eq!(next.events.first().map(|e| e.offset), Some(count + 1));
+}

@@ -698,3 +698,103 @@ async fn an_oversize_frame_is_closed_with_its_size_and_the_configured_limit() {
         }
     );
 }
+
+#[tokio::test]
+async fn publishes_pipelined_on_one_socket_take_offsets_in_the_order_they_were_sent() {
+    const PUBLISHES: u64 = 1000;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.rate_burst = 2 * PUBLISHES as u32;
+        config.limits.rate_per_second = 2 * PUBLISHES as u32;
+        config.limits.max_calls_in_flight = 2 * PUBLISHES as usize;
+    })
+    .await;
+    let mut watcher = app
+        .client("watcher", &[])
+        .await
+        .subscribe("room:pipeline")
+        .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    // Back to back, without waiting for any reply.
+    for n in 0..PUBLISHES {
+        let frame = json!({ "id": 100 + n, "method": "publish",
+            "params": { "topic": "room:pipeline", "type": "test.event", "data": { "n": n } } });
+        socket.send_text(frame.to_string()).await;
+    }
+    for n in 0..PUBLISHES {
+        let reply = socket.reply_to(100 + n).await;
+        let offset: u64 = reply["result"]["position"]["offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("publish {n}: {reply}"));
+        assert_eq!(offset, n + 1, "publish {n} took offset {offset}");
+    }
+    for n in 0..PUBLISHES {
+        let event = watcher.next_event().await;
+        let data = serde_json::to_value(event.data.unwrap()).unwrap();
+        assert_eq!(
+            data["n"].as_f64(),
+            Some(n as f64),
+            "offset {} carries",
+            event.offset
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_as_slow_and_releases_its_subscriptions() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    // A queue far larger than the kernel buffers: only the write timeout can notice.
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.max_outbound_bytes = 256 * 1024 * 1024;
+    })
+    .await;
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(edge.addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(edge.url(), stream)
+        .await
+        .unwrap();
+    let token = app.token("stalled", &[]);
+    let frames = [
+        json!({ "id": 1, "method": "auth", "params": { "token": token } }),
+        json!({ "id": 2, "method": "subscribe", "params": { "topic": "room:stall" } }),
+    ];
+    for frame in frames {
+        socket.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    let service = app.service().await;
+    let present = |members: &herald_proto::v1::PresenceResponse| {
+        members.members.iter().any(|m| m.user_id == "stalled")
+    };
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    while !present(&service.presence("room:stall").await.unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From here on the peer reads nothing: the kernel buffers fill, then the edge's writes.
+    let blob = "x".repeat(60 * 1024);
+    for n in 0..300 {
+        service
+            .try_publish(
+                "room:stall",
+                "test.blob",
+                json!({ "n": n, "blob": blob }),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    while present(&service.presence("room:stall").await.unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled socket still holds its subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(socket);
+}

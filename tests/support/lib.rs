@@ -213,6 +213,8 @@ impl TestApp {
 #[derive(Clone)]
 pub struct Client {
     pub rooms: RoomsClient<Channel>,
+    /// The connection, for clients of other services (`FooClient::new(client.channel.clone())`).
+    pub channel: Channel,
     pub token: String,
 }
 
@@ -223,9 +225,21 @@ impl Client {
             .await
             .expect("connect to the test server");
         Client {
-            rooms: RoomsClient::new(channel),
+            rooms: RoomsClient::new(channel.clone()),
+            channel,
             token,
         }
+    }
+
+    /// `Auth/Whoami` with this client's token.
+    pub async fn whoami(&self) -> Result<herald_proto::v1::WhoamiResponse, Status> {
+        let request = self.request(herald_proto::v1::WhoamiRequest {});
+        Ok(
+            herald_proto::v1::auth_client::AuthClient::new(self.channel.clone())
+                .whoami(request)
+                .await?
+                .into_inner(),
+        )
     }
 
     pub fn request<T>(&self, message: T) -> Request<T> {

@@ -83,8 +83,10 @@ pub enum AuthError {
     Malformed,
     #[error("the token's algorithm is not accepted; accepted: {accepted}")]
     AlgorithmNotAllowed { accepted: String },
-    #[error("no key with kid `{0}` is configured")]
-    UnknownKey(String),
+    /// The token names a key id this server has no key for (not echoed: it is the client's
+    /// input, and reflecting it helps nobody but a prober).
+    #[error("the token's key id (`kid`) names no configured key")]
+    UnknownKey,
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("token expired")]
@@ -93,6 +95,9 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token's `{0}` claim is missing or has the wrong type")]
     BadClaim(String),
+    /// A claim is present but outside what Herald accepts.
+    #[error("the token's `{claim}` claim is out of range: {rule}")]
+    OutOfRange { claim: &'static str, rule: String },
     #[error("the token's issuer is not accepted")]
     WrongIssuer,
     #[error("the token's audience is not accepted")]

@@ -14,6 +14,11 @@ use serde::Deserialize;
 
 use super::{AuthError, Principal};
 
+/// The longest `sub` (a user id; stored as events' `publisher`, a 255-character column).
+pub const MAX_SUB_LEN: usize = 255;
+/// The latest `exp` accepted: the end of year 9999, the range of `google.protobuf.Timestamp`.
+pub const MAX_EXP: u64 = 253_402_300_799;
+
 /// The longest clock skew tolerated on `exp` and `nbf`.
 pub const MAX_LEEWAY_SECS: u64 = 30;
 
@@ -138,6 +143,8 @@ impl TokenVerifier {
         })
     }
 
+    /// Verifies a token. Claims a client controls are bounded here, once, so no later
+    /// arithmetic (timers, timestamps, column sizes) can overflow on them.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| match error.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => self.not_allowed(),
@@ -147,10 +154,7 @@ impl TokenVerifier {
             Algorithm::HS256 => self.hs256.as_ref().ok_or_else(|| self.not_allowed())?,
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA => {
                 let kid = header.kid.as_deref().ok_or_else(|| self.not_allowed())?;
-                let (algorithm, key) = self
-                    .by_kid
-                    .get(kid)
-                    .ok_or_else(|| AuthError::UnknownKey(kid.to_owned()))?;
+                let (algorithm, key) = self.by_kid.get(kid).ok_or(AuthError::UnknownKey)?;
                 // The key decides the algorithm, never the token.
                 if *algorithm != header.alg {
                     return Err(self.not_allowed());
@@ -202,6 +206,24 @@ impl TokenVerifier {
             })?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::BadClaim("sub".to_owned()));
+        }
+        if data.claims.sub.len() > MAX_SUB_LEN {
+            return Err(AuthError::OutOfRange {
+                claim: "sub",
+                rule: format!(
+                    "{} bytes; at most {MAX_SUB_LEN} (it is stored as an event's publisher)",
+                    data.claims.sub.len()
+                ),
+            });
+        }
+        if data.claims.exp > MAX_EXP {
+            return Err(AuthError::OutOfRange {
+                claim: "exp",
+                rule: format!(
+                    "{}; at most {MAX_EXP} (9999-12-31T23:59:59Z)",
+                    data.claims.exp
+                ),
+            });
         }
         Ok(Principal::new(
             data.claims.sub,

@@ -57,6 +57,8 @@ struct TopicLog {
     history: VecDeque<(Instant, Arc<SharedEvent>)>,
     /// Idempotency keys by (publisher, key).
     keys: HashMap<(String, String), (Instant, Published)>,
+    /// The same keys oldest first, so expiry costs what expires, not what is kept.
+    key_ages: VecDeque<(Instant, (String, String))>,
     touched: Instant,
 }
 
@@ -67,6 +69,7 @@ impl TopicLog {
             top: 0,
             history: VecDeque::new(),
             keys: HashMap::new(),
+            key_ages: VecDeque::new(),
             touched: now,
         }
     }
@@ -88,8 +91,14 @@ impl TopicLog {
             }
             self.history.pop_front();
         }
-        self.keys
-            .retain(|_, (at, _)| now.duration_since(*at) < retention.idempotency_window);
+        while let Some((at, _)) = self.key_ages.front() {
+            if now.duration_since(*at) < retention.idempotency_window {
+                break;
+            }
+            if let Some((_, key)) = self.key_ages.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
     }
 
     /// The offset of the oldest retained event, or `top + 1` when nothing is retained.
@@ -215,6 +224,7 @@ impl Broker for MemoryBroker {
             duplicate: false,
         };
         if let Some(key) = key {
+            log.key_ages.push_back((now, key.clone()));
             log.keys.insert(key, (now, published.clone()));
         }
         // Delivered while the log is locked: hub order is offset order.

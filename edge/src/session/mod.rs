@@ -15,7 +15,13 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, error::Error as StdError, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    error::Error as StdError,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, stream::FuturesUnordered};
@@ -133,6 +139,8 @@ struct Session<S> {
     strikes: u32,
     pending: FuturesUnordered<Pending>,
     calls_in_flight: usize,
+    /// Topics with a publish in flight, and the publishes queued behind it, in arrival order.
+    publishing: HashMap<Arc<str>, VecDeque<(u64, serde_json::Value)>>,
     /// An `auth` is being verified.
     authenticating: bool,
     /// Requests that arrived while `auth` was being verified, handled once it is answered.
@@ -153,6 +161,7 @@ impl<S> Session<S> {
             strikes: 0,
             pending: FuturesUnordered::new(),
             calls_in_flight: 0,
+            publishing: HashMap::new(),
             authenticating: false,
             held: Vec::new(),
             ctx,
@@ -201,7 +210,7 @@ impl<S: Sink<Message> + Unpin> Session<S> {
                 biased;
                 () = shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
                 () = slow.wait() => return Err(CloseReason::SlowConsumer.into()),
-                item = out_rx.recv() => self.write(item, out_rx).await.map_err(|_| End::Gone)?,
+                item = out_rx.recv() => self.write_in_time(item, out_rx).await?,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.complete(done)?;
                 }
@@ -246,7 +255,10 @@ impl<S: Sink<Message> + Unpin> Session<S> {
             return Err(CloseReason::PongTimeout.into());
         }
         let ping = self.sink.send(Message::Ping(Default::default()));
-        ping.await.map_err(|_| End::Gone)?;
+        match tokio::time::timeout(self.ctx.config.limits.write_timeout, ping).await {
+            Ok(sent) => sent.map_err(|_| End::Gone)?,
+            Err(_) => return Err(CloseReason::SlowConsumer.into()),
+        }
         self.heartbeat.next_ping();
         Ok(())
     }
@@ -283,6 +295,15 @@ impl<S: Sink<Message> + Unpin> Session<S> {
     }
 
     /// Writes one item, then whatever else is already queued, with a single flush.
+    /// Writes within `write_timeout`; a peer that does not take the bytes is closed as slow.
+    async fn write_in_time(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), End> {
+        let limit = self.ctx.config.limits.write_timeout;
+        match tokio::time::timeout(limit, self.write(item, rx)).await {
+            Ok(written) => written.map_err(|_| End::Gone),
+            Err(_) => Err(CloseReason::SlowConsumer.into()),
+        }
+    }
+
     async fn write(&mut self, item: OutItem, rx: &mut OutboundReceiver) -> Result<(), S::Error> {
         self.feed_one(item).await?;
         for _ in 0..MAX_BATCH {

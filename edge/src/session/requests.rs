@@ -3,7 +3,7 @@
 //! outbound queue, refusals are [`RequestError`]s, and a reason to close the socket is
 //! returned as a [`CloseReason`].
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
 use herald_proto::v1::{StreamPosition, WhoamiRequest, auth_client::AuthClient};
 use serde_json::{Value, json};
@@ -34,6 +34,11 @@ pub(super) enum Completion {
     Reply(String),
     /// A unary call finished: write its reply.
     CallDone(String),
+    /// A publish finished: write its reply, then start the topic's next queued publish.
+    PublishDone {
+        topic: Arc<str>,
+        frame: String,
+    },
     /// `auth` or `refresh` succeeded.
     Authenticated {
         id: u64,
@@ -127,7 +132,7 @@ impl<S> Session<S> {
             }
             Request::Subscribe { topic, since } => self.subscribe(id, topic, since)?,
             Request::Unsubscribe { topic } => self.unsubscribe(id, topic)?,
-            Request::Publish { params } => self.call(id, PUBLISH_RPC.into(), params)?,
+            Request::Publish { params } => self.publish(id, params)?,
             Request::Call { rpc, request } => self.call(id, rpc, request)?,
         }
         Ok(())
@@ -216,6 +221,49 @@ impl<S> Session<S> {
         Ok(())
     }
 
+    /// Publishes to one topic from one socket run one at a time, in the order they arrived, so
+    /// they take offsets in that order; the client still pipelines them (no waiting for a
+    /// reply), and publishes to other topics run side by side. Queued publishes count towards
+    /// `max_calls_in_flight`.
+    fn publish(&mut self, id: u64, params: Value) -> Result<(), RequestError> {
+        let Some(topic) = params
+            .get("topic")
+            .and_then(Value::as_str)
+            .map(Arc::<str>::from)
+        else {
+            return self.call(id, PUBLISH_RPC.into(), params); // the backend names what is wrong
+        };
+        let limit = self.ctx.config.limits.max_calls_in_flight;
+        if self.calls_in_flight >= limit {
+            return Err(RequestError::TooManyCalls(limit));
+        }
+        if self.auth.is_none() {
+            return Err(RequestError::NotAuthenticated);
+        }
+        self.calls_in_flight += 1;
+        match self.publishing.get_mut(&topic) {
+            Some(queue) => queue.push_back((id, params)),
+            None => {
+                self.publishing.insert(topic.clone(), VecDeque::new());
+                self.start_publish(id, topic, params);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_publish(&mut self, id: u64, topic: Arc<str>, params: Value) {
+        let Some(auth) = &self.auth else { return };
+        let token = auth.token.clone();
+        let ctx = self.ctx.clone();
+        self.pending.push(Box::pin(async move {
+            let frame = match call(&ctx, PUBLISH_RPC, params, &token).await {
+                Ok(result) => protocol::result(id, &result),
+                Err(status) => RequestError::Backend(status).frame(Some(id)),
+            };
+            Completion::PublishDone { topic, frame }
+        }));
+    }
+
     /// Applies finished work; returns a close when the socket must end.
     pub(super) fn complete(&mut self, done: Completion) -> Result<(), CloseReason> {
         match done {
@@ -223,6 +271,20 @@ impl<S> Session<S> {
             Completion::CallDone(frame) => {
                 self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
                 self.reply(frame);
+            }
+            Completion::PublishDone { topic, frame } => {
+                self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
+                self.reply(frame);
+                let next = self
+                    .publishing
+                    .get_mut(&topic)
+                    .and_then(VecDeque::pop_front);
+                match next {
+                    Some((id, params)) => self.start_publish(id, topic, params),
+                    None => {
+                        self.publishing.remove(&topic);
+                    }
+                }
             }
             Completion::Authenticated {
                 id,
