@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/rooms.proto",
     "herald/v1/edge.proto",
     "herald/v1/auth.proto",
+    "herald/v1/deployment_events.proto",
+    "herald/v1/deployments.proto",
     "herald/v1/notification_events.proto",
     "herald/v1/notifications.proto",
     "herald/v1/review_events.proto",

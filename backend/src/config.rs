@@ -11,7 +11,7 @@ use crate::{
     auth::AuthConfig,
     authz::PolicyConfig,
     broker::memory::RetentionConfig,
-    domain::{inbox::InboxConfig, reviews::ReviewsConfig},
+    domain::{deployments::DeploymentsConfig, inbox::InboxConfig, reviews::ReviewsConfig},
     lanes::TopicsConfig,
     node::NodeConfig,
     store::StoreConfig,
@@ -39,6 +39,8 @@ pub struct Config {
     pub database: StoreConfig,
     /// Lanes per topic kind, durable retention, signals.
     pub topics: TopicsConfig,
+    /// Deployment monitoring: log limits.
+    pub deployments: DeploymentsConfig,
     /// The notification inbox: its sweeper (snoozes that end, expiry purge).
     pub notifications: InboxConfig,
     /// Review requests: the default reviewer role.
@@ -59,6 +61,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
+            deployments: DeploymentsConfig::default(),
             notifications: InboxConfig::default(),
             reviews: ReviewsConfig::default(),
         }

@@ -36,8 +36,8 @@ pub enum Error {
     /// Too many requests of one kind from one sender; retry later.
     #[error("{0}")]
     RateLimited(String),
-    /// The target's state does not allow the request (for example a review already
-    /// decided); the message says what the state is.
+    /// Not in the state the request needs (an illegal transition, a review already
+    /// decided); the message names the state.
     #[error("{0}")]
     FailedPrecondition(String),
     /// The request names something that does not exist (or that the caller may not see).

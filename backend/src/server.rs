@@ -4,8 +4,9 @@
 use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
-    auth_server::AuthServer, edge_server::EdgeServer, notifications_server::NotificationsServer,
-    reviews_server::ReviewsServer, rooms_server::RoomsServer,
+    auth_server::AuthServer, deployments_server::DeploymentsServer, edge_server::EdgeServer,
+    notifications_server::NotificationsServer, reviews_server::ReviewsServer,
+    rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,10 +20,10 @@ use crate::{
     broker::memory::MemoryBroker,
     clock::{SharedClock, SystemClock},
     config::Config,
-    domain::{inbox::Inbox, reviews::Reviews},
+    domain::{deployments::Deployments, inbox::Inbox, reviews::Reviews},
     grpc::{
-        auth::AuthService, edge::EdgeService, inbox::NotificationsService, reviews::ReviewsService,
-        rooms::RoomsService,
+        auth::AuthService, deployments::DeploymentsService, edge::EdgeService,
+        inbox::NotificationsService, reviews::ReviewsService, rooms::RoomsService,
     },
     hub::Hub,
     lanes::Lanes,
@@ -30,6 +31,7 @@ use crate::{
     presence::memory::MemoryPresence,
     publish::Publisher,
     store::{Store, StoreError, relay},
+    topic::TopicKind,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ impl Backend {
             source,
         })?;
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
+        config.deployments.check().map_err(ServeError::Config)?;
         crate::domain::reviews::rules::role("reviews.reviewer_role", &config.reviews.reviewer_role)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let store = Store::open(
@@ -107,7 +110,8 @@ impl Backend {
             hub,
             broker: broker.clone(),
             presence: Arc::new(MemoryPresence::new()),
-            policy: Policy::new(config.policy.clone()),
+            policy: Policy::new(config.policy.clone())
+                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone())),
             config: config.node.clone(),
             lanes,
             log: Some(Arc::new(store.clone())),
@@ -202,7 +206,7 @@ impl Backend {
             .build_v1()
             .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-        let publisher = Publisher::new(node.clone(), store);
+        let publisher = Publisher::new(node.clone(), store.clone());
         let rooms = RoomsServer::new(RoomsService::new(node.clone(), publisher))
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let rooms = tonic::service::interceptor::InterceptedService::new(
@@ -213,6 +217,16 @@ impl Backend {
             .max_decoding_message_size(config.grpc.max_decode_bytes);
         let edge = tonic::service::interceptor::InterceptedService::new(
             edge,
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let deployments = DeploymentsServer::new(DeploymentsService::new(Deployments::new(
+            store.clone(),
+            node.clone(),
+            config.deployments.clone(),
+        )))
+        .max_decoding_message_size(config.grpc.max_decode_bytes);
+        let deployments = tonic::service::interceptor::InterceptedService::new(
+            deployments,
             AuthInterceptor::new(verifier.clone()),
         );
         let auth = tonic::service::interceptor::InterceptedService::new(
@@ -253,6 +267,7 @@ impl Backend {
             .add_service(reflection)
             .add_service(rooms)
             .add_service(edge)
+            .add_service(deployments)
             .add_service(auth)
             .add_service(notifications)
             .add_service(reviews)

@@ -37,19 +37,34 @@ pub(crate) fn parse_position(text: &str) -> Result<StreamPosition, CliError> {
 }
 
 /// A token source: a given token, or development tokens minted on demand.
-struct Credentials {
+pub(crate) struct Credentials {
     fixed: Option<String>,
     dev_secret: Option<String>,
     current: String,
+    /// Whom development tokens are minted for.
+    sub: String,
+    roles: Vec<String>,
 }
 
 impl Credentials {
-    fn new(args: &ClientArgs, config: &Config) -> Result<Credentials, CliError> {
+    pub(crate) fn new(args: &ClientArgs, config: &Config) -> Result<Credentials, CliError> {
+        Credentials::as_user(args, config, "herald-cli", &["service"])
+    }
+
+    /// Like [`Credentials::new`], minting development tokens for `sub` with `roles`.
+    pub(crate) fn as_user(
+        args: &ClientArgs,
+        config: &Config,
+        sub: &str,
+        roles: &[&str],
+    ) -> Result<Credentials, CliError> {
         if let Some(token) = &args.token {
             return Ok(Credentials {
                 fixed: Some(token.clone()),
                 dev_secret: None,
                 current: token.clone(),
+                sub: String::new(),
+                roles: Vec::new(),
             });
         }
         let secret = match config.auth.hs256_secret.clone() {
@@ -61,22 +76,25 @@ impl Credentials {
             fixed: None,
             dev_secret: Some(secret),
             current: String::new(),
+            sub: sub.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         };
         credentials.refresh()?;
         Ok(credentials)
     }
 
     /// Mints a fresh development token; false when the token was given and cannot be renewed.
-    fn refresh(&mut self) -> Result<bool, CliError> {
+    pub(crate) fn refresh(&mut self) -> Result<bool, CliError> {
         let Some(secret) = &self.dev_secret else {
             return Ok(false);
         };
-        let claims = TokenClaims::new("herald-cli", &["service"], Duration::from_secs(3600));
+        let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+        let claims = TokenClaims::new(&self.sub, &roles, Duration::from_secs(3600));
         self.current = dev_key::sign_hs256(secret, &claims).map_err(CliError::new)?;
         Ok(self.fixed.is_none())
     }
 
-    fn authorize<T>(&self, message: T) -> Result<Request<T>, CliError> {
+    pub(crate) fn authorize<T>(&self, message: T) -> Result<Request<T>, CliError> {
         let mut request = Request::new(message);
         let value = format!("Bearer {}", self.current)
             .parse()
@@ -87,6 +105,11 @@ impl Credentials {
 }
 
 async fn connect(server: &str) -> Result<RoomsClient<Channel>, CliError> {
+    Ok(RoomsClient::new(channel(server).await?))
+}
+
+/// A connection to the backend at `server`.
+pub(crate) async fn channel(server: &str) -> Result<Channel, CliError> {
     let channel = Channel::from_shared(server.to_owned())
         .map_err(|e| CliError::new(format!("--server `{server}` is not a valid URL: {e}")))?
         .connect()
@@ -96,10 +119,10 @@ async fn connect(server: &str) -> Result<RoomsClient<Channel>, CliError> {
                 "cannot reach {server}: {e}; is `herald serve` running there?"
             ))
         })?;
-    Ok(RoomsClient::new(channel))
+    Ok(channel)
 }
 
-fn status_error(status: &Status) -> CliError {
+pub(crate) fn status_error(status: &Status) -> CliError {
     CliError::new(format!("{:?}: {}", status.code(), status.message()))
 }
 

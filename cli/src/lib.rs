@@ -7,6 +7,8 @@
 //! - [`config`]: the TOML file, split into the backend's part and the edge's `[edge]`;
 //! - `serve`: binding listeners and running the backend, the edge, or both;
 //! - `client`, `migrate`: the client commands and `herald migrate`;
+//! - `deploy`: `herald demo deploy` (a build worker at human pace) and `herald watch` (a
+//!   pretty printer for typed streams: a deployment's status line, then its log).
 //! - `demo`: `herald demo inbox` and `herald demo reviews`, narrated scripts against a
 //!   running server.
 //!
@@ -16,6 +18,7 @@ pub mod config;
 
 mod client;
 mod demo;
+mod deploy;
 mod migrate;
 mod serve;
 
@@ -43,6 +46,7 @@ use herald_backend::{
         herald subscribe room:lobby           # in a second terminal\n  \
         herald publish room:lobby --type chat.message --data '{\"text\":\"hi\"}'\n  \
         herald token --sub alice --role admin # a token for your own clients\n  \
+        herald demo deploy                    # a build worker; then `herald watch deployment:1`\n  \
         herald demo inbox                     # watch a notification inbox work, step by step\n  \
         herald demo reviews                   # watch reviewers share an approval queue\n\n\
         Settings come from flags, then HERALD_* environment variables, then the TOML file given \
@@ -84,59 +88,26 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print a topic's retained events as JSON.
     History(HistoryArgs),
+    /// Watch a topic in human form: for `deployment:ID`, a status line, then the log line by
+    /// line, until the deployment finishes; other topics, one line per event.
+    Watch(WatchArgs),
+    /// Demonstrations that act against a running server: a build worker, a notification
+    /// inbox, a review queue.
+    #[command(
+        subcommand,
+        long_about = "Demonstrations that act against a running server as services and users, \
+            so a newcomer can watch Herald work.\n\n\
+            Start a server first, then run a demo in a second terminal:\n  \
+            herald serve\n  \
+            herald demo deploy\n  \
+            herald demo inbox\n  \
+            herald demo reviews\n\n\
+            The demos sign their own tokens with the server's development key (in --data-dir) \
+            or with the server's HS256 secret."
+    )]
+    Demo(DemoCommand),
     /// Apply, roll back or list database migrations (`serve` applies pending ones by itself).
     Migrate(MigrateArgs),
-    /// Watch the notification inbox or the review queue work, step by step, against a
-    /// running server.
-    Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Narrated demos that act against a running server as several principals \
-        (a service, users, reviewers) and print, after every step, exactly the events that \
-        step pushed to the topics they watch.\n\n\
-        Start a server first, then run a demo in a second terminal:\n  \
-        herald serve\n  \
-        herald demo inbox\n  \
-        herald demo reviews\n\n\
-        The demos sign their own tokens with the server's development key (in --data-dir) or \
-        with --secret, the server's HS256 secret."
-)]
-pub struct DemoArgs {
-    #[command(subcommand)]
-    pub demo: DemoCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DemoCommand {
-    /// A service notifies a user: typed notifications pushed whole, the badge after every
-    /// change, sanitising, the mention rate limit, preferences, do-not-disturb, snooze.
-    #[command(
-        long_about = "A service (role `service`) notifies one user, and the demo \
-        watches the user's inbox, user:<USER>. Every step prints what it pushed: the whole \
-        notification on creation (no refetch), each change (seen, read, archived, snoozed, \
-        deleted) and, in the same transaction, the new badge.\n\n\
-        Steps: a mention with a 25-word preview; HTML removed on the way in; 6 mentions from \
-        one sender in a minute (5 created, 1 rate-limited); MarkSeen, MarkRead, MarkAllRead by \
-        type; a type turned off (suppressed); do-not-disturb (quiet, except urgent); snooze \
-        and unsnooze; archive and delete; a List page.\n\n\
-        Watch the raw stream in a third terminal:\n  \
-        herald subscribe user:alice --token $(herald token --sub alice)"
-    )]
-    Inbox(InboxDemoArgs),
-    /// Signups queue for reviewers: every reviewer sees a request at once, the first decision
-    /// wins, N-of-M approvals, the applicant told in their inbox.
-    #[command(
-        long_about = "A signup service submits requests to the `admin` review queue, \
-        role:admin. Two reviewers, alice and bob, watch it, and the applicant watches their \
-        inbox. Steps: a request appears for both reviewers with the pending count; both \
-        approve at the same moment (one wins, the other gets FAILED_PRECONDITION \"already \
-        approved by … at …\"); a request needing two approvals; a rejection with a reason \
-        that reaches the applicant's inbox in the same transaction; self-review and a \
-        non-reviewer refused; the audit trail."
-    )]
-    Reviews(ReviewsDemoArgs),
 }
 
 /// What every demo needs.
@@ -440,6 +411,95 @@ pub struct HistoryArgs {
     pub client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The topic, `kind:id`, for example deployment:7 (or just the deployment's number).
+    pub topic: String,
+
+    /// Resume after this position, written OFFSET:EPOCH.
+    #[arg(long, value_name = "OFFSET:EPOCH")]
+    pub since: Option<String>,
+
+    /// Deployments: show only the last N lines of the log so far, then live.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+
+    /// Never colour the output (also when NO_COLOR is set or stdout is not a terminal).
+    #[arg(long)]
+    pub no_color: bool,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Act as a build worker: create a deployment as the user `demo`, then clone, build an
+    /// image in several steps with a few hundred log lines (some in colour), deploy and
+    /// succeed (or fail with --fail), over a few seconds. Watch it with the printed
+    /// `herald watch deployment:ID`.
+    Deploy(DemoDeployArgs),
+    /// A service notifies a user: typed notifications pushed whole, the badge after every
+    /// change, sanitising, the mention rate limit, preferences, do-not-disturb, snooze.
+    #[command(
+        long_about = "A service (role `service`) notifies one user, and the demo \
+        watches the user's inbox, user:<USER>. Every step prints what it pushed: the whole \
+        notification on creation (no refetch), each change (seen, read, archived, snoozed, \
+        deleted) and, in the same transaction, the new badge.\n\n\
+        Steps: a mention with a 25-word preview; HTML removed on the way in; 6 mentions from \
+        one sender in a minute (5 created, 1 rate-limited); MarkSeen, MarkRead, MarkAllRead by \
+        type; a type turned off (suppressed); do-not-disturb (quiet, except urgent); snooze \
+        and unsnooze; archive and delete; a List page.\n\n\
+        Watch the raw stream in a third terminal:\n  \
+        herald subscribe user:alice --token $(herald token --sub alice)"
+    )]
+    Inbox(InboxDemoArgs),
+    /// Signups queue for reviewers: every reviewer sees a request at once, the first decision
+    /// wins, N-of-M approvals, the applicant told in their inbox.
+    #[command(
+        long_about = "A signup service submits requests to the `admin` review queue, \
+        role:admin. Two reviewers, alice and bob, watch it, and the applicant watches their \
+        inbox. Steps: a request appears for both reviewers with the pending count; both \
+        approve at the same moment (one wins, the other gets FAILED_PRECONDITION \"already \
+        approved by … at …\"); a request needing two approvals; a rejection with a reason \
+        that reaches the applicant's inbox in the same transaction; self-review and a \
+        non-reviewer refused; the audit trail."
+    )]
+    Reviews(ReviewsDemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoDeployArgs {
+    /// End with a failed build instead of success: a test fails, and the deployment finishes
+    /// FAILED with an error message and exit code 101.
+    #[arg(long)]
+    pub fail: bool,
+
+    /// How many log lines the build writes.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub lines: u32,
+
+    /// The application deployed.
+    #[arg(long, default_value = "web-shop", value_name = "NAME")]
+    pub application: String,
+
+    /// The git ref deployed.
+    #[arg(long = "ref", default_value = "main", value_name = "REF")]
+    pub git_ref: String,
+
+    /// How long the whole demo takes, roughly, for example 6s or 30s.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Wait this long after creating the deployment before the worker starts (time to open
+    /// a watcher).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub start_after: Duration,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// A command-line failure, printed as `error: …` with exit status 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -503,13 +563,16 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         Command::Token(args) => &args.data.data_dir,
         Command::Subscribe(SubscribeArgs { client, .. })
         | Command::Publish(PublishArgs { client, .. })
-        | Command::History(HistoryArgs { client, .. }) => &client.data.data_dir,
+        | Command::History(HistoryArgs { client, .. })
+        | Command::Watch(WatchArgs { client, .. })
+        | Command::Demo(DemoCommand::Deploy(DemoDeployArgs { client, .. })) => {
+            &client.data.data_dir
+        }
         Command::Migrate(args) => &args.data.data_dir,
-        Command::Demo(DemoArgs {
-            demo:
-                DemoCommand::Inbox(InboxDemoArgs { common, .. })
-                | DemoCommand::Reviews(ReviewsDemoArgs { common, .. }),
-        }) => &common.data.data_dir,
+        Command::Demo(
+            DemoCommand::Inbox(InboxDemoArgs { common, .. })
+            | DemoCommand::Reviews(ReviewsDemoArgs { common, .. }),
+        ) => &common.data.data_dir,
     };
     if let Some(dir) = data_dir {
         config.data_dir = dir.clone();
@@ -530,8 +593,11 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Subscribe(args) => client::subscribe(args, &config).await,
         Command::Publish(args) => client::publish(args, &config).await,
         Command::History(args) => client::history(args, &config).await,
+        Command::Watch(args) => deploy::watch(args, &config).await,
+        Command::Demo(DemoCommand::Deploy(args)) => deploy::demo(args, &config).await,
         Command::Migrate(args) => migrate::run(args, &config).await,
-        Command::Demo(args) => demo::run(args, &config).await,
+        Command::Demo(DemoCommand::Inbox(args)) => demo::inbox(args, &config).await,
+        Command::Demo(DemoCommand::Reviews(args)) => demo::reviews(args, &config).await,
     }
 }
 

@@ -6,6 +6,8 @@ pub use sea_orm_migration::{migrator::MigrationStatus, prelude::*};
 mod m20261122_000001_create_server_meta;
 mod m20261122_000002_create_outbox;
 mod m20261201_000003_durable_topics;
+mod m20261201_000010_deployment;
+mod m20261201_000011_deployment_log_chunk;
 mod m20261201_000020_notification;
 mod m20261201_000021_notification_user;
 mod m20261201_000022_notification_mention;
@@ -26,6 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_server_meta::Migration),
             Box::new(m20261122_000002_create_outbox::Migration),
             Box::new(m20261201_000003_durable_topics::Migration),
+            Box::new(m20261201_000010_deployment::Migration),
+            Box::new(m20261201_000011_deployment_log_chunk::Migration),
             Box::new(m20261201_000020_notification::Migration),
             Box::new(m20261201_000021_notification_user::Migration),
             Box::new(m20261201_000022_notification_mention::Migration),

@@ -2,6 +2,7 @@
 
 mod auth;
 mod delivery;
+mod deployments;
 mod durable;
 mod edge;
 mod lifecycle;

@@ -18,14 +18,10 @@ use herald_proto::v1::{
 };
 use tonic::{Request, Status, Streaming, transport::Channel};
 
-use crate::{CliError, DemoArgs, DemoCommand, DemoCommon};
+use crate::{CliError, DemoCommon};
 
-pub(crate) async fn run(args: DemoArgs, config: &Config) -> Result<(), CliError> {
-    match args.demo {
-        DemoCommand::Inbox(args) => inbox::run(args, config).await,
-        DemoCommand::Reviews(args) => reviews::run(args, config).await,
-    }
-}
+pub(crate) use inbox::run as inbox;
+pub(crate) use reviews::run as reviews;
 
 /// What the demos share: the connection, who may sign tokens, the pace.
 struct Stage {
@@ -181,8 +177,9 @@ impl Watcher {
     }
 }
 
-/// One line for an event, from its typed body.
-fn describe(event: &Event) -> String {
+/// One line for an event, from its typed body (also `herald watch` for notification and
+/// review topics).
+pub(crate) fn describe(event: &Event) -> String {
     use herald_proto::v1::{NotificationPriority, NotificationType};
     let kind = |t: i32| {
         NotificationType::try_from(t)
