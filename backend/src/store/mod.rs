@@ -181,6 +181,10 @@ fn is_transient(error: &DbErr) -> bool {
 /// The id of an outbox row.
 pub type OutboxId = i64;
 
+/// Rows per multi-row statement of a commit, so a transaction may emit any number of events
+/// and stay under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+const ROWS_PER_STATEMENT: usize = 1000;
+
 /// The database handle shared by domain services, the relay and readiness.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -574,20 +578,31 @@ impl DomainTx {
         let last_seq = || Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq));
         let excluded = Expr::col((Alias::new("excluded"), outbox_topic::Column::LastSeq));
         let epoch = self.store.epoch().to_owned();
-        let bumped = outbox_topic::Entity::insert_many(counts.iter().map(|(topic, count)| {
-            outbox_topic::ActiveModel {
-                topic: Set((*topic).to_owned()),
-                last_seq: Set(*count),
-                epoch: Set(epoch.clone()),
-            }
-        }))
-        .on_conflict(
-            OnConflict::column(outbox_topic::Column::Topic)
-                .value(outbox_topic::Column::LastSeq, last_seq().add(excluded))
-                .to_owned(),
-        )
-        .exec_with_returning(tx)
-        .await?;
+        let topics: Vec<(&&str, &i64)> = counts.iter().collect();
+        let mut bumped = Vec::with_capacity(topics.len());
+        // In topic order, statement after statement: the lock order stays the same.
+        for chunk in topics.chunks(ROWS_PER_STATEMENT) {
+            let rows = chunk
+                .iter()
+                .map(|(topic, count)| outbox_topic::ActiveModel {
+                    topic: Set((**topic).to_owned()),
+                    last_seq: Set(**count),
+                    epoch: Set(epoch.clone()),
+                });
+            bumped.extend(
+                outbox_topic::Entity::insert_many(rows)
+                    .on_conflict(
+                        OnConflict::column(outbox_topic::Column::Topic)
+                            .value(
+                                outbox_topic::Column::LastSeq,
+                                last_seq().add(excluded.clone()),
+                            )
+                            .to_owned(),
+                    )
+                    .exec_with_returning(tx)
+                    .await?,
+            );
+        }
         let mut next_seq: HashMap<&str, (i64, &str)> = HashMap::new();
         for row in &bumped {
             if let Some((topic, count)) = counts.get_key_value(row.topic.as_str()) {
@@ -628,13 +643,14 @@ impl DomainTx {
                 }
             })
             .collect();
-        let mut ids: Vec<OutboxId> = outbox::Entity::insert_many(rows)
-            .exec_with_returning(tx)
-            .await?
-            .into_iter()
-            .map(|row| row.id)
-            .collect();
-        // One INSERT assigns ids in row order.
+        let mut ids: Vec<OutboxId> = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let inserted = outbox::Entity::insert_many(chunk.iter().cloned())
+                .exec_with_returning(tx)
+                .await?;
+            ids.extend(inserted.into_iter().map(|row| row.id));
+        }
+        // Each INSERT assigns ids in row order, and later statements higher ones.
         ids.sort_unstable();
         self.written.extend_from_slice(&ids);
         self.events.extend(landed);
