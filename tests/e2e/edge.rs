@@ -354,7 +354,14 @@ async fn requests_over_the_rate_are_refused_and_sustained_abuse_closes_the_socke
 #[tokio::test]
 async fn a_socket_that_does_not_read_is_closed_as_slow_while_others_get_everything() {
     let app = spawn_app().await;
-    let edge = spawn_edge_with(&app, |c| c.limits.max_outbound_bytes = 256 * 1024).await;
+    // The queue bound is what this test is about; the write timeout (which closes a peer that
+    // stays unread, see the test of it below) is set out of the way so the slow socket still
+    // reads its close frame when it finally reads.
+    let edge = spawn_edge_with(&app, |c| {
+        c.limits.max_outbound_bytes = 256 * 1024;
+        c.limits.write_timeout = Duration::from_secs(120);
+    })
+    .await;
     let mut slow = edge.connect_as(&app.token("slow", &[])).await;
     let mut fast = edge.connect_as(&app.token("fast", &[])).await;
     for socket in [&mut slow, &mut fast] {
