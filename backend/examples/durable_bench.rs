@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let topics: Vec<Topic> = (0..args.topics)
-        .map(|t| Topic::parse(&format!("room:bench{t}")))
+        .map(|t| Topic::parse(&format!("order:bench{t}")))
         .collect::<Result<_, _>>()?;
     let token = dev_key::sign_hs256(
         SECRET,

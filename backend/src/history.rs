@@ -7,10 +7,12 @@
 
 use std::{
     fmt::Debug,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use async_trait::async_trait;
@@ -108,6 +110,50 @@ pub enum HistoryError {
     /// window, or of another epoch).
     #[error("history no longer covers offset {} of epoch `{}`", .0.offset, .0.epoch)]
     Gone(StreamPosition),
+}
+
+/// A page being read on its own task, so the database works on the next page while the
+/// reader sends the current one. Dropping it cancels the read.
+#[derive(Debug)]
+pub struct PageRead {
+    after: StreamPosition,
+    task: tokio::task::JoinHandle<Result<Page, HistoryError>>,
+}
+
+impl PageRead {
+    pub fn start(
+        history: &History,
+        topic: &Topic,
+        after: StreamPosition,
+        budget: PageBudget,
+    ) -> PageRead {
+        let (history, topic, from) = (history.clone(), topic.clone(), after.clone());
+        PageRead {
+            after,
+            task: tokio::spawn(async move { history.page(&topic, &from, budget).await }),
+        }
+    }
+
+    /// The position the page starts after.
+    pub fn after(&self) -> &StreamPosition {
+        &self.after
+    }
+}
+
+impl Future for PageRead {
+    type Output = Result<Page, HistoryError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.task).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|join| Err(LogError::Failed(join.to_string()).into()))
+        })
+    }
+}
+
+impl Drop for PageRead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Reads pages from the right source for each topic's lane.

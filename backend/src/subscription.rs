@@ -3,7 +3,8 @@
 //! It yields `subscribed`, the latest keyed signals, then the replay, then live items from
 //! the hub. A memory topic's replay is the broker window read at attach; a durable topic's is
 //! read page by page from the broker cache or the database as the client pulls, so a
-//! 100,000-event catch-up holds one page in memory. Every live event goes through the
+//! 100,000-event catch-up holds two pages in memory: the one being sent and the next, read
+//! ahead meanwhile so the database and the transport work at the same time. Every live event goes through the
 //! [`LiveCursor`]: skipped when already replayed, delivered when next, and on a durable topic
 //! a gap (or the hub dropping a subscriber that fell behind) sends the stream back to paging
 //! from where it is. It ends itself, with a status carrying the close code and the last
@@ -30,7 +31,7 @@ use tonic::Status;
 use crate::{
     cursor::{Ending, LiveCursor, Verdict},
     event::SharedEvent,
-    history::{History, HistoryError, Page, PageBudget},
+    history::{History, HistoryError, PageBudget, PageRead},
     hub::{CloseReason, Hub, HubItem, HubSubscription},
     presence::PresenceGuard,
     topic::Topic,
@@ -61,14 +62,13 @@ pub enum Replay {
     Pages,
 }
 
-type PageRead = Pin<Box<dyn Future<Output = Result<Page, HistoryError>> + Send>>;
-
 /// Where the stream is in catching up.
 enum CatchUp {
     /// Live: caught up.
     Live,
     /// A page must be read once the current one is sent.
     Due,
+    /// The next page is being read (started when the previous one arrived, or now).
     Reading(PageRead),
 }
 
@@ -161,12 +161,13 @@ impl EventStream {
                 )
             }
         }
-        let history = self.history.clone();
-        let topic = self.topic.clone();
         let after = self.cursor.last().clone();
-        self.catch_up = CatchUp::Reading(Box::pin(async move {
-            history.page(&topic, &after, PageBudget::REPLAY).await
-        }));
+        self.catch_up = CatchUp::Reading(PageRead::start(
+            &self.history,
+            &self.topic,
+            after,
+            PageBudget::REPLAY,
+        ));
         Ok(())
     }
 
@@ -175,17 +176,29 @@ impl EventStream {
         let CatchUp::Reading(read) = &mut self.catch_up else {
             return Poll::Ready(Ok(()));
         };
-        let page = std::task::ready!(read.as_mut().poll(cx)).map_err(|error| match error {
-            HistoryError::Gone(_) => Ending::HistoryGone,
-            error => {
-                tracing::warn!(topic = %self.topic, %error, "could not read history for a subscriber");
-                Ending::Unavailable
+        let page = std::task::ready!(Pin::new(read).poll(cx)).map_err(|error| match error {
+                HistoryError::Gone(_) => Ending::HistoryGone,
+                error => {
+                    tracing::warn!(topic = %self.topic, %error, "could not read history for a subscriber");
+                    Ending::Unavailable
+                }
+            })?;
+        self.catch_up = match page.events.last() {
+            // More may follow at once: read the next page while this one is sent.
+            Some(last) if !page.reached_end => {
+                let after = StreamPosition {
+                    offset: last.event().offset,
+                    epoch: last.event().epoch.clone(),
+                };
+                CatchUp::Reading(PageRead::start(
+                    &self.history,
+                    &self.topic,
+                    after,
+                    PageBudget::REPLAY,
+                ))
             }
-        })?;
-        self.catch_up = if page.reached_end {
-            CatchUp::Live
-        } else {
-            CatchUp::Due
+            _ if page.reached_end => CatchUp::Live,
+            _ => CatchUp::Due,
         };
         self.page = page.events.into_iter();
         Poll::Ready(Ok(()))

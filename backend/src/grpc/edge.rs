@@ -6,7 +6,8 @@
 //! socket's token, which is verified and authorized here like a `Rooms/Subscribe`, counted in
 //! presence, and ended with `detached` when its token expires. A resuming socket is replayed
 //! one page at a time: the edge asks for the next page (`more`) once the socket drained the
-//! last one, so a long catch-up never fills the socket's queue. When the follow stream ends,
+//! last one, so a long catch-up never fills the socket's queue; the next page is read ahead
+//! while the socket writes out the last. When the follow stream ends,
 //! all its subscribers leave presence.
 //!
 //! The stream's own live position follows the same [`LiveCursor`] as `Rooms/Subscribe`: on a
@@ -32,7 +33,7 @@ use crate::{
     authz::Action as PolicyAction,
     cursor::{Ending, LiveCursor, Verdict},
     error::Error,
-    history::{HistoryError, PageBudget},
+    history::{HistoryError, PageBudget, PageRead},
     hub::{HubItem, HubSubscription},
     node::{Node, history_error},
     presence::PresenceGuard,
@@ -128,6 +129,8 @@ struct Attached {
     expiry: delay_queue::Key,
     /// Where the next replay page starts, while the subscriber is replaying.
     replay_from: Option<StreamPosition>,
+    /// That page, read ahead while the socket writes out the previous one.
+    read_ahead: Option<PageRead>,
     _presence: Option<PresenceGuard>,
 }
 
@@ -328,6 +331,7 @@ impl FollowTask {
                 expiry,
                 replay_from: matches!(attachment.replay, Replay::Pages)
                     .then(|| attachment.cursor.last().clone()),
+                read_ahead: None,
                 _presence: attachment.presence,
             },
         );
@@ -369,19 +373,23 @@ impl FollowTask {
     /// Sends a replaying subscriber its next page. `complete` once it reaches the stream's
     /// live position: every later `event` frame is then for it too.
     async fn replay_page(&mut self, subscriber: u64) -> Result<(), Stop> {
-        let Some(from) = self
+        let Some((from, read_ahead)) = self
             .subscribers
-            .get(&subscriber)
-            .and_then(|s| s.replay_from.clone())
+            .get_mut(&subscriber)
+            .and_then(|s| Some((s.replay_from.clone()?, s.read_ahead.take())))
         else {
             return Ok(()); // detached meanwhile, or not replaying: nothing to send
         };
-        let page = match self
-            .node
-            .history_reader()
-            .page(&self.topic, &from, SOCKET_PAGE)
-            .await
-        {
+        let read = match read_ahead {
+            Some(read) if *read.after() == from => read,
+            _ => PageRead::start(
+                self.node.history_reader(),
+                &self.topic,
+                from.clone(),
+                SOCKET_PAGE,
+            ),
+        };
+        let page = match read.await {
             Ok(page) => page,
             Err(error) => {
                 if let Some(gone) = self.subscribers.remove(&subscriber) {
@@ -404,6 +412,9 @@ impl FollowTask {
             attached.replay_from = (!complete).then(|| StreamPosition {
                 offset: end,
                 epoch: from.epoch.clone(),
+            });
+            attached.read_ahead = attached.replay_from.clone().map(|next| {
+                PageRead::start(self.node.history_reader(), &self.topic, next, SOCKET_PAGE)
             });
         }
         let replay = FollowReplay {
