@@ -805,3 +805,46 @@ async fn a_peer_that_stops_reading_is_closed_as_slow_and_releases_its_subscripti
     }
     drop(socket);
 }
+
+/// Finding 13 of the hardening review: a client's Close frame is answered with a Close frame
+/// carrying the client's code (RFC 6455 §5.5.1), so a browser sees its own clean close
+/// instead of 1006.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame_carrying_its_code() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{
+        Message,
+        protocol::{CloseFrame, frame::coding::CloseCode as WsCode},
+    };
+
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    for authenticated in [false, true] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(edge.url()).await.unwrap();
+        if authenticated {
+            let token = app.token("closer", &[]);
+            let auth = json!({ "id": 1, "method": "auth", "params": { "token": token } });
+            socket.send(Message::text(auth.to_string())).await.unwrap();
+            let reply = socket.next().await.unwrap().unwrap();
+            assert!(reply.to_text().unwrap().contains("\"result\""), "{reply:?}");
+        }
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: WsCode::Normal,
+                reason: "bye".into(),
+            })))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(herald_e2e::PATIENCE, socket.next())
+            .await
+            .expect("the edge answers within the patience");
+        match answer {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, WsCode::Normal, "authenticated: {authenticated}")
+            }
+            other => panic!(
+                "expected a Close frame with code 1000, got {other:?} (authenticated: {authenticated})"
+            ),
+        }
+    }
+}

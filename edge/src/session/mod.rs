@@ -63,8 +63,10 @@ pub(crate) async fn run<S, R, E>(
     if end.is_ok() {
         end = session.serve(&mut stream, &mut out_rx).await;
     }
-    if let Err(End::Close(reason)) = end {
-        session.close(reason, &mut stream, &mut out_rx).await;
+    match end {
+        Err(End::Close(reason)) => session.close(reason, &mut stream, &mut out_rx).await,
+        Err(End::PeerClosed) => session.answer_close().await,
+        _ => {}
     }
     session.detach_all().await;
 }
@@ -72,8 +74,11 @@ pub(crate) async fn run<S, R, E>(
 /// Why the session loop stops.
 #[derive(Debug)]
 enum End {
-    /// The peer closed the socket or the connection failed: nothing more can be sent.
+    /// The peer closed the connection or it failed: nothing more can be sent.
     Gone,
+    /// The peer sent a Close frame: the WebSocket layer has queued the answer (the peer's
+    /// own code, RFC 6455 §5.5.1), which only has to be written out.
+    PeerClosed,
     /// The session closes the socket.
     Close(CloseReason),
 }
@@ -231,7 +236,8 @@ impl<S: Sink<Message> + Unpin> Session<S> {
             Some(Ok(Message::Binary(_))) => self.refuse(None, RequestError::BinaryFrame),
             // The WebSocket layer answers pings itself; a pong only proves the peer is there.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+            Some(Ok(Message::Close(_))) => return Err(End::PeerClosed),
+            None => return Err(End::Gone),
             Some(Err(error)) => {
                 let limit = self.ctx.config.limits.max_frame_bytes;
                 return Err(match CloseReason::for_read_error(&error, limit) {
@@ -292,6 +298,11 @@ impl<S: Sink<Message> + Unpin> Session<S> {
             Ok::<(), End>(())
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+    }
+
+    /// Writes out the Close frame that answers the peer's, within the close grace.
+    async fn answer_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.sink.flush()).await;
     }
 
     /// Writes one item, then whatever else is already queued, with a single flush.
