@@ -374,6 +374,52 @@ mod tests {
         }
     }
 
+    /// Members of `conv:` whose removal is an event of type `removed` naming them.
+    #[derive(Debug)]
+    struct Removable;
+
+    #[async_trait]
+    impl Membership for Removable {
+        async fn is_member(&self, _: &Topic, _: &str) -> Result<bool, MembershipError> {
+            Ok(true)
+        }
+
+        fn ends_membership(&self, _: &Topic, event: &Event, user_id: &str) -> bool {
+            event.r#type == "removed" && event.publisher == user_id
+        }
+    }
+
+    #[test]
+    fn only_a_member_is_watched_and_only_for_removals_after_its_check() {
+        let policy = Policy::default().with_membership(TopicKind::Conv, Arc::new(Removable));
+        let conv = topic("conv:1");
+        let bob = user("bob", &[]);
+        assert!(
+            policy
+                .revocation(&user("svc", &["service"]), &conv, 0)
+                .is_none()
+        );
+        assert!(policy.revocation(&bob, &topic("user:bob"), 0).is_none());
+        let watch = policy
+            .revocation(&bob, &conv, 5)
+            .expect("bob reads as a member");
+        let removal = |offset: u64, of: &str| Event {
+            offset,
+            r#type: "removed".into(),
+            publisher: of.into(),
+            ..Event::default()
+        };
+        assert!(watch.ends_with(&removal(6, "bob")));
+        assert!(
+            !watch.ends_with(&removal(6, "ann")),
+            "another member's removal"
+        );
+        assert!(
+            !watch.ends_with(&removal(5, "bob")),
+            "a removal before the check that admitted bob again"
+        );
+    }
+
     #[tokio::test]
     async fn members_come_from_the_registered_membership_of_their_kind() {
         let owners = Arc::new(Owners(&[("deployment:7", "alice")]));
