@@ -968,8 +968,8 @@ fn unread_counts_equal_the_rows_after_sends_reads_from_two_devices_deletes_and_r
                 }
             }
             admin.leave(team.id).await.ok();
-            for m in 1..3 {
-                admin.remove(team.id, &members[m].name).await.ok();
+            for member in &members[1..] {
+                admin.remove(team.id, &member.name).await.ok();
             }
             admin.leave(team.id).await.ok();
         });
