@@ -1199,3 +1199,42 @@ async fn the_lists_carry_positions_that_continue_without_a_gap() {
         .collect();
     assert_eq!(positions[&room.id], 2, "the message and bob's read receipt");
 }
+
+#[tokio::test]
+async fn the_chat_demo_runs_against_a_herald_serve() {
+    use herald_e2e::process::{herald_binary, spawn_serve_process};
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let output = tokio::process::Command::new(herald_binary())
+        .args(["demo", "chat", "--pace", "0s", "--server"])
+        .arg(herald.grpc_url())
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "ben is typing…",
+        "chat.message_created",
+        "(mentions ben, ana)",
+        "chat.reactions_changed",
+        "ben read up to message",
+        "chat.message_edited",
+        "(deleted; v2)",
+        "cleo was removed",
+        "ended with PermissionDenied",
+        "cleo joined",
+        "ana: 2 unread",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+    herald.kill9().await;
+}
