@@ -397,6 +397,22 @@ async fn two_members_exchange_messages_in_order_and_a_non_member_is_refused_and_
         assert_eq!(message["text"], text);
     }
 
+    // Bob reads on the browser (a unary call over the socket); alice sees the receipt.
+    let last = page_last(&bob, direct.id).await;
+    let reply = bob_ws
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Chat/MarkRead",
+                    "request": { "conversationId": direct.id.to_string(), "messageId": last.to_string() } }),
+        )
+        .await;
+    assert_eq!(reply["result"]["moved"], true, "{reply}");
+    let receipt = next_event(&mut at_alice).await;
+    let Some(Body::ChatReadMoved(read)) = &receipt.body else {
+        panic!("{receipt:?}");
+    };
+    assert_eq!((read.user_id.as_str(), read.message_id), ("bob", last));
+
     for denied in [
         carol
             .try_send(ChatSendMessageRequest {
@@ -421,6 +437,11 @@ async fn two_members_exchange_messages_in_order_and_a_non_member_is_refused_and_
     );
     let missing = alice.try_messages(999_999).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+}
+
+/// The id of the newest message of a conversation.
+async fn page_last(who: &Chatter, conversation: u64) -> u64 {
+    who.messages(conversation).await[0].id
 }
 
 #[tokio::test]
