@@ -54,6 +54,23 @@ impl Chatter {
         }
     }
 
+    /// A user of a `herald serve` process.
+    async fn at(grpc_url: &str, name: &str) -> Chatter {
+        use herald_backend::auth::dev_key::{TokenClaims, sign_hs256};
+        let token = sign_hs256(
+            herald_e2e::SECRET,
+            &TokenClaims::new(name, &[], Duration::from_secs(3600)),
+        )
+        .unwrap();
+        let endpoint = tonic::transport::Endpoint::from_shared(grpc_url.to_owned()).unwrap();
+        let who = Client::connect(endpoint, token).await;
+        Chatter {
+            name: name.to_owned(),
+            chat: ChatClient::new(who.channel.clone()),
+            who,
+        }
+    }
+
     /// Another device of the same user: its own connection.
     async fn device(&self, app: &TestApp) -> Chatter {
         Chatter::of(app, &self.name).await
@@ -1119,6 +1136,40 @@ async fn a_conversation_resumes_after_a_disconnect_and_after_a_restart_missing_n
     }
     let listed = bob.conversations().await;
     assert_eq!(listed.total_unread, 6);
+}
+
+#[tokio::test]
+async fn a_conversation_resumes_after_a_herald_serve_is_killed_and_started_again_missing_no_message()
+ {
+    use herald_e2e::process::spawn_serve_process;
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let alice = Chatter::at(&herald.grpc_url(), "alice").await;
+    let bob = Chatter::at(&herald.grpc_url(), "bob").await;
+    let (direct, _) = alice.direct("bob").await;
+    let topic = conv(direct.id);
+    let mut sub = bob.who.subscribe(&topic).await;
+    alice.send(direct.id, "before").await;
+    let seen = next_event(&mut sub).await;
+    let last = StreamPosition {
+        offset: seen.offset,
+        epoch: seen.epoch.clone(),
+    };
+    for text in ["acknowledged 1", "acknowledged 2"] {
+        alice.send(direct.id, text).await;
+    }
+    herald.kill9().await;
+
+    let herald = spawn_serve_process(data.path()).await;
+    let alice = Chatter::at(&herald.grpc_url(), "alice").await;
+    let bob = Chatter::at(&herald.grpc_url(), "bob").await;
+    alice.send(direct.id, "after").await;
+    let mut sub = bob.who.resume(&topic, last).await;
+    assert!(sub.subscribed.recovered);
+    for text in ["acknowledged 1", "acknowledged 2", "after"] {
+        assert_eq!(message_of(&next_event(&mut sub).await).text, text);
+    }
+    herald.kill9().await;
 }
 
 #[tokio::test]
