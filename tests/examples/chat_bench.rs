@@ -321,7 +321,7 @@ async fn main() {
     let started = Instant::now();
     let total = args.rate * args.seconds;
     let tick = Duration::from_millis(10);
-    let per_tick = (args.rate as f64 / 100.0).max(1.0);
+    let per_tick = args.rate as f64 / 100.0;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut offered = 0u64;
@@ -398,7 +398,8 @@ async fn main() {
         events as f64 / sending,
         events as f64 / messages.max(1) as f64,
     );
-    app.shutdown().await.expect("stop");
+    // 10,000 open streams take a while to end; the process exits anyway.
+    app.cancel();
 }
 
 /// A bounded multi-consumer job queue (tokio's mpsc has one consumer).
