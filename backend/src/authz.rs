@@ -22,6 +22,8 @@ use std::{collections::HashMap, fmt::Debug, sync::Arc};
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use herald_proto::v1::Event;
+
 use crate::{
     auth::{ADMIN_ROLE, Principal},
     topic::{Topic, TopicKind},
@@ -76,9 +78,48 @@ pub enum Denied {
 /// Contract: `is_member` answers for the topic's current state (a removed member is no longer
 /// one), never creates state, and reports an unreachable database as an error rather than
 /// `false`, so a refusal always means "not a member".
+///
+/// `ends_membership` says whether an event of the topic is the one that ends a user's
+/// membership (a removal, a leave). It must be a pure function of the event, true for exactly
+/// the events whose commit makes `is_member` false for that user: a live stream of that user
+/// ends with PERMISSION_DENIED right after delivering it (see [`Revocation`]), so nothing
+/// committed after the removal reaches a removed member, on any node or transport. Kinds
+/// whose members never lose access keep the default.
 #[async_trait]
 pub trait Membership: Send + Sync + Debug + 'static {
     async fn is_member(&self, topic: &Topic, user_id: &str) -> Result<bool, MembershipError>;
+
+    fn ends_membership(&self, _topic: &Topic, _event: &Event, _user_id: &str) -> bool {
+        false
+    }
+}
+
+/// One stream's watch for the event that ends its subscriber's membership.
+///
+/// `after` is the topic's offset read *before* the membership check that admitted the stream:
+/// a removal at or below it happened before that check, so the subscriber was added again
+/// since (or the check would have refused), and replaying it ends nothing. Any removal above
+/// it ends the stream.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    members: Arc<dyn Membership>,
+    topic: Topic,
+    user_id: String,
+    after: u64,
+}
+
+impl Revocation {
+    /// Whether the stream must end right after delivering `event`.
+    pub fn ends_with(&self, event: &Event) -> bool {
+        event.offset > self.after
+            && self
+                .members
+                .ends_membership(&self.topic, event, &self.user_id)
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -135,6 +176,29 @@ impl Policy {
         } else {
             Err(Denied::Forbidden(refusal(action, topic)))
         }
+    }
+
+    /// Whether `who` reads `topic` by being one of its members (not by its token alone): then
+    /// its membership may end while it reads, and [`Policy::revocation`] watches for that.
+    pub fn reads_as_member(&self, who: &Principal, topic: &Topic) -> bool {
+        matches!(self.decide(who, Action::Read, topic), Decision::AskMembers)
+            && self.members.contains_key(&topic.kind())
+    }
+
+    /// The watch for the end of `who`'s membership of `topic`, for a stream admitted by a
+    /// membership check made after the topic was at offset `after`; `None` when `who` does
+    /// not read as a member.
+    pub fn revocation(&self, who: &Principal, topic: &Topic, after: u64) -> Option<Revocation> {
+        if !self.reads_as_member(who, topic) {
+            return None;
+        }
+        let members = self.members.get(&topic.kind())?.clone();
+        Some(Revocation {
+            members,
+            topic: topic.clone(),
+            user_id: who.user_id.clone(),
+            after,
+        })
     }
 
     fn decide(&self, who: &Principal, action: Action, topic: &Topic) -> Decision {
@@ -308,6 +372,52 @@ mod tests {
             }
             Ok(self.0.contains(&(topic.as_str(), user_id)))
         }
+    }
+
+    /// Members of `conv:` whose removal is an event of type `removed` naming them.
+    #[derive(Debug)]
+    struct Removable;
+
+    #[async_trait]
+    impl Membership for Removable {
+        async fn is_member(&self, _: &Topic, _: &str) -> Result<bool, MembershipError> {
+            Ok(true)
+        }
+
+        fn ends_membership(&self, _: &Topic, event: &Event, user_id: &str) -> bool {
+            event.r#type == "removed" && event.publisher == user_id
+        }
+    }
+
+    #[test]
+    fn only_a_member_is_watched_and_only_for_removals_after_its_check() {
+        let policy = Policy::default().with_membership(TopicKind::Conv, Arc::new(Removable));
+        let conv = topic("conv:1");
+        let bob = user("bob", &[]);
+        assert!(
+            policy
+                .revocation(&user("svc", &["service"]), &conv, 0)
+                .is_none()
+        );
+        assert!(policy.revocation(&bob, &topic("user:bob"), 0).is_none());
+        let watch = policy
+            .revocation(&bob, &conv, 5)
+            .expect("bob reads as a member");
+        let removal = |offset: u64, of: &str| Event {
+            offset,
+            r#type: "removed".into(),
+            publisher: of.into(),
+            ..Event::default()
+        };
+        assert!(watch.ends_with(&removal(6, "bob")));
+        assert!(
+            !watch.ends_with(&removal(6, "ann")),
+            "another member's removal"
+        );
+        assert!(
+            !watch.ends_with(&removal(5, "bob")),
+            "a removal before the check that admitted bob again"
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@ use crate::{
     auth::AuthConfig,
     authz::PolicyConfig,
     broker::memory::RetentionConfig,
-    domain::{deployments::DeploymentsConfig, inbox::InboxConfig, reviews::ReviewsConfig},
+    domain::{
+        chat::ChatConfig, deployments::DeploymentsConfig, inbox::InboxConfig,
+        reviews::ReviewsConfig,
+    },
     lanes::TopicsConfig,
     node::NodeConfig,
     store::StoreConfig,
@@ -45,6 +48,8 @@ pub struct Config {
     pub notifications: InboxConfig,
     /// Review requests: the default reviewer role.
     pub reviews: ReviewsConfig,
+    /// Messaging: group and membership bounds, typing.
+    pub chat: ChatConfig,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             deployments: DeploymentsConfig::default(),
             notifications: InboxConfig::default(),
             reviews: ReviewsConfig::default(),
+            chat: ChatConfig::default(),
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum Ending {
     HistoryGone,
     /// The history of record could not be read.
     Unavailable,
+    /// The subscriber's membership of the topic ended with the event just delivered (a
+    /// removal, a leave): see [`crate::authz::Revocation`].
+    Revoked,
 }
 
 impl Ending {
@@ -77,6 +80,11 @@ impl Ending {
                 Code::Unavailable,
                 CloseCode::Unavailable,
                 "the event history is temporarily unavailable",
+            ),
+            Ending::Revoked => (
+                Code::PermissionDenied,
+                CloseCode::PermissionDenied,
+                "you are no longer a member of this topic (the event before this end removed you)",
             ),
         }
     }

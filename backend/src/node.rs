@@ -35,7 +35,7 @@ use crate::{
     history::{EventLog, History, HistoryError, PageBudget},
     hub::{Hub, HubItem, HubSubscription},
     lanes::Lanes,
-    presence::{Presence, PresenceNotifier},
+    presence::{Online, Presence, PresenceNotifier},
     signals::{SignalBoard, SignalRate},
     subscription::{Attachment, EventStream, Replay},
     topic::{Topic, TopicKind},
@@ -208,7 +208,13 @@ impl Node {
         since: Option<StreamPosition>,
         _registered: &HubSubscription,
     ) -> Result<Attachment, Error> {
-        self.authorize(who, Action::Read, topic).await?;
+        // A member's access can end while it reads: its membership is checked only once the
+        // start is fixed, so a removal is either seen by the check or committed after the
+        // start, where the stream's `Revocation` meets it (see `authz::Revocation`).
+        let as_member = self.policy.reads_as_member(who, topic);
+        if !as_member {
+            self.authorize(who, Action::Read, topic).await?;
+        }
         let durable = self.lanes().is_durable(topic);
         let (subscribed, start, replay) = match since {
             None => {
@@ -233,6 +239,13 @@ impl Node {
             }
             Some(since) => self.memory_resume(topic, since).await?,
         };
+        let revocation = if as_member {
+            self.authorize(who, Action::Read, topic).await?;
+            let checked_after = subscribed.position.as_ref().map_or(0, |top| top.offset);
+            self.policy.revocation(who, topic, checked_after)
+        } else {
+            None
+        };
         let signals = match self.lanes().signal_ttl(topic.kind()) {
             Some(ttl) => self.signals.latest(topic, ttl),
             None => Vec::new(),
@@ -244,6 +257,7 @@ impl Node {
             cursor: LiveCursor::new(start, durable),
             replay,
             presence,
+            revocation,
         })
     }
 
@@ -357,6 +371,40 @@ impl Node {
                 topics.signal_rate, topics.signal_burst
             )));
         }
+        self.send_signal(&topic, signal_type, key, data, &who.user_id)
+            .await
+    }
+
+    /// Sends a signal a domain service decided on and authorized itself (typing that stopped
+    /// by itself, a user going offline), as `publisher`: no policy check and no per-sender
+    /// rate, since the service bounds its own signals. Otherwise like [`Node::signal`].
+    pub async fn service_signal(
+        &self,
+        topic: &Topic,
+        signal_type: &EventType,
+        key: Option<String>,
+        data: Option<Struct>,
+        publisher: &str,
+    ) -> Result<Timestamp, Error> {
+        self.check_data_size(&data)?;
+        self.send_signal(
+            topic,
+            signal_type.clone(),
+            key.unwrap_or_default(),
+            data,
+            publisher,
+        )
+        .await
+    }
+
+    async fn send_signal(
+        &self,
+        topic: &Topic,
+        signal_type: EventType,
+        key: String,
+        data: Option<Struct>,
+        publisher: &str,
+    ) -> Result<Timestamp, Error> {
         let time = herald_proto::timestamp(SystemTime::now());
         let signal = Arc::new(Signal {
             topic: topic.to_string(),
@@ -364,17 +412,22 @@ impl Node {
             key,
             data,
             time: Some(time),
-            publisher: who.user_id.clone(),
+            publisher: publisher.to_owned(),
         });
         if !signal.key.is_empty()
             && let Some(ttl) = self.lanes().signal_ttl(topic.kind())
         {
-            self.signals.keep(&topic, signal.clone(), ttl);
+            self.signals.keep(topic, signal.clone(), ttl);
         }
         self.broker
-            .broadcast(&topic, HubItem::Signal(signal))
+            .broadcast(topic, HubItem::Signal(signal))
             .await?;
         Ok(time)
+    }
+
+    /// Who has a stream open on this node (see [`crate::presence::online`]).
+    pub fn online(&self) -> &Arc<Online> {
+        self.presence.online()
     }
 
     /// Retained events after `since` (oldest first, at most `limit` and about

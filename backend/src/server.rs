@@ -4,9 +4,9 @@
 use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
-    auth_server::AuthServer, deployments_server::DeploymentsServer, edge_server::EdgeServer,
-    notifications_server::NotificationsServer, reviews_server::ReviewsServer,
-    rooms_server::RoomsServer,
+    auth_server::AuthServer, chat_server::ChatServer, deployments_server::DeploymentsServer,
+    edge_server::EdgeServer, notifications_server::NotificationsServer,
+    reviews_server::ReviewsServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +19,9 @@ use crate::{
     broker::memory::MemoryBroker,
     clock::{SharedClock, SystemClock},
     config::Config,
-    domain::{deployments::Deployments, inbox::Inbox, reviews::Reviews},
+    domain::{chat::Chat, deployments::Deployments, inbox::Inbox, reviews::Reviews},
     grpc::{
-        auth::AuthService, deployments::DeploymentsService, edge::EdgeService,
+        auth::AuthService, chat::ChatService, deployments::DeploymentsService, edge::EdgeService,
         inbox::NotificationsService, reviews::ReviewsService, rooms::RoomsService,
     },
     hub::Hub,
@@ -77,6 +77,7 @@ impl Backend {
         })?;
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
         config.deployments.check().map_err(ServeError::Config)?;
+        config.chat.check().map_err(ServeError::Config)?;
         crate::domain::reviews::rules::role("reviews.reviewer_role", &config.reviews.reviewer_role)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let store = Store::open(
@@ -110,7 +111,9 @@ impl Backend {
             broker: broker.clone(),
             presence: Arc::new(MemoryPresence::new()),
             policy: Policy::new(config.policy.clone())
-                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone())),
+                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone()))
+                .with_membership(TopicKind::Group, Chat::members(store.clone()))
+                .with_membership(TopicKind::Conv, Chat::members(store.clone())),
             config: config.node.clone(),
             lanes,
             log: Some(Arc::new(store.clone())),
@@ -190,6 +193,13 @@ impl Backend {
         let inbox = Inbox::new(store.clone(), clock.clone(), config.notifications.clone());
         tracker.spawn(inbox.clone().run_sweeper(shutdown.clone()));
         let reviews = Reviews::new(store.clone(), clock.clone(), config.reviews.clone());
+        let chat = Chat::new(
+            store.clone(),
+            node.clone(),
+            clock.clone(),
+            config.chat.clone(),
+        );
+        tracker.spawn(chat.clone().run(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -240,6 +250,11 @@ impl Backend {
         let reviews = tonic::service::interceptor::InterceptedService::new(
             ReviewsServer::new(ReviewsService::new(reviews))
                 .max_decoding_message_size(config.grpc.max_decode_bytes),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let chat = tonic::service::interceptor::InterceptedService::new(
+            ChatServer::new(ChatService::new(chat))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -269,6 +284,7 @@ impl Backend {
             .add_service(auth)
             .add_service(notifications)
             .add_service(reviews)
+            .add_service(chat)
             .serve_with_incoming_shutdown(accepted(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

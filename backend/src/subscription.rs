@@ -8,7 +8,8 @@
 //! [`LiveCursor`]: skipped when already replayed, delivered when next, and on a durable topic
 //! a gap (or the hub dropping a subscriber that fell behind) sends the stream back to paging
 //! from where it is. It ends itself, with a status carrying the close code and the last
-//! offset it delivered, when the cursor says so or the token expires. Dropping it
+//! offset it delivered, when the cursor says so, the token expires, or the event it just
+//! delivered ended the subscriber's membership of the topic (a [`Revocation`]). Dropping it
 //! unregisters the subscriber from the hub and from presence.
 
 use std::{
@@ -29,6 +30,7 @@ use tokio::time::Sleep;
 use tonic::Status;
 
 use crate::{
+    authz::Revocation,
     cursor::{Ending, LiveCursor, Verdict},
     event::SharedEvent,
     history::{History, HistoryError, PageBudget, PageRead},
@@ -49,6 +51,9 @@ pub struct Attachment {
     pub replay: Replay,
     /// Leaves presence when dropped.
     pub presence: Option<PresenceGuard>,
+    /// For a subscriber reading as a member: the event that ends its membership ends the
+    /// stream right after it.
+    pub revocation: Option<Revocation>,
 }
 
 /// What a new subscriber is replayed before live events.
@@ -84,6 +89,9 @@ pub struct EventStream {
     page: vec::IntoIter<Arc<SharedEvent>>,
     catch_up: CatchUp,
     expiry: Pin<Box<Sleep>>,
+    revocation: Option<Revocation>,
+    /// The event just delivered ended the subscriber's membership: end before anything else.
+    revoked: bool,
     done: bool,
     _presence: Option<PresenceGuard>,
 }
@@ -130,9 +138,21 @@ impl EventStream {
             page: page.into_iter(),
             catch_up,
             expiry,
+            revocation: attachment.revocation,
+            revoked: false,
             done: false,
             _presence: attachment.presence,
         }
+    }
+
+    /// Delivers `event` (the cursor said so), noting whether it ends the membership.
+    fn deliver(&mut self, event: &SharedEvent) -> Poll<Option<Result<Encoded, Status>>> {
+        self.cursor.advance(event);
+        self.revoked = self
+            .revocation
+            .as_ref()
+            .is_some_and(|revocation| revocation.ends_with(event));
+        Poll::Ready(Some(Ok(event.subscribe_frame().clone())))
     }
 
     /// The position of the last event this stream delivered.
@@ -217,13 +237,13 @@ impl Stream for EventStream {
         if let Some(head) = this.head.pop_front() {
             return Poll::Ready(Some(Ok(head)));
         }
+        if this.revoked {
+            return this.end(Ending::Revoked);
+        }
         loop {
             if let Some(event) = this.page.next() {
                 match this.cursor.accept(&event) {
-                    Verdict::Deliver => {
-                        this.cursor.advance(&event);
-                        return Poll::Ready(Some(Ok(event.subscribe_frame().clone())));
-                    }
+                    Verdict::Deliver => return this.deliver(&event),
                     Verdict::Skip => continue,
                     Verdict::Fill | Verdict::End(_) => return this.end(Ending::Gap),
                 }
@@ -261,10 +281,7 @@ impl Stream for EventStream {
             };
             match item {
                 HubItem::Event(event) => match this.cursor.accept(&event) {
-                    Verdict::Deliver => {
-                        this.cursor.advance(&event);
-                        return Poll::Ready(Some(Ok(event.subscribe_frame().clone())));
-                    }
+                    Verdict::Deliver => return this.deliver(&event),
                     Verdict::Skip => continue,
                     Verdict::Fill => this.catch_up = CatchUp::Due,
                     Verdict::End(ending) => return this.end(ending),

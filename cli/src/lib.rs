@@ -9,8 +9,8 @@
 //! - `client`, `migrate`: the client commands and `herald migrate`;
 //! - `deploy`: `herald demo deploy` (a build worker at human pace) and `herald watch` (a
 //!   pretty printer for typed streams: a deployment's status line, then its log).
-//! - `demo`: `herald demo inbox` and `herald demo reviews`, narrated scripts against a
-//!   running server.
+//! - `demo`: `herald demo inbox`, `herald demo reviews` and `herald demo chat`, narrated
+//!   scripts against a running server.
 //!
 //! `main.rs` only parses arguments, sets up tracing and signals, and calls in here.
 
@@ -48,7 +48,8 @@ use herald_backend::{
         herald token --sub alice --role admin # a token for your own clients\n  \
         herald demo deploy                    # a build worker; then `herald watch deployment:1`\n  \
         herald demo inbox                     # watch a notification inbox work, step by step\n  \
-        herald demo reviews                   # watch reviewers share an approval queue\n\n\
+        herald demo reviews                   # watch reviewers share an approval queue\n  \
+        herald demo chat                      # simulated users chat; then `herald watch conv:1`\n\n\
         Settings come from flags, then HERALD_* environment variables, then the TOML file given \
         by --config, then defaults."
 )]
@@ -101,7 +102,8 @@ pub enum Command {
             herald serve\n  \
             herald demo deploy\n  \
             herald demo inbox\n  \
-            herald demo reviews\n\n\
+            herald demo reviews\n  \
+            herald demo chat\n\n\
             The demos sign their own tokens with the server's development key (in --data-dir) \
             or with the server's HS256 secret."
     )]
@@ -154,6 +156,16 @@ pub struct ReviewsDemoArgs {
     /// The applicant's user id (they get the decisions in their inbox).
     #[arg(long, default_value = "marie", value_name = "USER_ID")]
     pub applicant: String,
+
+    #[command(flatten)]
+    pub common: DemoCommon,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatDemoArgs {
+    /// The name of the group the demo creates.
+    #[arg(long, default_value = "demo team", value_name = "NAME")]
+    pub group: String,
 
     #[command(flatten)]
     pub common: DemoCommon,
@@ -466,6 +478,19 @@ pub enum DemoCommand {
         non-reviewer refused; the audit trail."
     )]
     Reviews(ReviewsDemoArgs),
+    /// Simulated users chat in a group: typing, messages, a reply with mentions, a reaction,
+    /// a read receipt, an edit, a deletion, a member removed and added back.
+    #[command(
+        long_about = "Three users, ana (the group's admin), ben and cleo, chat in a group \
+        conversation at a human pace, and the demo prints the conversation's stream as ana \
+        sees it, typing signals and presence included. Steps: the group and its conversation; \
+        ben and cleo open it; ben types, then sends; cleo replies and mentions ben and ana \
+        (their inboxes are notified); ana reacts; ben reads (a read receipt); cleo edits; ben \
+        deletes a message (a tombstone); ana removes cleo (cleo's stream ends right after the \
+        removal with PERMISSION_DENIED) and adds her back; everyone's unread counts.\n\n\
+        Watch it from a third terminal with the printed `herald watch conv:ID`."
+    )]
+    Chat(ChatDemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -571,7 +596,8 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         Command::Migrate(args) => &args.data.data_dir,
         Command::Demo(
             DemoCommand::Inbox(InboxDemoArgs { common, .. })
-            | DemoCommand::Reviews(ReviewsDemoArgs { common, .. }),
+            | DemoCommand::Reviews(ReviewsDemoArgs { common, .. })
+            | DemoCommand::Chat(ChatDemoArgs { common, .. }),
         ) => &common.data.data_dir,
     };
     if let Some(dir) = data_dir {
@@ -598,6 +624,7 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Migrate(args) => migrate::run(args, &config).await,
         Command::Demo(DemoCommand::Inbox(args)) => demo::inbox(args, &config).await,
         Command::Demo(DemoCommand::Reviews(args)) => demo::reviews(args, &config).await,
+        Command::Demo(DemoCommand::Chat(args)) => demo::chat(args, &config).await,
     }
 }
 

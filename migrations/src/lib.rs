@@ -14,6 +14,12 @@ mod m20261201_000022_notification_mention;
 mod m20261201_000023_review_request;
 mod m20261201_000024_review_decision;
 mod m20261201_000025_review_queue;
+mod m20261201_000060_chat_group;
+mod m20261201_000061_chat_group_member;
+mod m20261201_000062_chat_conversation;
+mod m20261201_000063_chat_conv_member;
+mod m20261201_000064_chat_message;
+mod m20261201_000065_chat_reaction;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
@@ -36,6 +42,12 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000023_review_request::Migration),
             Box::new(m20261201_000024_review_decision::Migration),
             Box::new(m20261201_000025_review_queue::Migration),
+            Box::new(m20261201_000060_chat_group::Migration),
+            Box::new(m20261201_000061_chat_group_member::Migration),
+            Box::new(m20261201_000062_chat_conversation::Migration),
+            Box::new(m20261201_000063_chat_conv_member::Migration),
+            Box::new(m20261201_000064_chat_message::Migration),
+            Box::new(m20261201_000065_chat_reaction::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@
 //! transaction), `events.rs` (topics, event types, typed bodies) and `mod.rs` (every
 //! command: begin → load → authorize → decide → save → emit → commit).
 
+pub mod chat;
 pub mod deployments;
 pub mod inbox;
 pub mod reviews;

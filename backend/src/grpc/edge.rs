@@ -10,6 +10,10 @@
 //! while the socket writes out the last. When the follow stream ends,
 //! all its subscribers leave presence.
 //!
+//! A subscriber reading as a member (`conv:`, `group:`) is detached with PERMISSION_DENIED
+//! right after the event that ends its membership, live or in its replay pages; the others
+//! go on.
+//!
 //! The stream's own live position follows the same [`LiveCursor`] as `Rooms/Subscribe`: on a
 //! durable topic a gap, or the hub dropping this stream for falling behind, is filled from
 //! history and forwarded as ordinary `event`s.
@@ -30,9 +34,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::{Principal, TokenVerifier, interceptor::principal},
-    authz::Action as PolicyAction,
+    authz::{Action as PolicyAction, Revocation},
     cursor::{Ending, LiveCursor, Verdict},
     error::Error,
+    event::SharedEvent,
     history::{HistoryError, PageBudget, PageRead},
     hub::{HubItem, HubSubscription},
     node::{Node, history_error},
@@ -131,6 +136,9 @@ struct Attached {
     replay_from: Option<StreamPosition>,
     /// That page, read ahead while the socket writes out the previous one.
     read_ahead: Option<PageRead>,
+    /// For a subscriber reading as a member: detached right after the event that ends its
+    /// membership.
+    revocation: Option<Revocation>,
     _presence: Option<PresenceGuard>,
 }
 
@@ -212,7 +220,8 @@ impl FollowTask {
             HubItem::Event(event) => match self.cursor.accept(&event) {
                 Verdict::Deliver => {
                     self.cursor.advance(&event);
-                    self.send(Frame::Event(event.event().clone())).await
+                    self.send(Frame::Event(event.event().clone())).await?;
+                    self.revoke_after(&event).await
                 }
                 Verdict::Skip => Ok(()),
                 Verdict::Fill => self.fill().await,
@@ -246,6 +255,7 @@ impl FollowTask {
                 if self.cursor.accept(event) == Verdict::Deliver {
                     self.cursor.advance(event);
                     self.send(Frame::Event(event.event().clone())).await?;
+                    self.revoke_after(event).await?;
                 }
             }
             if page.reached_end {
@@ -324,6 +334,7 @@ impl FollowTask {
             .expiries
             .insert(subscriber, who.time_left().min(MAX_EXPIRY));
         let replaying = !matches!(attachment.replay, Replay::Nothing);
+        let revocation = attachment.revocation;
         self.subscribers.insert(
             subscriber,
             Attached {
@@ -332,6 +343,7 @@ impl FollowTask {
                 replay_from: matches!(attachment.replay, Replay::Pages)
                     .then(|| attachment.cursor.last().clone()),
                 read_ahead: None,
+                revocation: revocation.clone(),
                 _presence: attachment.presence,
             },
         );
@@ -346,7 +358,8 @@ impl FollowTask {
             .map_err(|_| gone())?;
         match attachment.replay {
             Replay::Nothing => Ok(()),
-            Replay::Events(events) => {
+            Replay::Events(mut events) => {
+                let revoked = cut_at_revocation(&mut events, revocation.as_ref());
                 let chunks = events.chunks(REPLAY_CHUNK).count().max(1);
                 for (index, chunk) in events.chunks(REPLAY_CHUNK).enumerate() {
                     let replay = FollowReplay {
@@ -363,6 +376,11 @@ impl FollowTask {
                         complete: true,
                     };
                     self.send(Frame::Replay(replay)).await.map_err(|_| gone())?;
+                }
+                if revoked {
+                    self.detach_with(subscriber, Ending::Revoked)
+                        .await
+                        .map_err(|_| gone())?;
                 }
                 Ok(())
             }
@@ -406,8 +424,14 @@ impl FollowTask {
                 return self.send(Frame::Detached(detached)).await;
             }
         };
-        let end = page.events.last().map_or(from.offset, |event| event.offset);
-        let complete = page.reached_end || end >= self.cursor.last().offset;
+        let mut events = page.events;
+        let revocation = self
+            .subscribers
+            .get(&subscriber)
+            .and_then(|s| s.revocation.as_ref());
+        let revoked = cut_at_revocation(&mut events, revocation);
+        let end = events.last().map_or(from.offset, |event| event.offset);
+        let complete = revoked || page.reached_end || end >= self.cursor.last().offset;
         if let Some(attached) = self.subscribers.get_mut(&subscriber) {
             attached.replay_from = (!complete).then(|| StreamPosition {
                 offset: end,
@@ -419,10 +443,30 @@ impl FollowTask {
         }
         let replay = FollowReplay {
             subscriber,
-            events: page.events.iter().map(|e| e.event().clone()).collect(),
+            events: events.iter().map(|e| e.event().clone()).collect(),
             complete,
         };
-        self.send(Frame::Replay(replay)).await
+        self.send(Frame::Replay(replay)).await?;
+        if revoked {
+            return self.detach_with(subscriber, Ending::Revoked).await;
+        }
+        Ok(())
+    }
+
+    /// Detaches every live subscriber whose membership `event` (just forwarded) ended.
+    /// Subscribers still replaying meet the event in their pages instead.
+    async fn revoke_after(&mut self, event: &SharedEvent) -> Result<(), Stop> {
+        let revoked: Vec<u64> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.replay_from.is_none())
+            .filter(|(_, s)| s.revocation.as_ref().is_some_and(|r| r.ends_with(event)))
+            .map(|(id, _)| *id)
+            .collect();
+        for subscriber in revoked {
+            self.detach_with(subscriber, Ending::Revoked).await?;
+        }
+        Ok(())
     }
 
     async fn refresh(&mut self, subscriber: u64, token: &str) -> Result<(), Error> {
@@ -465,6 +509,21 @@ impl FollowTask {
             message: message.to_owned(),
         };
         self.send(Frame::Detached(detached)).await
+    }
+}
+
+/// Cuts `events` right after the first one that ends the subscriber's membership; true when
+/// one did (the subscriber is then detached after them).
+fn cut_at_revocation(events: &mut Vec<Arc<SharedEvent>>, revocation: Option<&Revocation>) -> bool {
+    let Some(revocation) = revocation else {
+        return false;
+    };
+    match events.iter().position(|event| revocation.ends_with(event)) {
+        Some(index) => {
+            events.truncate(index + 1);
+            true
+        }
+        None => false,
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Node`]: crate::node::Node
 
 pub mod auth;
+pub mod chat;
 pub mod deployments;
 pub mod edge;
 pub mod inbox;

@@ -4,11 +4,14 @@
 //! `connections = 3`. A join is reported when a user's first subscription begins and a leave
 //! when its last one ends; the node turns those into ephemeral `PresenceChange` pushes for
 //! topic kinds configured to carry them. Services are not people and are never members.
+//! [`Online`] counts a user's streams over every topic: online while any is open.
 
 pub mod memory;
 mod notifier;
+pub mod online;
 
 pub use notifier::{PresenceGuard, PresenceNotifier};
+pub use online::{Online, OnlineChange, OnlineFeed};
 
 use std::fmt::Debug;
 

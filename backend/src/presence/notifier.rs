@@ -1,5 +1,6 @@
 //! Presence as subscribers see it: records joins and leaves in the [`Presence`] store and
 //! announces the first join and the last leave of a user on topic kinds configured for it.
+//! Every join and leave also counts in [`Online`], who is online at all.
 
 use std::sync::{
     Arc,
@@ -8,7 +9,7 @@ use std::sync::{
 
 use herald_proto::v1::{PresenceChange, PresenceMember, presence_change::Kind};
 
-use super::{ConnectionId, Presence};
+use super::{ConnectionId, Presence, online::Online};
 use crate::{
     auth::Principal,
     broker::Broker,
@@ -22,6 +23,7 @@ pub struct PresenceNotifier {
     presence: Arc<dyn Presence>,
     kinds: Vec<TopicKind>,
     next_connection: AtomicU64,
+    online: Arc<Online>,
 }
 
 impl PresenceNotifier {
@@ -35,11 +37,17 @@ impl PresenceNotifier {
             presence,
             kinds,
             next_connection: AtomicU64::new(1),
+            online: Arc::new(Online::new()),
         })
     }
 
     pub fn store(&self) -> &Arc<dyn Presence> {
         &self.presence
+    }
+
+    /// Who has any stream open on this node.
+    pub fn online(&self) -> &Arc<Online> {
+        &self.online
     }
 
     /// Records `who` as present on `topic` (announcing a join if it is the user's first
@@ -49,23 +57,26 @@ impl PresenceNotifier {
             return None;
         }
         let connection = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
-        match self.presence.join(topic, &who.user_id, connection).await {
+        self.online.opened(&who.user_id);
+        let recorded = match self.presence.join(topic, &who.user_id, connection).await {
             Ok(joined) => {
                 if let Some(member) = joined {
                     self.announce(topic, Kind::Join, member).await;
                 }
-                Some(PresenceGuard {
-                    notifier: self.clone(),
-                    topic: topic.clone(),
-                    user_id: who.user_id.clone(),
-                    connection,
-                })
+                true
             }
             Err(error) => {
                 tracing::warn!(%topic, %error, "could not record presence");
-                None
+                false
             }
-        }
+        };
+        Some(PresenceGuard {
+            notifier: self.clone(),
+            topic: topic.clone(),
+            user_id: who.user_id.clone(),
+            connection,
+            recorded,
+        })
     }
 
     async fn announce(&self, topic: &Topic, kind: Kind, member: PresenceMember) {
@@ -87,6 +98,7 @@ impl PresenceNotifier {
     }
 
     fn leave(self: &Arc<Self>, topic: Topic, user_id: String, connection: ConnectionId) {
+        self.online.closed(&user_id);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the runtime is gone: so is every subscriber that could be told
         };
@@ -108,10 +120,16 @@ pub struct PresenceGuard {
     topic: Topic,
     user_id: String,
     connection: ConnectionId,
+    /// Whether the store recorded the join (else only [`Online`] counted it).
+    recorded: bool,
 }
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
+        if !self.recorded {
+            self.notifier.online.closed(&self.user_id);
+            return;
+        }
         self.notifier.leave(
             self.topic.clone(),
             std::mem::take(&mut self.user_id),

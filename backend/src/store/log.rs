@@ -59,6 +59,37 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`Store::top_on`] of several topics in one query, in the order given.
+    pub(crate) async fn tops_on(
+        &self,
+        conn: &impl ConnectionTrait,
+        topics: &[Topic],
+    ) -> Result<Vec<StreamPosition>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(topics.len());
+        for chunk in topics.chunks(500) {
+            let rows = outbox_topic::Entity::find()
+                .filter(outbox_topic::Column::Topic.is_in(chunk.iter().map(Topic::as_str)))
+                .all(conn)
+                .await?;
+            found.extend(rows.into_iter().map(|row| (row.topic.clone(), row)));
+        }
+        Ok(topics
+            .iter()
+            .map(|topic| match found.get(topic.as_str()) {
+                Some(row) => StreamPosition {
+                    offset: u64::try_from(row.last_seq).unwrap_or_default(),
+                    epoch: row.epoch.clone(),
+                },
+                None => StreamPosition {
+                    offset: 0,
+                    epoch: self.epoch().to_owned(),
+                },
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl EventLog for Store {
     async fn bounds(&self, topic: &Topic) -> Result<LogBounds, LogError> {

@@ -85,6 +85,11 @@ impl ReadSnapshot {
         self.store.top_on(&self.tx, topic).await
     }
 
+    /// The positions of several topics in this snapshot (one query), in the order given.
+    pub async fn positions(&self, topics: &[Topic]) -> Result<Vec<StreamPosition>, StoreError> {
+        self.store.tops_on(&self.tx, topics).await
+    }
+
     /// Releases the snapshot.
     pub async fn end(self) -> Result<(), StoreError> {
         Ok(self.tx.commit().await?)

@@ -1,8 +1,9 @@
-//! `herald demo inbox` and `herald demo reviews`: narrated scripts that act against a running
-//! server as several principals (a service, users, reviewers), and print, after every step,
-//! exactly the events that step pushed to the topics they watch. A newcomer runs
+//! `herald demo inbox`, `herald demo reviews` and `herald demo chat`: narrated scripts that act
+//! against a running server as several principals (a service, users, reviewers), and print,
+//! after every step, exactly the events that step pushed to the topics they watch. A newcomer runs
 //! `herald serve` in one terminal and a demo in another.
 
+mod chat;
 mod inbox;
 mod reviews;
 
@@ -20,6 +21,7 @@ use tonic::{Request, Status, Streaming, transport::Channel};
 
 use crate::{CliError, DemoCommon};
 
+pub(crate) use chat::run as chat;
 pub(crate) use inbox::run as inbox;
 pub(crate) use reviews::run as reviews;
 
@@ -290,7 +292,113 @@ pub(crate) fn describe(event: &Event) -> String {
                 decision.reviewer_id, d.pending
             )
         }
-        _ => String::new(),
+        Some(body) => chat_detail(body),
+        None => String::new(),
     };
     format!("{:<26} {detail}", event.r#type)
+}
+
+/// The detail of a messaging event.
+fn chat_detail(body: &Body) -> String {
+    use herald_proto::v1::ChatMemberChange;
+    let quote = |text: &str| {
+        let short: String = text.chars().take(60).collect();
+        if short.len() < text.len() {
+            format!("“{short}…”")
+        } else {
+            format!("“{short}”")
+        }
+    };
+    match body {
+        Body::ChatMessageChanged(changed) => {
+            let m = changed.message.clone().unwrap_or_default();
+            if m.deleted {
+                format!(
+                    "message {} by {} (deleted; v{})",
+                    m.id, m.author_id, m.version
+                )
+            } else {
+                let reply = if m.reply_to_id == 0 {
+                    String::new()
+                } else {
+                    format!(" ↩ {}", m.reply_to_id)
+                };
+                let mentions = if m.mentions.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (mentions {})", m.mentions.join(", "))
+                };
+                format!(
+                    "{}: {}{reply}{mentions} [message {} #{} v{}]",
+                    m.author_id,
+                    quote(&m.text),
+                    m.id,
+                    m.seq,
+                    m.version
+                )
+            }
+        }
+        Body::ChatReactionsChanged(changed) => {
+            let summary: Vec<String> = changed
+                .reactions
+                .iter()
+                .map(|r| format!("{} {}", r.emoji, r.count))
+                .collect();
+            format!(
+                "{} {} {} on message {} → {}",
+                changed.user_id,
+                if changed.added { "added" } else { "took back" },
+                changed.emoji,
+                changed.message_id,
+                if summary.is_empty() {
+                    "no reactions".to_owned()
+                } else {
+                    summary.join(" · ")
+                }
+            )
+        }
+        Body::ChatReadMoved(read) => format!(
+            "{} read up to message {} (#{})",
+            read.user_id, read.message_id, read.seq
+        ),
+        Body::ChatMemberChanged(changed) => {
+            let member = changed.member.clone().unwrap_or_default();
+            let what = match changed.change() {
+                ChatMemberChange::Joined => "joined",
+                ChatMemberChange::Left => "left",
+                ChatMemberChange::Removed => "was removed",
+                ChatMemberChange::RoleChanged => "changed role",
+                ChatMemberChange::Unspecified => "changed",
+            };
+            format!(
+                "{} {what} (by {}) · {} members",
+                member.user_id, changed.actor_id, changed.member_count
+            )
+        }
+        Body::ChatConversationCreated(created) => {
+            let c = created.conversation.clone().unwrap_or_default();
+            format!("conv:{} “{}” by {}", c.id, c.title, c.creator_id)
+        }
+        Body::ChatMembershipChanged(changed) => {
+            let group = changed
+                .group
+                .as_ref()
+                .map(|g| format!("group:{} “{}”", g.id, g.name));
+            let conversations: Vec<String> = changed
+                .conversations
+                .iter()
+                .map(|c| format!("conv:{}", c.id))
+                .collect();
+            group
+                .into_iter()
+                .chain(conversations)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        Body::ChatUnreadChanged(unread) => format!(
+            "conv:{}: {} unread · {} in total",
+            unread.conversation_id, unread.unread, unread.total_unread
+        ),
+        _ => String::new(),
+    }
 }
