@@ -18,6 +18,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/notifications.proto",
     "herald/v1/review_events.proto",
     "herald/v1/reviews.proto",
+    "herald/v1/orders_events.proto",
+    "herald/v1/orders.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".herald.v1.Event.body.notification_created")
         .boxed(".herald.v1.Event.body.review_submitted")
         .boxed(".herald.v1.Event.body.review_decided")
+        .boxed(".herald.v1.Event.body.order_placed")
         .compile_fds(fds.clone())?;
 
     // The server side of the services again, streaming `Rooms/Subscribe` responses as frames

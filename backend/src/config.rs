@@ -11,7 +11,10 @@ use crate::{
     auth::AuthConfig,
     authz::PolicyConfig,
     broker::memory::RetentionConfig,
-    domain::{deployments::DeploymentsConfig, inbox::InboxConfig, reviews::ReviewsConfig},
+    domain::{
+        deployments::DeploymentsConfig, inbox::InboxConfig, orders::OrdersConfig,
+        reviews::ReviewsConfig,
+    },
     lanes::TopicsConfig,
     node::NodeConfig,
     store::StoreConfig,
@@ -45,6 +48,8 @@ pub struct Config {
     pub notifications: InboxConfig,
     /// Review requests: the default reviewer role.
     pub reviews: ReviewsConfig,
+    /// Order tracking: courier location throttle, storage and staleness.
+    pub orders: OrdersConfig,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             deployments: DeploymentsConfig::default(),
             notifications: InboxConfig::default(),
             reviews: ReviewsConfig::default(),
+            orders: OrdersConfig::default(),
         }
     }
 }

@@ -5,8 +5,8 @@ use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
     auth_server::AuthServer, deployments_server::DeploymentsServer, edge_server::EdgeServer,
-    notifications_server::NotificationsServer, reviews_server::ReviewsServer,
-    rooms_server::RoomsServer,
+    notifications_server::NotificationsServer, orders_server::OrdersServer,
+    reviews_server::ReviewsServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -20,10 +20,11 @@ use crate::{
     broker::memory::MemoryBroker,
     clock::{SharedClock, SystemClock},
     config::Config,
-    domain::{deployments::Deployments, inbox::Inbox, reviews::Reviews},
+    domain::{deployments::Deployments, inbox::Inbox, orders::Orders, reviews::Reviews},
     grpc::{
         auth::AuthService, deployments::DeploymentsService, edge::EdgeService,
-        inbox::NotificationsService, reviews::ReviewsService, rooms::RoomsService,
+        inbox::NotificationsService, orders::OrdersService, reviews::ReviewsService,
+        rooms::RoomsService,
     },
     hub::Hub,
     lanes::Lanes,
@@ -78,6 +79,7 @@ impl Backend {
         })?;
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
         config.deployments.check().map_err(ServeError::Config)?;
+        config.orders.check().map_err(ServeError::Config)?;
         crate::domain::reviews::rules::role("reviews.reviewer_role", &config.reviews.reviewer_role)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let store = Store::open(
@@ -111,7 +113,8 @@ impl Backend {
             broker: broker.clone(),
             presence: Arc::new(MemoryPresence::new()),
             policy: Policy::new(config.policy.clone())
-                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone())),
+                .with_membership(TopicKind::Deployment, Deployments::owners(store.clone()))
+                .with_membership(TopicKind::Order, Orders::customers(store.clone())),
             config: config.node.clone(),
             lanes,
             log: Some(Arc::new(store.clone())),
@@ -191,6 +194,13 @@ impl Backend {
         let inbox = Inbox::new(store.clone(), clock.clone(), config.notifications.clone());
         tracker.spawn(inbox.clone().run_sweeper(shutdown.clone()));
         let reviews = Reviews::new(store.clone(), clock.clone(), config.reviews.clone());
+        let orders = Orders::new(
+            store.clone(),
+            node.clone(),
+            clock.clone(),
+            config.orders.clone(),
+        );
+        tracker.spawn(orders.clone().run_tracker(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -241,6 +251,11 @@ impl Backend {
         let reviews = tonic::service::interceptor::InterceptedService::new(
             ReviewsServer::new(ReviewsService::new(reviews))
                 .max_decoding_message_size(config.grpc.max_decode_bytes),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let orders = tonic::service::interceptor::InterceptedService::new(
+            OrdersServer::new(OrdersService::new(orders))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -271,6 +286,7 @@ impl Backend {
             .add_service(auth)
             .add_service(notifications)
             .add_service(reviews)
+            .add_service(orders)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

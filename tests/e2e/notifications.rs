@@ -1014,7 +1014,7 @@ async fn a_session_resumes_the_inbox_after_a_restart_without_reloading_and_typed
 
 #[tokio::test]
 async fn a_batch_of_the_most_recipients_reaches_each_in_request_order_and_a_bad_one_stores_nothing()
- {
+{
     let app = app().await;
     let service = Inbox::service(&app).await;
     // 10,000 recipients: 20,000 events on 10,000 topics in one transaction.

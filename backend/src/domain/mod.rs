@@ -8,4 +8,5 @@
 
 pub mod deployments;
 pub mod inbox;
+pub mod orders;
 pub mod reviews;

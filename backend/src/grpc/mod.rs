@@ -7,5 +7,6 @@ pub mod auth;
 pub mod deployments;
 pub mod edge;
 pub mod inbox;
+pub mod orders;
 pub mod reviews;
 pub mod rooms;
