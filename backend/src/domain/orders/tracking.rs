@@ -557,19 +557,22 @@ impl Tracker {
             });
             work
         };
-        for item in &work {
-            let location = item.stored.location();
-            if item.due.send {
-                self.send(events::LOCATION_SIGNAL, &item.stored, &location)
-                    .await;
-            }
-            if item.due.stale {
-                let stale = events::stale(&location, item.silent_ms);
-                self.send(events::STALE_SIGNAL, &item.stored, &stale).await;
-            }
+        // Held-back fixes first (watchers wait for them), then the stores, then staleness:
+        // once a watcher sees `courier.location_stale`, the fix it names is stored.
+        for item in work.iter().filter(|item| item.due.send) {
+            self.send(
+                events::LOCATION_SIGNAL,
+                &item.stored,
+                &item.stored.location(),
+            )
+            .await;
         }
         for item in work.iter().filter(|item| item.due.store) {
             self.save(&item.stored).await;
+        }
+        for item in work.iter().filter(|item| item.due.stale) {
+            let stale = events::stale(&item.stored.location(), item.silent_ms);
+            self.send(events::STALE_SIGNAL, &item.stored, &stale).await;
         }
     }
 
