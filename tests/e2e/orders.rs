@@ -668,3 +668,773 @@ async fn each_role_receives_exactly_its_column_of_the_matrix_over_a_full_shop_da
         "no courier.status_changed, courier.location, order.payment_received or offers"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Rules and errors
+
+/// An order of carol's, accepted, prepared, ready, assigned to kim and picked up.
+async fn out_for_delivery(cast: &Cast) -> u64 {
+    cast.kim.available().await.unwrap();
+    let id = order_id(&cast.carol.place().await);
+    cast.ada.prepare(id).await;
+    cast.ada.assign(id, "kim").await.unwrap();
+    cast.kim
+        .update(id, OrderStatus::OutForDelivery)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn illegal_transitions_late_cancels_and_wrong_totals_get_the_documented_errors() {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    let (carol, ada, kim) = (&cast.carol, &cast.ada, &cast.kim);
+
+    expect_code(
+        carol.try_place(&[("margherita", 2, 850)], 1600).await,
+        Code::InvalidArgument,
+        "client_total_minor is 1600 but the items add up to 1700 EUR",
+    );
+    expect_code(
+        carol.try_place(&[("margherita", 0, 850)], 0).await,
+        Code::InvalidArgument,
+        "items[0].quantity is 0",
+    );
+    let id = order_id(&carol.place().await);
+    expect_code(
+        ada.update(id, OrderStatus::Ready).await,
+        Code::FailedPrecondition,
+        &format!("order {id} is placed; its next status is accepted, not ready"),
+    );
+    expect_code(
+        carol.update(id, OrderStatus::Accepted).await,
+        Code::PermissionDenied,
+        "customers may only cancel",
+    );
+    expect_code(
+        kim.update(id, OrderStatus::Accepted).await,
+        Code::PermissionDenied,
+        "open to its customer, its assigned courier and admins",
+    );
+    ada.update(id, OrderStatus::Accepted).await.unwrap();
+    ada.update(id, OrderStatus::Preparing).await.unwrap();
+    expect_code(
+        carol.cancel(id, "too slow").await,
+        Code::FailedPrecondition,
+        &format!(
+            "order {id} is preparing; customers may cancel only while it is placed or accepted"
+        ),
+    );
+    expect_code(
+        carol.cancel(id, "").await,
+        Code::InvalidArgument,
+        "reason is required",
+    );
+    expect_code(
+        ada.update_with(id, OrderStatus::Cancelled, "").await,
+        Code::InvalidArgument,
+        "reason is required",
+    );
+    ada.update(id, OrderStatus::Ready).await.unwrap();
+    expect_code(
+        ada.update(id, OrderStatus::OutForDelivery).await,
+        Code::FailedPrecondition,
+        "has no courier",
+    );
+    expect_code(
+        ada.assign(id, "lee").await,
+        Code::FailedPrecondition,
+        "not a known courier",
+    );
+    expect_code(
+        carol.assign(id, "kim").await,
+        Code::PermissionDenied,
+        "only admins assign couriers",
+    );
+    expect_code(ada.get(4242).await, Code::NotFound, "no order 4242");
+
+    // Stale versions: two admins cannot both move one order.
+    let version = ada.get(id).await.unwrap().order.unwrap().version;
+    let stale = ada
+        .orders
+        .clone()
+        .update_status(ada.req(OrdersUpdateStatusRequest {
+            order_id: id,
+            status: OrderStatus::Cancelled as i32,
+            reason: "duplicate".into(),
+            expected_version: Some(version - 1),
+        }))
+        .await;
+    expect_code(
+        stale,
+        Code::FailedPrecondition,
+        &format!("at version {version}, not {}", version - 1),
+    );
+
+    // Delivered is the end.
+    let out = out_for_delivery(&cast).await;
+    kim.update(out, OrderStatus::Delivered).await.unwrap();
+    expect_code(
+        ada.update_with(out, OrderStatus::Cancelled, "late").await,
+        Code::FailedPrecondition,
+        &format!("order {out} is delivered: it cannot change any more"),
+    );
+
+    // The shop closed: no orders.
+    ada.business(BusinessStatus::Closed, "Back at 18:00")
+        .await
+        .unwrap();
+    expect_code(
+        carol.try_place(&[("margherita", 1, 850)], 850).await,
+        Code::FailedPrecondition,
+        "the shop is closed and takes no orders: Back at 18:00",
+    );
+    expect_code(
+        carol.business(BusinessStatus::Open, "").await,
+        Code::PermissionDenied,
+        "only admins",
+    );
+    expect_code(
+        carol.offer("free pizza").await,
+        Code::PermissionDenied,
+        "only admins",
+    );
+    expect_code(
+        carol.available().await,
+        Code::PermissionDenied,
+        "token role `courier`",
+    );
+}
+
+#[tokio::test]
+async fn fixes_from_a_courier_not_assigned_after_delivery_or_malformed_are_refused_and_the_stream_goes_on()
+ {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    let lee = shop(&app, "lee", &["courier"]).await;
+    let id = out_for_delivery(&cast).await;
+    let now = now_ms();
+
+    let answer = cast
+        .kim
+        .report(vec![
+            (id, fix(91.0, now)),
+            (id, fix(48.85, now)),
+            (
+                id,
+                LocationFix {
+                    lng: 200.0,
+                    ..fix(48.85, now + 1)
+                },
+            ),
+            (
+                id,
+                LocationFix {
+                    accuracy_m: -1.0,
+                    ..fix(48.85, now + 2)
+                },
+            ),
+            (id, fix(48.85, now + 3_600_000)),
+            (4242, fix(48.85, now + 3)),
+            (id, fix(48.86, now + 4)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((answer.accepted, answer.rejected), (2, 5), "{answer:?}");
+    let codes: Vec<(u64, &str)> = answer
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.code.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (0, "INVALID_ARGUMENT"),
+            (2, "INVALID_ARGUMENT"),
+            (3, "INVALID_ARGUMENT"),
+            (4, "INVALID_ARGUMENT"),
+            (5, "NOT_FOUND"),
+        ]
+    );
+    assert!(
+        answer.rejections[0]
+            .message
+            .contains("fix.lat is 91; latitude is -90 to 90")
+    );
+    assert!(
+        answer.rejections[3]
+            .message
+            .contains("ahead of the server's clock")
+    );
+
+    let answer = lee.report(vec![(id, fix(48.85, now))]).await.unwrap();
+    assert_eq!(answer.rejected, 1);
+    assert_eq!(answer.rejections[0].code, "PERMISSION_DENIED");
+    assert!(
+        answer.rejections[0]
+            .message
+            .contains("you are not the courier assigned to order"),
+        "{:?}",
+        answer.rejections[0]
+    );
+
+    cast.kim.update(id, OrderStatus::Delivered).await.unwrap();
+    let answer = cast
+        .kim
+        .report(vec![(id, fix(48.87, now + 10))])
+        .await
+        .unwrap();
+    assert_eq!(answer.rejected, 1);
+    assert_eq!(answer.rejections[0].code, "FAILED_PRECONDITION");
+    assert!(
+        answer.rejections[0].message.contains(&format!(
+            "order {id} is delivered; fixes are accepted only while it is out for delivery"
+        )),
+        "{:?}",
+        answer.rejections[0]
+    );
+
+    expect_code(
+        cast.carol.report(vec![(id, fix(48.85, now))]).await,
+        Code::PermissionDenied,
+        "only couriers",
+    );
+    // A courier's position reaches an order topic only through ReportLocation.
+    let raw = cast
+        .kim
+        .rooms
+        .signal(
+            &format!("order:{id}"),
+            "courier.location",
+            Some("courier"),
+            json!({}),
+        )
+        .await;
+    let status = raw.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(close_code_of(&status), Some(CloseCode::PermissionDenied));
+    assert!(
+        status.message().contains("Orders/ReportLocation"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_customer_cannot_watch_get_or_subscribe_to_another_customers_order() {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    let id = order_id(&cast.carol.place().await);
+    let Err(status) = cast.dave.try_watch(id, None).await else {
+        panic!("dave must not watch carol's order");
+    };
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains(&format!(
+            "order {id} is open to its customer, its assigned courier and admins"
+        )),
+        "{}",
+        status.message()
+    );
+    expect_code(
+        cast.dave.get(id).await,
+        Code::PermissionDenied,
+        "is open to its customer",
+    );
+    refused(&cast.dave.rooms, &format!("order:{id}")).await;
+    let Err(status) = cast.kim.try_watch(id, None).await else {
+        panic!("a courier not assigned must not watch");
+    };
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Lists show each customer their own orders only.
+    let page = cast
+        .dave
+        .orders
+        .clone()
+        .list(cast.dave.req(OrdersListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.orders.is_empty());
+    assert_eq!(page.feed_topic, "");
+}
+
+#[tokio::test]
+async fn a_duplicate_payment_reference_records_one_payment_and_pushes_one_event() {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    let id = order_id(&cast.carol.place().await);
+    let other = order_id(&cast.dave.place().await);
+    let mut admins = cast.ada.rooms.subscribe("role:admin").await;
+
+    let first = cast.payments.pay(id, 2050, "psp-77").await.unwrap();
+    assert!(!first.duplicate);
+    let body = first.payment.clone().unwrap();
+    assert!(body.fully_paid);
+    assert_eq!(body.paid_minor, 2050);
+    let again = cast.payments.pay(id, 2050, "psp-77").await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        again.payment, first.payment,
+        "the first payment, as first recorded"
+    );
+    assert_eq!(
+        again
+            .order
+            .as_ref()
+            .unwrap()
+            .order
+            .as_ref()
+            .unwrap()
+            .version,
+        first
+            .order
+            .as_ref()
+            .unwrap()
+            .order
+            .as_ref()
+            .unwrap()
+            .version
+    );
+    expect_code(
+        cast.payments.pay(other, 2050, "psp-77").await,
+        Code::FailedPrecondition,
+        &format!("already records a payment for order {id}"),
+    );
+    expect_code(
+        cast.payments.pay(other, 5000, "psp-78").await,
+        Code::FailedPrecondition,
+        "exceeds the 2050 EUR outstanding",
+    );
+    expect_code(
+        cast.ada.pay(other, 100, "psp-79").await,
+        Code::PermissionDenied,
+        "only services",
+    );
+
+    let history = cast
+        .payments
+        .rooms
+        .history(&format!("order:{id}"), None, 100)
+        .await
+        .unwrap();
+    let payments: Vec<_> = history
+        .events
+        .iter()
+        .filter(|e| e.r#type == "order.payment_received")
+        .collect();
+    assert_eq!(payments.len(), 1, "one payment event on the order");
+    let Some(Body::OrderPaymentReceived(pushed)) = &payments[0].body else {
+        panic!("a typed body: {:?}", payments[0]);
+    };
+    assert_eq!(pushed.payment.as_ref().unwrap().reference, "psp-77");
+    let got = received(&app, &mut admins, "role:admin").await;
+    assert_eq!(got.events, strings(&["order.payment_received"]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Live location
+
+#[tokio::test]
+async fn ten_fixes_a_second_reach_watchers_once_a_second_the_newest_last_and_silence_turns_stale() {
+    let app = spawn_app().await;
+    app.clock.freeze(); // the tracker's time moves only when the test says so
+    let cast = cast(&app).await;
+    let id = out_for_delivery(&cast).await;
+    let mut carol_watch = cast.carol.watch(id).await;
+    let snapshot = carol_watch.snapshot().await;
+    assert!(snapshot.last_location.is_none(), "no fix yet");
+
+    // Ten fixes within one second (device time 100 ms apart), in one stream.
+    let start = now_ms();
+    let fixes: Vec<_> = (0..10)
+        .map(|n| {
+            (
+                id,
+                fix(48.80 + f64::from(n) / 100.0, start + i64::from(n) * 100),
+            )
+        })
+        .collect();
+    let answer = cast.kim.report(fixes).await.unwrap();
+    assert_eq!((answer.accepted, answer.rejected), (10, 0));
+    let lat = |event: OrderEvent| match event.event {
+        Some(Part::CourierLocation(location)) => location.fix.unwrap().lat,
+        other => panic!("expected a location, got {other:?}"),
+    };
+    let first = lat(carol_watch.expect().await);
+    assert!(
+        (first - 48.80).abs() < 1e-9,
+        "the first fix goes at once: {first}"
+    );
+    let stored = || async {
+        let db = app.store.db();
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT lat FROM order_location WHERE order_id = {id}"),
+            ))
+            .await
+            .unwrap()
+            .expect("a stored fix");
+        row.try_get_by_index::<f64>(0).unwrap()
+    };
+    assert!(
+        (stored().await - 48.80).abs() < 1e-9,
+        "stored once, not per fix"
+    );
+
+    // The window ends: the newest of the nine held back goes, and nothing in between did.
+    app.clock.advance(Duration::from_secs(1));
+    let newest = lat(carol_watch.expect().await);
+    assert!((newest - 48.89).abs() < 1e-9, "always the newest: {newest}");
+
+    // A new watcher gets the last fix and its age at once; so does a raw subscriber.
+    let mut ada_watch = cast.ada.watch(id).await;
+    let snapshot = ada_watch.snapshot().await;
+    let last = snapshot.last_location.expect("the last fix");
+    assert!((last.fix.unwrap().lat - 48.89).abs() < 1e-9);
+    assert_eq!(snapshot.last_location_age.unwrap().seconds, 1);
+    assert!(!snapshot.location_stale);
+    let mut raw = cast.carol.rooms.subscribe(&format!("order:{id}")).await;
+    match raw.next_frame().await {
+        Ok(Frame::Signal(signal)) => {
+            assert_eq!(signal.r#type, "courier.location");
+            let data = serde_json::to_value(signal.data.unwrap()).unwrap();
+            assert_eq!(data["fix"]["lat"], json!(48.89), "{data}");
+        }
+        other => panic!("the latest fix greets a new subscriber: {other:?}"),
+    }
+
+    // 30 s of silence: `location stale`, once, with the last fix; it is stored by then.
+    app.clock.advance(Duration::from_secs(30));
+    let stale = match carol_watch.expect().await.event {
+        Some(Part::LocationStale(stale)) => stale,
+        other => panic!("expected location_stale, got {other:?}"),
+    };
+    assert!((stale.last_fix.unwrap().lat - 48.89).abs() < 1e-9);
+    assert_eq!(stale.silent_for.unwrap().seconds, 31);
+    assert!(matches!(
+        ada_watch.expect().await.event,
+        Some(Part::LocationStale(_))
+    ));
+    assert!(
+        (stored().await - 48.89).abs() < 1e-9,
+        "the newest fix is stored"
+    );
+    let snapshot = cast.ada.watch(id).await.snapshot().await;
+    assert!(snapshot.location_stale);
+
+    // The courier moves again: fresh, and sent at once (its window ended long ago).
+    let answer = cast
+        .kim
+        .report(vec![(id, fix(48.90, start + 31_000))])
+        .await
+        .unwrap();
+    assert_eq!(answer.accepted, 1);
+    assert!((lat(carol_watch.expect().await) - 48.90).abs() < 1e-9);
+
+    // After a restart the stored fix still shows: no blank map.
+    let app = app.restart().await;
+    let ada = shop(&app, "ada", &["admin"]).await;
+    let snapshot = ada.watch(id).await.snapshot().await;
+    let last = snapshot
+        .last_location
+        .expect("the stored fix survives a restart");
+    assert!(
+        (last.fix.unwrap().lat - 48.89).abs() < 1e-9,
+        "the last stored one"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Resume and restart
+
+#[tokio::test]
+async fn a_watch_resumed_after_a_disconnect_misses_nothing_and_ends_with_the_snapshot() {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    let id = order_id(&cast.carol.place().await);
+    let got = cast.carol.get(id).await.unwrap();
+    let mut watch = cast
+        .carol
+        .try_watch(id, got.position.clone())
+        .await
+        .unwrap();
+    // Resumed at the Get position with nothing missed: the snapshot first.
+    let snapshot = watch.snapshot().await;
+    assert_eq!(snapshot.order.unwrap().version, 1);
+    cast.ada.update(id, OrderStatus::Accepted).await.unwrap();
+    let accepted = watch.expect().await;
+    assert_eq!(part(&accepted), "status_changed");
+    let last = accepted.position.clone().unwrap();
+    drop(watch);
+
+    cast.ada.update(id, OrderStatus::Preparing).await.unwrap();
+    cast.payments.pay(id, 1000, "psp-1").await.unwrap();
+    let mut watch = cast.carol.try_watch(id, Some(last.clone())).await.unwrap();
+    let mut versions = vec![];
+    let mut kinds = vec![];
+    for _ in 0..3 {
+        let event = watch.expect().await;
+        assert!(event.recovered);
+        kinds.push(part(&event));
+        versions.push(match &event.event {
+            Some(Part::StatusChanged(s)) => s.version,
+            Some(Part::PaymentReceived(p)) => p.version,
+            Some(Part::Snapshot(s)) => s.order.as_ref().unwrap().version,
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(kinds, ["status_changed", "payment_received", "snapshot"]);
+    assert_eq!(versions, [3, 4, 4], "versions never go backwards");
+    cast.ada.update(id, OrderStatus::Ready).await.unwrap();
+    assert_eq!(part(&watch.expect().await), "status_changed", "then live");
+
+    // A position of another epoch cannot be continued: a fresh snapshot, recovered = false.
+    let mut watch = cast
+        .carol
+        .try_watch(
+            id,
+            Some(StreamPosition {
+                offset: 1,
+                epoch: "another-epoch".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    let first = watch.expect().await;
+    assert_eq!(part(&first), "snapshot");
+    assert!(!first.recovered);
+}
+
+#[tokio::test]
+async fn an_order_stream_resumed_after_a_herald_serve_restart_loses_no_event() {
+    use herald_e2e::process::spawn_serve_process;
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let connect = |herald: &herald_e2e::process::ServeProcess, sub: &str, roles: &[&str]| {
+        let endpoint = tonic::transport::Endpoint::from_shared(herald.grpc_url()).unwrap();
+        let token = herald_backend::auth::dev_key::sign_hs256(
+            herald_e2e::SECRET,
+            &herald_backend::auth::dev_key::TokenClaims::new(sub, roles, Duration::from_secs(3600)),
+        )
+        .unwrap();
+        async move {
+            let rooms = Client::connect(endpoint, token).await;
+            Shop {
+                orders: OrdersClient::new(rooms.channel.clone()),
+                rooms,
+            }
+        }
+    };
+    let carol = connect(&herald, "carol", &["customer"]).await;
+    let ada = connect(&herald, "ada", &["admin"]).await;
+    let id = order_id(&carol.place().await);
+    let mut watch = carol.watch(id).await;
+    watch.snapshot().await;
+    ada.update(id, OrderStatus::Accepted).await.unwrap();
+    let last = watch.expect().await.position.unwrap();
+    ada.update(id, OrderStatus::Preparing).await.unwrap(); // committed, never seen by carol
+
+    herald.kill9().await;
+    let herald = spawn_serve_process(data.path()).await;
+    let carol = connect(&herald, "carol", &["customer"]).await;
+    let ada = connect(&herald, "ada", &["admin"]).await;
+    ada.update(id, OrderStatus::Ready).await.unwrap(); // while carol was away
+
+    let mut watch = carol.try_watch(id, Some(last.clone())).await.unwrap();
+    let mut statuses = vec![];
+    for _ in 0..2 {
+        let event = watch.expect().await;
+        assert!(event.recovered, "resumed from the database: no reload");
+        let Some(Part::StatusChanged(changed)) = event.event else {
+            panic!("the missed changes first, with their typed bodies: {event:?}");
+        };
+        assert_eq!(
+            event.position.unwrap().offset,
+            last.offset + 1 + statuses.len() as u64
+        );
+        statuses.push(changed.status);
+    }
+    assert_eq!(
+        statuses,
+        [OrderStatus::Preparing as i32, OrderStatus::Ready as i32]
+    );
+    let snapshot = watch.snapshot().await;
+    assert_eq!(snapshot.order.unwrap().status, OrderStatus::Ready as i32);
+    herald.kill9().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lists and the browser
+
+#[tokio::test]
+async fn lists_page_by_role_with_filters_and_the_feed_position_of_the_same_snapshot() {
+    let app = spawn_app().await;
+    let cast = cast(&app).await;
+    cast.kim.available().await.unwrap();
+    let mut ids = vec![];
+    for n in 0..5 {
+        let who = if n % 2 == 0 { &cast.carol } else { &cast.dave };
+        ids.push(order_id(&who.place().await));
+    }
+    cast.ada
+        .update(ids[0], OrderStatus::Accepted)
+        .await
+        .unwrap();
+    cast.ada.assign(ids[0], "kim").await.unwrap();
+    cast.ada
+        .update(ids[4], OrderStatus::Accepted)
+        .await
+        .unwrap();
+
+    let list = |shop: &Shop, request: OrdersListRequest| {
+        let shop = shop.clone();
+        async move {
+            shop.orders
+                .clone()
+                .list(shop.req(request))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let page = list(
+        &cast.ada,
+        OrdersListRequest {
+            page_size: 2,
+            ..OrdersListRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    let first: Vec<u64> = page.orders.iter().map(order_id).collect();
+    assert_eq!(first, [ids[4], ids[3]], "newest first");
+    assert_eq!(page.feed_topic, "role:admin");
+    let mut feed = cast
+        .ada
+        .rooms
+        .resume("role:admin", page.feed_position.clone().unwrap())
+        .await;
+    let rest = list(
+        &cast.ada,
+        OrdersListRequest {
+            page_size: 10,
+            page_token: page.next_page_token.clone(),
+            ..OrdersListRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rest: Vec<u64> = rest.orders.iter().map(order_id).collect();
+    assert_eq!(rest, [ids[2], ids[1], ids[0]]);
+    let accepted = list(
+        &cast.ada,
+        OrdersListRequest {
+            statuses: vec![OrderStatus::Accepted as i32],
+            ..OrdersListRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        accepted.orders.iter().map(order_id).collect::<Vec<_>>(),
+        [ids[4], ids[0]]
+    );
+    let later = list(
+        &cast.ada,
+        OrdersListRequest {
+            created_after: Some(timestamp(now_ms() + 60_000)),
+            ..OrdersListRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(later.orders.is_empty());
+    let mine = list(&cast.carol, OrdersListRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.orders.iter().map(order_id).collect::<Vec<_>>(),
+        [ids[4], ids[2], ids[0]]
+    );
+    let jobs = list(&cast.kim, OrdersListRequest::default()).await.unwrap();
+    assert_eq!(
+        jobs.orders.iter().map(order_id).collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    assert_eq!(jobs.feed_topic, "user:kim");
+    assert_eq!(jobs.orders[0].order.as_ref().unwrap().paid_minor, 0);
+    expect_code(
+        list(
+            &cast.ada,
+            OrdersListRequest {
+                page_size: 101,
+                ..OrdersListRequest::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "at most 100",
+    );
+    expect_code(
+        list(
+            &cast.ada,
+            OrdersListRequest {
+                page_token: "x".into(),
+                ..OrdersListRequest::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+
+    // The feed continues exactly after the list's snapshot.
+    cast.ada
+        .update(ids[1], OrderStatus::Accepted)
+        .await
+        .unwrap();
+    let event = feed.next_event().await;
+    assert_eq!(event.r#type, "order.status_changed");
+    assert_eq!(event.offset, page.feed_position.unwrap().offset + 1);
+}
+
+#[tokio::test]
+async fn a_browser_customer_sees_typed_order_events_and_the_courier_moving_and_a_browser_courier_cannot_subscribe()
+ {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let cast = cast(&app).await;
+    let id = out_for_delivery(&cast).await;
+    let position = cast.carol.get(id).await.unwrap().position.unwrap();
+
+    let mut customer = edge.connect_as(&app.token("carol", &["customer"])).await;
+    let reply = customer
+        .request(
+            "subscribe",
+            json!({ "topic": format!("order:{id}"), "since": { "offset": position.offset.to_string(), "epoch": position.epoch } }),
+        )
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let mut courier = edge.connect_as(&app.token("kim", &["courier"])).await;
+    let reply = courier
+        .request("subscribe", json!({ "topic": format!("order:{id}") }))
+        .await;
+    assert_eq!(reply["error"]["code"], "permission_denied", "{reply}");
+
+    cast.kim
+        .report(vec![(id, fix(48.85, now_ms()))])
+        .await
+        .unwrap();
+    let push = customer.next_push().await;
+    assert_eq!(push["signal"]["type"], "courier.location", "{push}");
+    assert_eq!(push["signal"]["data"]["fix"]["lat"], json!(48.85), "{push}");
+    cast.kim.update(id, OrderStatus::Delivered).await.unwrap();
+    let push = customer.next_event().await;
+    assert_eq!(push["event"]["type"], "order.status_changed");
+    assert_eq!(
+        push["event"]["orderStatusChanged"]["status"], "ORDER_STATUS_DELIVERED",
+        "{push}"
+    );
+}

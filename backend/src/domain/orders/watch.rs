@@ -58,8 +58,9 @@ pub struct WatchFilter {
     snapshot_at: u64,
     /// The offset of the last event seen.
     seen: u64,
-    /// The received time (Unix ms) of the newest location shown, to leave out older ones.
-    shown_location_ms: i64,
+    /// The received and device times (Unix ms) of the newest location shown, to leave out
+    /// older ones.
+    shown_location: (i64, i64),
     /// The snapshot said the order is finished.
     finished: bool,
     /// A terminal status was queued: end once the queue is sent.
@@ -80,11 +81,10 @@ impl WatchFilter {
     ) -> (StreamPosition, WatchFilter) {
         let order = snapshot.order.clone().unwrap_or_default();
         let status = OrderStatus::try_from(order.status).unwrap_or_default();
-        let shown_location_ms = snapshot
+        let shown_location = snapshot
             .last_location
             .as_ref()
-            .and_then(|l| l.received_at.as_ref())
-            .map_or(i64::MIN, events::ms_of);
+            .map_or((i64::MIN, i64::MIN), location_times);
         let mut filter = WatchFilter {
             order_id,
             viewer,
@@ -95,7 +95,7 @@ impl WatchFilter {
             snapshot: Some(snapshot),
             snapshot_at: top.offset,
             seen: top.offset,
-            shown_location_ms,
+            shown_location,
             finished: is_terminal(status),
             ending: false,
             ended: None,
@@ -218,11 +218,11 @@ impl WatchFilter {
                 else {
                     return;
                 };
-                let received = location.received_at.as_ref().map_or(0, events::ms_of);
-                if received <= self.shown_location_ms {
+                let times = location_times(&location);
+                if times <= self.shown_location {
                     return;
                 }
-                self.shown_location_ms = received;
+                self.shown_location = times;
                 self.push(order_event::Event::CourierLocation(location), at);
             }
             events::STALE_SIGNAL => {
@@ -231,7 +231,7 @@ impl WatchFilter {
                     return;
                 };
                 let last = stale.last_received_at.as_ref().map_or(0, events::ms_of);
-                if last < self.shown_location_ms {
+                if last < self.shown_location.0 {
                     return; // a newer fix is already shown
                 }
                 self.push(order_event::Event::LocationStale(stale), at);
@@ -239,6 +239,17 @@ impl WatchFilter {
             _ => {}
         }
     }
+}
+
+/// When a location was received and taken, to order locations newest last.
+fn location_times(location: &CourierLocation) -> (i64, i64) {
+    let received = location.received_at.as_ref().map_or(0, events::ms_of);
+    let taken = location
+        .fix
+        .as_ref()
+        .and_then(|fix| fix.device_time.as_ref())
+        .map_or(0, events::ms_of);
+    (received, taken)
 }
 
 #[cfg(test)]
