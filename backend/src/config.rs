@@ -137,6 +137,24 @@ mod tests {
     }
 
     #[test]
+    fn the_orders_table_sets_the_tracking_intervals_and_checks_them() {
+        let config: Config = toml::from_str(
+            r#"
+            [orders]
+            location_stale_after = "45s"
+            max_tracked_orders = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.orders.location_stale_after, Duration::from_secs(45));
+        assert_eq!(config.orders.location_throttle, Duration::from_secs(1));
+        assert!(config.orders.check().is_ok());
+        let mut bad = config.orders.clone();
+        bad.location_timer = Duration::from_secs(2);
+        assert!(bad.check().unwrap_err().contains("orders.location_timer"));
+    }
+
+    #[test]
     fn unknown_fields_are_refused_by_name() {
         let error = toml::from_str::<Config>("grpc_adr = \"x\"").unwrap_err();
         assert!(error.to_string().contains("grpc_adr"));
