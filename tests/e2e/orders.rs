@@ -1438,3 +1438,44 @@ async fn a_browser_customer_sees_typed_order_events_and_the_courier_moving_and_a
         "{push}"
     );
 }
+
+#[tokio::test]
+async fn the_shop_demo_runs_a_shop_day_against_a_herald_serve() {
+    use herald_e2e::process::{herald_binary, spawn_serve_process};
+    let data = tempfile::tempdir().unwrap();
+    let herald = spawn_serve_process(data.path()).await;
+    let output = tokio::process::Command::new(herald_binary())
+        .args(["demo", "shop", "--pace", "0s", "--fix-interval", "50ms"])
+        .args(["--route-fixes", "4", "--server"])
+        .arg(herald.grpc_url())
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "dashboard ← #1   shop.business_status_changed",
+        "order.placed",
+        "watch it: herald watch order:1",
+        "client_total_minor is 990 but the items add up to 1050 EUR",
+        "customers may cancel only while it is placed or accepted",
+        "duplicate = true",
+        "carol's map ← your courier is kim",
+        "carol's map ← courier at",
+        "kim delivered order 1",
+        "paid in cash on delivery",
+        "the shop is closed",
+        "3 orders delivered",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+    herald.kill9().await;
+}

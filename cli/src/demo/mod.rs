@@ -1,10 +1,11 @@
-//! `herald demo inbox` and `herald demo reviews`: narrated scripts that act against a running
+//! `herald demo inbox`, `herald demo reviews` and `herald demo shop`: narrated scripts that act against a running
 //! server as several principals (a service, users, reviewers), and print, after every step,
 //! exactly the events that step pushed to the topics they watch. A newcomer runs
 //! `herald serve` in one terminal and a demo in another.
 
 mod inbox;
 mod reviews;
+mod shop;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::{CliError, DemoCommon};
 
 pub(crate) use inbox::run as inbox;
 pub(crate) use reviews::run as reviews;
+pub(crate) use shop::{describe_signal, run as shop};
 
 /// What the demos share: the connection, who may sign tokens, the pace.
 struct Stage {
@@ -290,7 +292,7 @@ pub(crate) fn describe(event: &Event) -> String {
                 decision.reviewer_id, d.pending
             )
         }
-        _ => String::new(),
+        _ => shop::describe(event).unwrap_or_default(),
     };
     format!("{:<26} {detail}", event.r#type)
 }
