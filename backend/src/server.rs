@@ -64,6 +64,8 @@ pub struct Backend {
     store: Store,
     /// The wall clock of the domain rules.
     clock: SharedClock,
+    /// Order tracking (built here, so its tracker's counters are readable before serving).
+    orders: Orders,
     #[cfg(feature = "test-util")]
     relay_faults: Arc<RelayFaults>,
 }
@@ -120,13 +122,21 @@ impl Backend {
             log: Some(Arc::new(store.clone())),
         })
         .map_err(ServeError::Config)?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let orders = Orders::new(
+            store.clone(),
+            node.clone(),
+            clock.clone(),
+            config.orders.clone(),
+        );
         Ok(Backend {
             config,
             node,
             broker,
             verifier,
             store,
-            clock: Arc::new(SystemClock),
+            clock,
+            orders,
             #[cfg(feature = "test-util")]
             relay_faults: Arc::new(RelayFaults::default()),
         })
@@ -135,8 +145,19 @@ impl Backend {
     /// Replaces the wall clock the domain rules read (tests move time with a
     /// [`ShiftedClock`](crate::clock::ShiftedClock)).
     pub fn with_clock(mut self, clock: SharedClock) -> Backend {
+        self.orders = Orders::new(
+            self.store.clone(),
+            self.node.clone(),
+            clock.clone(),
+            self.config.orders.clone(),
+        );
         self.clock = clock;
         self
+    }
+
+    /// Order tracking, for its tracker's counters.
+    pub fn orders(&self) -> &Orders {
+        &self.orders
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -169,6 +190,7 @@ impl Backend {
             verifier,
             store,
             clock,
+            orders,
             #[cfg(feature = "test-util")]
             relay_faults,
         } = self;
@@ -194,12 +216,6 @@ impl Backend {
         let inbox = Inbox::new(store.clone(), clock.clone(), config.notifications.clone());
         tracker.spawn(inbox.clone().run_sweeper(shutdown.clone()));
         let reviews = Reviews::new(store.clone(), clock.clone(), config.reviews.clone());
-        let orders = Orders::new(
-            store.clone(),
-            node.clone(),
-            clock.clone(),
-            config.orders.clone(),
-        );
         tracker.spawn(orders.clone().run_tracker(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

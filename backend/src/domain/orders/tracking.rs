@@ -19,7 +19,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -351,6 +354,27 @@ struct Inner {
     clock: SharedClock,
     config: TrackerConfig,
     tracks: Mutex<HashMap<OrderId, Track>>,
+    counters: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    fixes: AtomicU64,
+    signals: AtomicU64,
+    stores: AtomicU64,
+}
+
+/// What the tracker of this node did since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrackerStats {
+    /// Orders tracked now.
+    pub tracked: usize,
+    /// Fixes accepted.
+    pub fixes: u64,
+    /// Location and staleness signals sent.
+    pub signals: u64,
+    /// Writes of the last known fix to the database.
+    pub stores: u64,
 }
 
 /// One order's work found due at a tick.
@@ -369,6 +393,7 @@ impl Tracker {
                 clock,
                 config,
                 tracks: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
             }),
         }
     }
@@ -384,6 +409,17 @@ impl Tracker {
     /// How many orders are tracked on this node.
     pub fn tracked(&self) -> usize {
         lock(&self.inner.tracks).len()
+    }
+
+    /// The tracker's counters.
+    pub fn stats(&self) -> TrackerStats {
+        let counters = &self.inner.counters;
+        TrackerStats {
+            tracked: self.tracked(),
+            fixes: counters.fixes.load(Ordering::Relaxed),
+            signals: counters.signals.load(Ordering::Relaxed),
+            stores: counters.stores.load(Ordering::Relaxed),
+        }
     }
 
     /// Takes one fix from `courier` for `order_id`: checks it, sends it on or holds it for
@@ -413,6 +449,7 @@ impl Tracker {
                 ))));
             };
             let offered = track.offer(fix, now, self.inner.config.timing);
+            self.inner.counters.fixes.fetch_add(1, Ordering::Relaxed);
             let stored = StoredFix {
                 order_id,
                 courier_id: track.courier_id.clone(),
@@ -501,6 +538,7 @@ impl Tracker {
             u64::MAX,
         );
         let topic = events::order_topic(fix.order_id);
+        self.inner.counters.signals.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self
             .inner
             .node
@@ -518,6 +556,7 @@ impl Tracker {
     }
 
     async fn save(&self, fix: &StoredFix) {
+        self.inner.counters.stores.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let tx = self.inner.store.begin_as(&fix.courier_id).await?;
             queries::save_location(tx.conn(), fix).await?;
