@@ -5,9 +5,14 @@
 //! Per order ([`Track`], pure, tested with plain numbers):
 //! - a fix is checked ([`check_fix`], [`check_delivery`]): coordinates in range, accuracy ≥ 0,
 //!   device time at most 30 s ahead, from the assigned courier, while OUT_FOR_DELIVERY;
-//! - fan-out is throttled to one `courier.location` signal per `location_throttle` (1 s): the
-//!   first fix of a window goes at once, later ones wait and only the newest (by device time)
-//!   goes when the window ends, so watchers always end on the newest fix;
+//! - fan-out is throttled to one `courier.location` signal per `location_throttle` (1 s): a
+//!   fix goes at once when a second passed since the last one went (server time), or when it
+//!   is a second newer than that one (device time: the courier's own cadence) and at least
+//!   half a second passed; otherwise it waits and only the newest (by device time) goes when
+//!   the window ends, so watchers always end on the newest fix. Pacing on the courier's clock
+//!   passes every fix of a courier sending once a second at once, whatever the network's
+//!   jitter; a strict server-side interval equal to the courier's period would hold back
+//!   about half of them and lag further behind after every delay;
 //! - the last known fix is written to `order_location` at most every `location_store_interval`
 //!   (10 s), not once per fix;
 //! - after `location_stale_after` (30 s) without a fix, one `courier.location_stale` signal.
@@ -212,7 +217,9 @@ pub struct Track {
     pub checked_at_ms: i64,
     /// The newest fix and when it was received.
     pub newest: Option<(Fix, i64)>,
+    /// When the last fix was passed on (server time), and its device time.
     sent_at_ms: Option<i64>,
+    sent_device_ms: Option<i64>,
     /// The newest fix has not been sent.
     pending: bool,
     stored_at_ms: Option<i64>,
@@ -228,6 +235,7 @@ impl Track {
             checked_at_ms,
             newest: None,
             sent_at_ms: None,
+            sent_device_ms: None,
             pending: false,
             stored_at_ms: None,
             unsaved: false,
@@ -245,11 +253,18 @@ impl Track {
         }
         self.newest = Some((fix, now));
         self.stale_sent = false;
-        let send = self
-            .sent_at_ms
-            .is_none_or(|sent| now - sent >= timing.throttle_ms);
+        let send = match (self.sent_at_ms, self.sent_device_ms) {
+            (Some(sent), Some(sent_device)) => {
+                let server = now - sent;
+                let courier = fix.device_time_ms - sent_device;
+                server >= timing.throttle_ms
+                    || (courier >= timing.throttle_ms && 2 * server >= timing.throttle_ms)
+            }
+            _ => true,
+        };
         if send {
             self.sent_at_ms = Some(now);
+            self.sent_device_ms = Some(fix.device_time_ms);
         }
         self.pending = !send;
         let store = self
@@ -265,7 +280,7 @@ impl Track {
     /// What is due at `now`; the track counts it as done.
     pub fn due(&mut self, now: i64, timing: Timing) -> Due {
         let mut due = Due::default();
-        let Some((_, received)) = self.newest else {
+        let Some((newest, received)) = self.newest else {
             due.forget = true;
             return due;
         };
@@ -276,6 +291,7 @@ impl Track {
         {
             self.pending = false;
             self.sent_at_ms = Some(now);
+            self.sent_device_ms = Some(newest.device_time_ms);
             due.send = true;
         }
         if !self.stale_sent && now - received >= timing.stale_after_ms {
@@ -788,6 +804,38 @@ mod tests {
             !track.due(2_000, TIMING).send,
             "nothing new: nothing to send"
         );
+    }
+
+    #[test]
+    fn a_courier_sending_once_a_second_is_passed_on_at_once_whatever_the_network_jitter() {
+        let mut track = Track::new("kim".into(), 0);
+        for n in 0..60 {
+            // Device time on the second; arrival up to 40 ms late, alternately.
+            let device = n * 1_000;
+            let arrival = device + if n % 2 == 0 { 40 } else { 0 };
+            let offered = track.offer(fix(device), arrival, TIMING);
+            assert!(
+                matches!(offered, Offered::Newest { send: true, .. }),
+                "fix {n} waited: {offered:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_backlog_arriving_at_once_sends_the_first_then_the_newest_a_second_later() {
+        let mut track = Track::new("kim".into(), 0);
+        // Thirty fixes a second apart (device time), uploaded together after a tunnel.
+        let mut sent = 0;
+        for n in 0..30 {
+            if let Offered::Newest { send: true, .. } = track.offer(fix(n * 1_000), 30_000, TIMING)
+            {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 1, "never two within half a second");
+        assert!(!track.due(30_999, TIMING).send);
+        assert!(track.due(31_000, TIMING).send);
+        assert_eq!(track.newest.unwrap().0.device_time_ms, 29_000);
     }
 
     #[test]
