@@ -1088,6 +1088,10 @@ async fn ten_fixes_a_second_reach_watchers_once_a_second_the_newest_last_and_sil
     app.clock.advance(Duration::from_secs(1));
     let newest = lat(carol_watch.expect().await);
     assert!((newest - 48.89).abs() < 1e-9, "always the newest: {newest}");
+    assert!(
+        (stored().await - 48.80).abs() < 1e-9,
+        "passing a fix on does not store it"
+    );
 
     // A new watcher gets the last fix and its age at once; so does a raw subscriber.
     let mut ada_watch = cast.ada.watch(id).await;

@@ -19,7 +19,9 @@
 //!
 //! The [`Tracker`] holds the tracks of this node and one task that wakes every
 //! `location_timer` (25 ms) to send what a window held back, mark silent couriers stale and
-//! store what is due. Its time is the domain clock ([`crate::clock`]), so tests freeze and
+//! store what is due. A delivery's first fix and a silent courier's last are written at once;
+//! periodic writes go to a writer task that batches them, a transaction per batch, so a slow
+//! database never delays a courier's stream. Its time is the domain clock ([`crate::clock`]), so tests freeze and
 //! advance it instead of sleeping.
 
 use std::{
@@ -35,6 +37,7 @@ use herald_proto::{
     support::lock,
     v1::{CourierLocation, LocationFix, OrderStatus},
 };
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -371,6 +374,9 @@ struct Inner {
     config: TrackerConfig,
     tracks: Mutex<HashMap<OrderId, Track>>,
     counters: Counters,
+    /// Periodic writes of the last known fix, for the writer task ([`Tracker::run`]).
+    writes: mpsc::Sender<StoredFix>,
+    queued: Mutex<Option<mpsc::Receiver<StoredFix>>>,
 }
 
 #[derive(Debug, Default)]
@@ -378,7 +384,14 @@ struct Counters {
     fixes: AtomicU64,
     signals: AtomicU64,
     stores: AtomicU64,
+    store_transactions: AtomicU64,
 }
+
+/// Periodic writes waiting for the writer at most; more are skipped (the next one of the
+/// order, 10 s later, writes a newer fix anyway).
+const MAX_QUEUED_WRITES: usize = 10_000;
+/// The most fixes the writer stores in one transaction.
+const WRITE_BATCH: usize = 500;
 
 /// What the tracker of this node did since it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -389,8 +402,10 @@ pub struct TrackerStats {
     pub fixes: u64,
     /// Location and staleness signals sent.
     pub signals: u64,
-    /// Writes of the last known fix to the database.
+    /// Rows of the last known fix written to the database.
     pub stores: u64,
+    /// The transactions they took (periodic writes are batched).
+    pub store_transactions: u64,
 }
 
 /// One order's work found due at a tick.
@@ -402,6 +417,7 @@ struct DueWork {
 
 impl Tracker {
     pub fn new(node: Arc<Node>, store: Store, clock: SharedClock, config: TrackerConfig) -> Self {
+        let (writes, queued) = mpsc::channel(MAX_QUEUED_WRITES);
         Tracker {
             inner: Arc::new(Inner {
                 node,
@@ -410,6 +426,8 @@ impl Tracker {
                 config,
                 tracks: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                writes,
+                queued: Mutex::new(Some(queued)),
             }),
         }
     }
@@ -435,6 +453,7 @@ impl Tracker {
             fixes: counters.fixes.load(Ordering::Relaxed),
             signals: counters.signals.load(Ordering::Relaxed),
             stores: counters.stores.load(Ordering::Relaxed),
+            store_transactions: counters.store_transactions.load(Ordering::Relaxed),
         }
     }
 
@@ -456,7 +475,7 @@ impl Tracker {
         if !confirmed {
             self.confirm(courier, order_id, now).await?;
         }
-        let (offered, stored) = {
+        let (offered, stored, first) = {
             let mut tracks = lock(&self.inner.tracks);
             let Some(track) = tracks.get_mut(&order_id) else {
                 // Forgotten in between (the order changed on this node): ask again next time.
@@ -464,6 +483,7 @@ impl Tracker {
                     "order {order_id} changed while the fix was checked; send the next one"
                 ))));
             };
+            let first = track.stored_at_ms.is_none();
             let offered = track.offer(fix, now, self.inner.config.timing);
             self.inner.counters.fixes.fetch_add(1, Ordering::Relaxed);
             let stored = StoredFix {
@@ -472,15 +492,19 @@ impl Tracker {
                 fix,
                 received_at_ms: now,
             };
-            (offered, stored)
+            (offered, stored, first)
         };
         if let Offered::Newest { send, store } = offered {
             if send {
                 self.send(events::LOCATION_SIGNAL, &stored, &stored.location())
                     .await;
             }
-            if store {
-                self.save(&stored).await;
+            // The first fix of a delivery is stored before the call goes on (a map is never
+            // blank after that); later ones by the writer, off the courier's path.
+            if store && first {
+                self.save(std::slice::from_ref(&stored)).await;
+            } else if store {
+                self.queue(stored);
             }
         }
         Ok(offered)
@@ -571,17 +595,63 @@ impl Tracker {
         }
     }
 
-    async fn save(&self, fix: &StoredFix) {
-        self.inner.counters.stores.fetch_add(1, Ordering::Relaxed);
+    /// Stores fixes in one transaction (a failure is logged: the next write of the order
+    /// stores a newer fix).
+    async fn save(&self, fixes: &[StoredFix]) {
+        if fixes.is_empty() {
+            return;
+        }
+        let counters = &self.inner.counters;
+        counters
+            .stores
+            .fetch_add(fixes.len() as u64, Ordering::Relaxed);
+        counters.store_transactions.fetch_add(1, Ordering::Relaxed);
         let result = async {
-            let tx = self.inner.store.begin_as(&fix.courier_id).await?;
-            queries::save_location(tx.conn(), fix).await?;
+            let tx = self.inner.store.begin_as("herald-tracker").await?;
+            for fix in fixes {
+                queries::save_location(tx.conn(), fix).await?;
+            }
             tx.commit().await?;
             Ok::<_, StoreError>(())
         }
         .await;
         if let Err(error) = result {
-            tracing::warn!(order = %fix.order_id, %error, "could not store the last known fix");
+            tracing::warn!(fixes = fixes.len(), %error, "could not store the last known fixes");
+        }
+    }
+
+    /// Hands a periodic write to the writer task; skipped when its queue is full.
+    fn queue(&self, fix: StoredFix) {
+        if self.inner.writes.try_send(fix).is_err() {
+            tracing::debug!("the last-known-fix writer is behind; a periodic write is skipped");
+        }
+    }
+
+    /// Writes queued fixes, a batch per transaction (the newest per order), until `shutdown`;
+    /// then what is still queued.
+    async fn write(self, mut queued: mpsc::Receiver<StoredFix>, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                fix = queued.recv() => fix,
+            };
+            let Some(first) = first else { break };
+            let mut batch: HashMap<OrderId, StoredFix> = HashMap::new();
+            batch.insert(first.order_id, first);
+            while batch.len() < WRITE_BATCH
+                && let Ok(fix) = queued.try_recv()
+            {
+                batch.insert(fix.order_id, fix);
+            }
+            let batch: Vec<StoredFix> = batch.into_values().collect();
+            self.save(&batch).await;
+        }
+        let mut rest = Vec::new();
+        while let Ok(fix) = queued.try_recv() {
+            rest.push(fix);
+        }
+        for batch in rest.chunks(WRITE_BATCH) {
+            self.save(batch).await;
         }
     }
 
@@ -622,8 +692,14 @@ impl Tracker {
             )
             .await;
         }
-        for item in work.iter().filter(|item| item.due.store) {
-            self.save(&item.stored).await;
+        let silent: Vec<StoredFix> = work
+            .iter()
+            .filter(|item| item.due.store && item.due.stale)
+            .map(|item| item.stored.clone())
+            .collect();
+        self.save(&silent).await;
+        for item in work.iter().filter(|item| item.due.store && !item.due.stale) {
+            self.queue(item.stored.clone());
         }
         for item in work.iter().filter(|item| item.due.stale) {
             let stale = events::stale(&item.stored.location(), item.silent_ms);
@@ -631,8 +707,18 @@ impl Tracker {
         }
     }
 
-    /// Ticks every `location_timer` until `shutdown`.
+    /// Ticks every `location_timer` and writes queued fixes until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let queued = lock(&self.inner.queued).take();
+        let writer =
+            queued.map(|queued| tokio::spawn(self.clone().write(queued, shutdown.clone())));
+        self.clone().tick_until(shutdown).await;
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+
+    async fn tick_until(self, shutdown: CancellationToken) {
         let mut timer = tokio::time::interval(self.inner.config.timer);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
