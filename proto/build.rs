@@ -20,6 +20,8 @@ const PROTOS: &[&str] = &[
     "herald/v1/reviews.proto",
     "herald/v1/chat_events.proto",
     "herald/v1/chat.proto",
+    "herald/v1/orders_events.proto",
+    "herald/v1/orders.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".herald.v1.Event.body.review_decided")
         .boxed(".herald.v1.Event.body.chat_message_changed")
         .boxed(".herald.v1.Event.body.chat_membership_changed")
+        .boxed(".herald.v1.Event.body.order_placed")
         .compile_fds(fds.clone())?;
 
     // The server side of the services again, streaming `Rooms/Subscribe` responses as frames

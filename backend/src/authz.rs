@@ -6,12 +6,14 @@
 //! | `user:X`       | X itself, services                          | services                     |
 //! | `role:R`       | holders of role R, services                 | services                     |
 //! | `room:X`       | any authenticated user (configurable)       | any user (configurable), services |
-//! | `order:N`      | admins, services, its members (customer, courier) | services               |
+//! | `order:N`      | admins, services, its members (the customer; its courier reads `Orders/Watch`) | services |
 //! | `deployment:N` | admins, services, its members (owner)       | services                     |
 //! | `conv:N`, `group:N` | services, their members                | services                     |
 //!
-//! Signals (`Action::Signal`, ephemeral): rooms — anyone who may read them; `order:`,
-//! `deployment:`, `conv:`, `group:` — whoever may read them; `user:`, `role:` — services.
+//! Signals (`Action::Signal`, ephemeral): rooms — anyone who may read them; `deployment:`,
+//! `conv:`, `group:` — whoever may read them; `order:`, `user:`, `role:` — services (a
+//! courier's position reaches `order:` topics through `Orders/ReportLocation`, which checks
+//! and throttles it, never as a raw signal).
 //!
 //! "Members" are facts only the domain's tables know: each domain registers a [`Membership`]
 //! for its kind, and the policy asks it. A kind without one has no members (only admins and
@@ -212,7 +214,8 @@ impl Policy {
             (Action::Read, TopicKind::Role) => yes(who.has_role(topic.id())),
             (Action::Read | Action::Signal, TopicKind::Room) => yes(self.config.rooms_public),
             (Action::Publish, TopicKind::Room) => yes(self.config.rooms_user_publish),
-            (Action::Read | Action::Signal, TopicKind::Order | TopicKind::Deployment) => {
+            (Action::Read, TopicKind::Order)
+            | (Action::Read | Action::Signal, TopicKind::Deployment) => {
                 if who.has_role(ADMIN_ROLE) {
                     Allow
                 } else {
@@ -220,7 +223,8 @@ impl Policy {
                 }
             }
             (Action::Read | Action::Signal, TopicKind::Conv | TopicKind::Group) => AskMembers,
-            (Action::Signal, TopicKind::User | TopicKind::Role) | (Action::Publish, _) => Deny,
+            (Action::Signal, TopicKind::User | TopicKind::Role | TopicKind::Order)
+            | (Action::Publish, _) => Deny,
         }
     }
 }
@@ -235,8 +239,12 @@ fn refusal(action: Action, topic: &Topic) -> String {
         (Action::Publish, TopicKind::Room) => "publishing to rooms is disabled for users",
         (Action::Publish, _) => "only services publish to this kind of topic",
         (Action::Signal, TopicKind::Room) => "rooms are not public on this server",
-        (Action::Signal, TopicKind::Order | TopicKind::Deployment) => {
+        (Action::Signal, TopicKind::Deployment) => {
             "signals on this topic are for its members, admins and services"
+        }
+        (Action::Signal, TopicKind::Order) => {
+            "order topics take signals from services only; couriers report their position with \
+             Orders/ReportLocation"
         }
         (Action::Signal, TopicKind::Conv | TopicKind::Group) => {
             "signals on this topic are for its members"

@@ -4,13 +4,14 @@
 //!
 //! Production uses [`SystemClock`]. [`ShiftedClock`] is the system clock plus an offset that
 //! tests advance: time still flows, and jumps forward on demand (past a rate-limit window, to
-//! a snooze's end). Timers of the runtime (`tokio::time`) are a different clock and are not
+//! a snooze's end); frozen, it moves only when advanced (a throttle window that must not end
+//! by itself). Timers of the runtime (`tokio::time`) are a different clock and are not
 //! affected.
 
 use std::{
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -34,10 +35,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock moved forward by an offset that only grows (see the module docs).
+/// The system clock moved forward by an offset that only grows, optionally frozen (see the
+/// module docs).
 #[derive(Debug, Default)]
 pub struct ShiftedClock {
     ahead_ms: AtomicU64,
+    /// The system time the clock stopped at.
+    frozen: Mutex<Option<SystemTime>>,
 }
 
 impl ShiftedClock {
@@ -51,6 +55,12 @@ impl ShiftedClock {
         self.ahead_ms.fetch_add(by, Ordering::SeqCst);
     }
 
+    /// Stops the clock where it is: from now on it moves only by [`ShiftedClock::advance`].
+    pub fn freeze(&self) {
+        let mut frozen = herald_proto::support::lock(&self.frozen);
+        frozen.get_or_insert_with(SystemTime::now);
+    }
+
     /// How far ahead of the system clock this clock is.
     pub fn ahead(&self) -> Duration {
         Duration::from_millis(self.ahead_ms.load(Ordering::SeqCst))
@@ -59,7 +69,8 @@ impl ShiftedClock {
 
 impl Clock for ShiftedClock {
     fn now(&self) -> SystemTime {
-        SystemTime::now() + self.ahead()
+        let base = (*herald_proto::support::lock(&self.frozen)).unwrap_or_else(SystemTime::now);
+        base + self.ahead()
     }
 }
 
@@ -76,5 +87,18 @@ mod tests {
         assert!(now >= before + Duration::from_secs(3600));
         assert!(now < SystemTime::now() + Duration::from_secs(3601));
         assert_eq!(clock.ahead(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_frozen_clock_moves_only_when_advanced() {
+        let clock = ShiftedClock::new();
+        clock.freeze();
+        let at = clock.now();
+        while SystemTime::now() <= at {
+            std::hint::spin_loop(); // until the system clock has moved on
+        }
+        assert_eq!(clock.now(), at);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now(), at + Duration::from_secs(1));
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     authz::PolicyConfig,
     broker::memory::RetentionConfig,
     domain::{
-        chat::ChatConfig, deployments::DeploymentsConfig, inbox::InboxConfig,
+        chat::ChatConfig, deployments::DeploymentsConfig, inbox::InboxConfig, orders::OrdersConfig,
         reviews::ReviewsConfig,
     },
     lanes::TopicsConfig,
@@ -50,6 +50,8 @@ pub struct Config {
     pub reviews: ReviewsConfig,
     /// Messaging: group and membership bounds, typing.
     pub chat: ChatConfig,
+    /// Order tracking: courier location throttle, storage and staleness.
+    pub orders: OrdersConfig,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             notifications: InboxConfig::default(),
             reviews: ReviewsConfig::default(),
             chat: ChatConfig::default(),
+            orders: OrdersConfig::default(),
         }
     }
 }
@@ -134,6 +137,24 @@ mod tests {
         assert_eq!(config.retention.history_max_events, 1000);
         assert_eq!(config.auth.issuer.as_deref(), Some("https://id.example"));
         assert_eq!(config.node.replay_cap, 1000);
+    }
+
+    #[test]
+    fn the_orders_table_sets_the_tracking_intervals_and_checks_them() {
+        let config: Config = toml::from_str(
+            r#"
+            [orders]
+            location_stale_after = "45s"
+            max_tracked_orders = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.orders.location_stale_after, Duration::from_secs(45));
+        assert_eq!(config.orders.location_throttle, Duration::from_secs(1));
+        assert!(config.orders.check().is_ok());
+        let mut bad = config.orders.clone();
+        bad.location_timer = Duration::from_secs(2);
+        assert!(bad.check().unwrap_err().contains("orders.location_timer"));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //!  auth (interceptor: JWT → Principal)   topic, event (parsed once)   config, server (assembly)
 //!
 //!  grpc::inbox ──► domain::inbox ──► store (DomainTx, ReadSnapshot)   clock (the rules' `now`)
+//!  grpc::orders ──► domain::orders ──► store, node (Watch's subscription; courier fixes as signals)
 //! ```
 //!
 //! **Rule for domain services** (reviews, inbox, orders, chat, deployments): they add nothing

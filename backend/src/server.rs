@@ -6,7 +6,7 @@ use std::{future::Future, sync::Arc};
 use herald_proto::server::{
     auth_server::AuthServer, chat_server::ChatServer, deployments_server::DeploymentsServer,
     edge_server::EdgeServer, notifications_server::NotificationsServer,
-    reviews_server::ReviewsServer, rooms_server::RoomsServer,
+    orders_server::OrdersServer, reviews_server::ReviewsServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,10 +19,13 @@ use crate::{
     broker::memory::MemoryBroker,
     clock::{SharedClock, SystemClock},
     config::Config,
-    domain::{chat::Chat, deployments::Deployments, inbox::Inbox, reviews::Reviews},
+    domain::{
+        chat::Chat, deployments::Deployments, inbox::Inbox, orders::Orders, reviews::Reviews,
+    },
     grpc::{
         auth::AuthService, chat::ChatService, deployments::DeploymentsService, edge::EdgeService,
-        inbox::NotificationsService, reviews::ReviewsService, rooms::RoomsService,
+        inbox::NotificationsService, orders::OrdersService, reviews::ReviewsService,
+        rooms::RoomsService,
     },
     hub::Hub,
     lanes::Lanes,
@@ -62,6 +65,8 @@ pub struct Backend {
     store: Store,
     /// The wall clock of the domain rules.
     clock: SharedClock,
+    /// Order tracking (built here, so its tracker's counters are readable before serving).
+    orders: Orders,
     #[cfg(feature = "test-util")]
     relay_faults: Arc<RelayFaults>,
 }
@@ -78,6 +83,7 @@ impl Backend {
         let lanes = Arc::new(Lanes::new(&config.topics).map_err(ServeError::Config)?);
         config.deployments.check().map_err(ServeError::Config)?;
         config.chat.check().map_err(ServeError::Config)?;
+        config.orders.check().map_err(ServeError::Config)?;
         crate::domain::reviews::rules::role("reviews.reviewer_role", &config.reviews.reviewer_role)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let store = Store::open(
@@ -113,19 +119,28 @@ impl Backend {
             policy: Policy::new(config.policy.clone())
                 .with_membership(TopicKind::Deployment, Deployments::owners(store.clone()))
                 .with_membership(TopicKind::Group, Chat::members(store.clone()))
-                .with_membership(TopicKind::Conv, Chat::members(store.clone())),
+                .with_membership(TopicKind::Conv, Chat::members(store.clone()))
+                .with_membership(TopicKind::Order, Orders::customers(store.clone())),
             config: config.node.clone(),
             lanes,
             log: Some(Arc::new(store.clone())),
         })
         .map_err(ServeError::Config)?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let orders = Orders::new(
+            store.clone(),
+            node.clone(),
+            clock.clone(),
+            config.orders.clone(),
+        );
         Ok(Backend {
             config,
             node,
             broker,
             verifier,
             store,
-            clock: Arc::new(SystemClock),
+            clock,
+            orders,
             #[cfg(feature = "test-util")]
             relay_faults: Arc::new(RelayFaults::default()),
         })
@@ -134,8 +149,19 @@ impl Backend {
     /// Replaces the wall clock the domain rules read (tests move time with a
     /// [`ShiftedClock`](crate::clock::ShiftedClock)).
     pub fn with_clock(mut self, clock: SharedClock) -> Backend {
+        self.orders = Orders::new(
+            self.store.clone(),
+            self.node.clone(),
+            clock.clone(),
+            self.config.orders.clone(),
+        );
         self.clock = clock;
         self
+    }
+
+    /// Order tracking, for its tracker's counters.
+    pub fn orders(&self) -> &Orders {
+        &self.orders
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -168,6 +194,7 @@ impl Backend {
             verifier,
             store,
             clock,
+            orders,
             #[cfg(feature = "test-util")]
             relay_faults,
         } = self;
@@ -200,6 +227,7 @@ impl Backend {
             config.chat.clone(),
         );
         tracker.spawn(chat.clone().run(shutdown.clone()));
+        tracker.spawn(orders.clone().run_tracker(shutdown.clone()));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -255,6 +283,11 @@ impl Backend {
         let chat = tonic::service::interceptor::InterceptedService::new(
             ChatServer::new(ChatService::new(chat))
                 .max_decoding_message_size(config.grpc.max_decode_bytes),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let orders = tonic::service::interceptor::InterceptedService::new(
+            OrdersServer::new(OrdersService::new(orders))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -285,6 +318,7 @@ impl Backend {
             .add_service(notifications)
             .add_service(reviews)
             .add_service(chat)
+            .add_service(orders)
             .serve_with_incoming_shutdown(accepted(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

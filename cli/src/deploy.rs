@@ -743,7 +743,10 @@ async fn watch_topic(
                                         &format!(
                                             "~ {} {}",
                                             signal.r#type,
-                                            serde_json::to_string(&signal.data).unwrap_or_default()
+                                            crate::demo::describe_signal(&signal).unwrap_or_else(
+                                                || serde_json::to_string(&signal.data)
+                                                    .unwrap_or_default()
+                                            )
                                         )
                                     )
                                 );

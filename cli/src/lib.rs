@@ -9,7 +9,7 @@
 //! - `client`, `migrate`: the client commands and `herald migrate`;
 //! - `deploy`: `herald demo deploy` (a build worker at human pace) and `herald watch` (a
 //!   pretty printer for typed streams: a deployment's status line, then its log).
-//! - `demo`: `herald demo inbox`, `herald demo reviews` and `herald demo chat`, narrated
+//! - `demo`: `herald demo inbox`, `herald demo reviews`, `herald demo chat` and `herald demo shop`, narrated
 //!   scripts against a running server.
 //!
 //! `main.rs` only parses arguments, sets up tracing and signals, and calls in here.
@@ -49,7 +49,8 @@ use herald_backend::{
         herald demo deploy                    # a build worker; then `herald watch deployment:1`\n  \
         herald demo inbox                     # watch a notification inbox work, step by step\n  \
         herald demo reviews                   # watch reviewers share an approval queue\n  \
-        herald demo chat                      # simulated users chat; then `herald watch conv:1`\n\n\
+        herald demo chat                      # simulated users chat; then `herald watch conv:1`\n  \
+        herald demo shop                      # a shop day; then `herald watch order:1`\n\n\
         Settings come from flags, then HERALD_* environment variables, then the TOML file given \
         by --config, then defaults."
 )]
@@ -93,7 +94,7 @@ pub enum Command {
     /// line, until the deployment finishes; other topics, one line per event.
     Watch(WatchArgs),
     /// Demonstrations that act against a running server: a build worker, a notification
-    /// inbox, a review queue.
+    /// inbox, a review queue, a shop day.
     #[command(
         subcommand,
         long_about = "Demonstrations that act against a running server as services and users, \
@@ -103,7 +104,8 @@ pub enum Command {
             herald demo deploy\n  \
             herald demo inbox\n  \
             herald demo reviews\n  \
-            herald demo chat\n\n\
+            herald demo chat\n  \
+            herald demo shop\n\n\
             The demos sign their own tokens with the server's development key (in --data-dir) \
             or with the server's HS256 secret."
     )]
@@ -491,6 +493,38 @@ pub enum DemoCommand {
         Watch it from a third terminal with the printed `herald watch conv:ID`."
     )]
     Chat(ChatDemoArgs),
+    /// A shop day: customers order, the kitchen prepares, payments arrive, two couriers drive
+    /// their routes streaming a fix every second, the shop closes.
+    #[command(
+        long_about = "A shop day against a running server. ada (admin) opens the shop and \
+        publishes an offer; couriers kim and lee start their shift; customers carol, dave and \
+        erin order (the server computes each total; a wrong one is refused); the kitchen \
+        accepts and prepares; the payment service records card payments (a retried webhook is \
+        a duplicate); couriers are assigned, pick up and drive a route streaming a fix every \
+        second (ReportLocation), then deliver; the last order is paid in cash; the shop closes.\n\n\
+        ada's dashboard (role:admin) and carol's map (Orders/Watch of her order) print live. \
+        Watch any order from another terminal:\n  \
+        herald watch order:1"
+    )]
+    Shop(ShopDemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShopDemoArgs {
+    /// How many orders the customers place (1–50).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub orders: u32,
+
+    /// How many fixes each courier sends along one route.
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    pub route_fixes: u32,
+
+    /// The time between two fixes of a courier, for example 1s or 100ms.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fix_interval: Duration,
+
+    #[command(flatten)]
+    pub common: DemoCommon,
 }
 
 #[derive(Debug, Args)]
@@ -597,7 +631,8 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         Command::Demo(
             DemoCommand::Inbox(InboxDemoArgs { common, .. })
             | DemoCommand::Reviews(ReviewsDemoArgs { common, .. })
-            | DemoCommand::Chat(ChatDemoArgs { common, .. }),
+            | DemoCommand::Chat(ChatDemoArgs { common, .. })
+            | DemoCommand::Shop(ShopDemoArgs { common, .. }),
         ) => &common.data.data_dir,
     };
     if let Some(dir) = data_dir {
@@ -625,6 +660,7 @@ pub async fn run_tool(cli: Cli, config: Config) -> Result<(), CliError> {
         Command::Demo(DemoCommand::Inbox(args)) => demo::inbox(args, &config).await,
         Command::Demo(DemoCommand::Reviews(args)) => demo::reviews(args, &config).await,
         Command::Demo(DemoCommand::Chat(args)) => demo::chat(args, &config).await,
+        Command::Demo(DemoCommand::Shop(args)) => demo::shop(args, &config).await,
     }
 }
 

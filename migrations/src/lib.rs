@@ -14,6 +14,12 @@ mod m20261201_000022_notification_mention;
 mod m20261201_000023_review_request;
 mod m20261201_000024_review_decision;
 mod m20261201_000025_review_queue;
+mod m20261201_000030_shop_order;
+mod m20261201_000031_order_payment;
+mod m20261201_000032_order_location;
+mod m20261201_000033_shop_status;
+mod m20261201_000034_shop_courier;
+mod m20261201_000035_shop_offer;
 mod m20261201_000060_chat_group;
 mod m20261201_000061_chat_group_member;
 mod m20261201_000062_chat_conversation;
@@ -42,6 +48,12 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000023_review_request::Migration),
             Box::new(m20261201_000024_review_decision::Migration),
             Box::new(m20261201_000025_review_queue::Migration),
+            Box::new(m20261201_000030_shop_order::Migration),
+            Box::new(m20261201_000031_order_payment::Migration),
+            Box::new(m20261201_000032_order_location::Migration),
+            Box::new(m20261201_000033_shop_status::Migration),
+            Box::new(m20261201_000034_shop_courier::Migration),
+            Box::new(m20261201_000035_shop_offer::Migration),
             Box::new(m20261201_000060_chat_group::Migration),
             Box::new(m20261201_000061_chat_group_member::Migration),
             Box::new(m20261201_000062_chat_conversation::Migration),

@@ -8,6 +8,7 @@ mod durable;
 mod edge;
 mod lifecycle;
 mod notifications;
+mod orders;
 mod outbox;
 mod resume;
 mod reviews;

@@ -9,4 +9,5 @@
 pub mod chat;
 pub mod deployments;
 pub mod inbox;
+pub mod orders;
 pub mod reviews;

@@ -8,5 +8,6 @@ pub mod chat;
 pub mod deployments;
 pub mod edge;
 pub mod inbox;
+pub mod orders;
 pub mod reviews;
 pub mod rooms;

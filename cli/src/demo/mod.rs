@@ -1,11 +1,12 @@
-//! `herald demo inbox`, `herald demo reviews` and `herald demo chat`: narrated scripts that act
-//! against a running server as several principals (a service, users, reviewers), and print,
+//! `herald demo inbox`, `herald demo reviews`, `herald demo chat` and `herald demo shop`:
+//! narrated scripts that act against a running server as several principals (a service, users, reviewers), and print,
 //! after every step, exactly the events that step pushed to the topics they watch. A newcomer runs
 //! `herald serve` in one terminal and a demo in another.
 
 mod chat;
 mod inbox;
 mod reviews;
+mod shop;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::{CliError, DemoCommon};
 pub(crate) use chat::run as chat;
 pub(crate) use inbox::run as inbox;
 pub(crate) use reviews::run as reviews;
+pub(crate) use shop::{describe_signal, run as shop};
 
 /// What the demos share: the connection, who may sign tokens, the pace.
 struct Stage {
@@ -292,14 +294,17 @@ pub(crate) fn describe(event: &Event) -> String {
                 decision.reviewer_id, d.pending
             )
         }
-        Some(body) => chat_detail(body),
+        Some(body) => {
+            chat_detail(body).unwrap_or_else(|| shop::describe(event).unwrap_or_default())
+        }
         None => String::new(),
     };
     format!("{:<26} {detail}", event.r#type)
 }
 
 /// The detail of a messaging event.
-fn chat_detail(body: &Body) -> String {
+/// A chat body described in one line; `None` for the bodies of other jobs.
+fn chat_detail(body: &Body) -> Option<String> {
     use herald_proto::v1::ChatMemberChange;
     let quote = |text: &str| {
         let short: String = text.chars().take(60).collect();
@@ -309,7 +314,7 @@ fn chat_detail(body: &Body) -> String {
             format!("“{short}”")
         }
     };
-    match body {
+    Some(match body {
         Body::ChatMessageChanged(changed) => {
             let m = changed.message.clone().unwrap_or_default();
             if m.deleted {
@@ -399,6 +404,6 @@ fn chat_detail(body: &Body) -> String {
             "conv:{}: {} unread · {} in total",
             unread.conversation_id, unread.unread, unread.total_unread
         ),
-        _ => String::new(),
-    }
+        _ => return None,
+    })
 }
