@@ -269,13 +269,29 @@ impl History {
         after: &StreamPosition,
         budget: PageBudget,
     ) -> Result<Page, HistoryError> {
+        self.page_through(topic, after, budget, None).await
+    }
+
+    /// [`History::page`] for a reader that was told `through` is committed: the broker's cache
+    /// trails the log by the relay's lag, so a cache page that ends short of `through` is read
+    /// from the log instead. A subscriber needs no such bound (the live stream carries what the
+    /// cache has not seen yet); a `History` call does, or it would answer a position past its
+    /// last event and the caller would skip the events in between.
+    pub async fn page_through(
+        &self,
+        topic: &Topic,
+        after: &StreamPosition,
+        budget: PageBudget,
+        through: Option<u64>,
+    ) -> Result<Page, HistoryError> {
         let cached = self
             .broker
             .history(topic, HistoryStart::After(after.clone()), budget.events)
             .await?;
-        if cached.covered {
+        let full = cached.events.len() >= budget.events;
+        let lags = through.is_some_and(|through| cached.top.offset < through);
+        if cached.covered && (full || !lags) {
             let mut events = cached.events;
-            let full = events.len() >= budget.events;
             let trimmed = trim_to_bytes(&mut events, budget.bytes);
             self.stats.record(false, &events);
             return Ok(Page {
@@ -351,6 +367,85 @@ mod tests {
         };
         assert!(empty.covers(&position(10, "e")));
         assert!(!empty.covers(&position(9, "e")));
+    }
+
+    /// A log holding offsets `1..=top` of `order:lag` in epoch `db`.
+    #[derive(Debug)]
+    struct FixedLog {
+        top: u64,
+    }
+
+    #[async_trait]
+    impl EventLog for FixedLog {
+        async fn bounds(&self, _topic: &Topic) -> Result<LogBounds, LogError> {
+            Ok(LogBounds {
+                top: position(self.top, "db"),
+                oldest: 1,
+            })
+        }
+
+        async fn read(
+            &self,
+            _topic: &Topic,
+            after: u64,
+            limit: usize,
+            _max_bytes: usize,
+        ) -> Result<Vec<Arc<SharedEvent>>, LogError> {
+            Ok((after + 1..=self.top).take(limit).map(logged).collect())
+        }
+    }
+
+    fn logged(offset: u64) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(herald_proto::v1::Event {
+            topic: "order:lag".into(),
+            offset,
+            epoch: "db".into(),
+            ..Default::default()
+        }))
+    }
+
+    fn offsets(page: &Page) -> Vec<u64> {
+        page.events.iter().map(|event| event.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_passes_a_cache_that_trails_the_log_and_a_subscriber_read_does_not() {
+        let broker = Arc::new(crate::broker::memory::MemoryBroker::new(
+            crate::hub::Hub::new(16),
+            crate::broker::memory::RetentionConfig::default(),
+        ));
+        broker.append(logged(1)).await.unwrap();
+        let lanes = Arc::new(Lanes::new(&crate::lanes::TopicsConfig::default()).unwrap());
+        let history = History::new(broker, Some(Arc::new(FixedLog { top: 3 })), lanes);
+        let topic = Topic::parse("order:lag").unwrap();
+        let start = position(0, "db");
+        let budget = PageBudget::REPLAY;
+
+        let bounded = history
+            .page_through(&topic, &start, budget, Some(3))
+            .await
+            .unwrap();
+        assert_eq!(offsets(&bounded), vec![1, 2, 3], "2 and 3 are committed");
+        assert_eq!(history.stats().log_pages(), 1);
+
+        let live = history.page(&topic, &start, budget).await.unwrap();
+        assert_eq!(offsets(&live), vec![1], "the live stream brings 2 and 3");
+        assert_eq!(history.stats().cache_pages(), 1);
+
+        let one = PageBudget {
+            events: 1,
+            ..budget
+        };
+        let full = history
+            .page_through(&topic, &start, one, Some(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets(&full),
+            vec![1],
+            "a full cache page needs no log read"
+        );
+        assert_eq!(history.stats().cache_pages(), 2);
     }
 
     #[test]

@@ -471,7 +471,12 @@ impl Node {
             Some(since) => since,
             None => self.oldest_start(&topic, &top).await?,
         };
-        match self.history.page(&topic, &after, budget).await {
+        let through = Some(top.offset).filter(|_| top.epoch == after.epoch);
+        match self
+            .history
+            .page_through(&topic, &after, budget, through)
+            .await
+        {
             Ok(page) => Ok((page.events, top)),
             Err(HistoryError::Gone(_)) => Err(gone(Some(&after), &top)),
             Err(error) => Err(history_error(error)),
