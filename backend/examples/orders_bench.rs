@@ -225,7 +225,7 @@ async fn run(
     let setup = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let ids = Arc::new(Mutex::new(vec![0u64; args.couriers]));
-    let parallel = Arc::new(tokio::sync::Semaphore::new(32));
+    let parallel = Arc::new(tokio::sync::Semaphore::new(8));
     for n in 0..args.couriers {
         let mut client = client(n);
         let admin = admin.clone();
@@ -461,9 +461,13 @@ async fn run(
     );
     stop.cancel();
     let mut rejected = 0;
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
     for courier in couriers {
         if let Ok(Some(answer)) = courier.await {
             rejected += answer.rejected;
+            for refusal in answer.rejections {
+                *codes.entry(refusal.code).or_default() += 1;
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // the watchers hand in their samples
@@ -494,9 +498,14 @@ async fn run(
         cpu(before.0.0, after.0.0)
     );
     println!(
-        "| fixes sent / accepted | {:.0}/s / {:.0}/s ({rejected} refused) |",
+        "| fixes sent / accepted | {:.0}/s / {:.0}/s ({rejected} refused{}) |",
         per_second(before.2, after.2),
-        per_second(before.1.fixes, after.1.fixes)
+        per_second(before.1.fixes, after.1.fixes),
+        if codes.is_empty() {
+            String::new()
+        } else {
+            format!(", first ones by code: {codes:?}")
+        }
     );
     println!(
         "| location signals sent | {:.0}/s |",

@@ -55,8 +55,9 @@ use crate::{
 /// How far ahead of the server's clock a fix's device time may be.
 pub const MAX_FUTURE_SKEW_MS: i64 = 30_000;
 /// How long a confirmed delivery (courier and status) is trusted before the database is asked
-/// again. Status changes made on this node end it at once ([`Tracker::forget`]).
-pub const RECHECK_MS: i64 = 2_000;
+/// again: one read per order per 10 s. Status changes made on this node end it at once
+/// ([`Tracker::forget`]); one made on another node is seen within this time.
+pub const RECHECK_MS: i64 = 10_000;
 /// A track without a fix for this long is dropped (its order is long over or abandoned).
 pub const FORGET_AFTER_MS: i64 = 10 * 60_000;
 
