@@ -67,8 +67,9 @@ struct Args {
     /// How long to measure.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     measure: Duration,
-    /// HTTP/2 connections the clients share.
-    #[arg(long, default_value_t = 16)]
+    /// HTTP/2 connections the couriers share, and as many again for the watchers and admins
+    /// (phones each have their own; the default puts about eight clients on one).
+    #[arg(long, default_value_t = 128)]
     connections: usize,
     /// Worker threads of the backend's runtime.
     #[arg(long, default_value_t = 2)]
@@ -154,6 +155,8 @@ struct Samples {
     fix_latency_us: Vec<i64>,
     /// From the fix's capture (device time) to the watcher.
     capture_latency_us: Vec<i64>,
+    /// From the courier's send to the server's acceptance (`received_at`, milliseconds).
+    inbound_us: Vec<i64>,
     admin_latency_us: Vec<i64>,
 }
 
@@ -209,15 +212,18 @@ async fn run(
     orders: herald_backend::domain::orders::Orders,
     database: String,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections.max(1) {
+    let connections = args.connections.max(1);
+    let mut channels = Vec::with_capacity(2 * connections);
+    for _ in 0..2 * connections {
         channels.push(
             Channel::from_shared(format!("http://{addr}"))?
                 .connect()
                 .await?,
         );
     }
-    let channel = |n: usize| channels[n % channels.len()].clone();
+    // Couriers on the first half of the connections, watchers and admins on the second.
+    let channel = |n: usize| channels[n % connections].clone();
+    let watcher_channel = |n: usize| channels[connections + n % connections].clone();
     let admin = token("ada", &["admin"]);
     let client = |n: usize| OrdersClient::new(channel(n));
 
@@ -289,7 +295,7 @@ async fn run(
 
     // Customers watch their orders.
     for (n, id) in ids.iter().copied().enumerate() {
-        let mut client = client(n);
+        let mut client = OrdersClient::new(watcher_channel(n));
         let customer = token(&format!("customer-{n}"), &["customer"]);
         let (measuring, stop, samples) = (measuring.clone(), stop.clone(), samples.clone());
         tokio::spawn(async move {
@@ -304,7 +310,7 @@ async fn run(
                 return;
             };
             let mut stream = response.into_inner();
-            let (mut sent, mut captured) = (vec![], vec![]);
+            let (mut sent, mut captured, mut inbound) = (vec![], vec![], vec![]);
             loop {
                 let message = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -318,6 +324,10 @@ async fn run(
                     let now = now_us();
                     let at = fix.speed_mps.unwrap_or_default() as i64;
                     sent.push((now % SEND_CLOCK_WRAP - at).rem_euclid(SEND_CLOCK_WRAP));
+                    if let Some(received) = location.received_at {
+                        let received = micros_of(&received) % SEND_CLOCK_WRAP;
+                        inbound.push((received - at).rem_euclid(SEND_CLOCK_WRAP));
+                    }
                     if let Some(device) = fix.device_time {
                         captured.push(now - micros_of(&device));
                     }
@@ -326,11 +336,12 @@ async fn run(
             let mut samples = samples.lock().expect("not poisoned");
             samples.fix_latency_us.extend(sent);
             samples.capture_latency_us.extend(captured);
+            samples.inbound_us.extend(inbound);
         });
     }
     // Admins follow the dashboard feed.
     for n in 0..args.admins {
-        let mut rooms = RoomsClient::new(channel(n));
+        let mut rooms = RoomsClient::new(watcher_channel(n));
         let admin = token(&format!("admin-{n}"), &["admin"]);
         let (measuring, stop, samples) = (measuring.clone(), stop.clone(), samples.clone());
         tokio::spawn(async move {
@@ -518,6 +529,10 @@ async fn run(
     println!(
         "| fix-to-watcher latency, from the courier's send | {} |",
         summary(samples.fix_latency_us)
+    );
+    println!(
+        "| of which courier to server (the server's `received_at`, ms precision) | {} |",
+        summary(samples.inbound_us)
     );
     println!(
         "| fix-to-watcher latency, from the fix's capture (device time) | {} |",
