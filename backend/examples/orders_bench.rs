@@ -155,8 +155,6 @@ struct Samples {
     fix_latency_us: Vec<i64>,
     /// From the fix's capture (device time) to the watcher.
     capture_latency_us: Vec<i64>,
-    /// From the courier's send to the server's acceptance (`received_at`, milliseconds).
-    inbound_us: Vec<i64>,
     admin_latency_us: Vec<i64>,
 }
 
@@ -310,7 +308,7 @@ async fn run(
                 return;
             };
             let mut stream = response.into_inner();
-            let (mut sent, mut captured, mut inbound) = (vec![], vec![], vec![]);
+            let (mut sent, mut captured) = (vec![], vec![]);
             loop {
                 let message = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -324,10 +322,6 @@ async fn run(
                     let now = now_us();
                     let at = fix.speed_mps.unwrap_or_default() as i64;
                     sent.push((now % SEND_CLOCK_WRAP - at).rem_euclid(SEND_CLOCK_WRAP));
-                    if let Some(received) = location.received_at {
-                        let received = micros_of(&received) % SEND_CLOCK_WRAP;
-                        inbound.push((received - at).rem_euclid(SEND_CLOCK_WRAP));
-                    }
                     if let Some(device) = fix.device_time {
                         captured.push(now - micros_of(&device));
                     }
@@ -336,7 +330,6 @@ async fn run(
             let mut samples = samples.lock().expect("not poisoned");
             samples.fix_latency_us.extend(sent);
             samples.capture_latency_us.extend(captured);
-            samples.inbound_us.extend(inbound);
         });
     }
     // Admins follow the dashboard feed.
@@ -529,10 +522,6 @@ async fn run(
     println!(
         "| fix-to-watcher latency, from the courier's send | {} |",
         summary(samples.fix_latency_us)
-    );
-    println!(
-        "| of which courier to server (the server's `received_at`, ms precision) | {} |",
-        summary(samples.inbound_us)
     );
     println!(
         "| fix-to-watcher latency, from the fix's capture (device time) | {} |",
