@@ -74,6 +74,36 @@ struct Args {
     /// Worker threads of the backend's runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
+    /// The database server's main process (PostgreSQL's postmaster): its CPU and its
+    /// children's (the connections' backends) is counted too.
+    #[arg(long)]
+    database_pid: Option<u32>,
+}
+
+/// CPU time (ns) of `pid` and its children now, from /proc/PID/stat (user + system ticks, 100
+/// a second).
+fn cpu_of_tree(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for process in processes.flatten() {
+        let Ok(stat) = std::fs::read_to_string(process.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        let this: Option<u32> = head.split_whitespace().next().and_then(|p| p.parse().ok());
+        let parent: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
+        if this == Some(pid) || parent == Some(pid) {
+            let field = |n: usize| fields.get(n).and_then(|t| t.parse::<u64>().ok());
+            ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+        }
+    }
+    ticks * 10_000_000
 }
 
 fn token(sub: &str, roles: &[&str]) -> String {
@@ -446,6 +476,7 @@ async fn run(
     }
 
     tokio::time::sleep(args.warmup).await;
+    let database_before = cpu_of_tree(args.database_pid);
     let before = (
         cpu_split(),
         orders.tracker().stats(),
@@ -456,6 +487,7 @@ async fn run(
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(args.measure).await;
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    let database_after = cpu_of_tree(args.database_pid);
     let after = (
         cpu_split(),
         orders.tracker().stats(),
@@ -497,6 +529,12 @@ async fn run(
         "| server CPU (backend runtime + database threads) | {:.0} % of one core |",
         cpu(before.0.1, after.0.1)
     );
+    if args.database_pid.is_some() {
+        println!(
+            "| database server CPU (PostgreSQL and its backends) | {:.0} % of one core |",
+            cpu(database_before, database_after)
+        );
+    }
     println!(
         "| load generator CPU (same process) | {:.0} % of one core |",
         cpu(before.0.0, after.0.0)
