@@ -67,12 +67,43 @@ struct Args {
     /// How long to measure.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     measure: Duration,
-    /// HTTP/2 connections the clients share.
-    #[arg(long, default_value_t = 16)]
+    /// HTTP/2 connections the couriers share, and as many again for the watchers and admins
+    /// (phones each have their own; the default puts about eight clients on one).
+    #[arg(long, default_value_t = 128)]
     connections: usize,
     /// Worker threads of the backend's runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
+    /// The database server's main process (PostgreSQL's postmaster): its CPU and its
+    /// children's (the connections' backends) is counted too.
+    #[arg(long)]
+    database_pid: Option<u32>,
+}
+
+/// CPU time (ns) of `pid` and its children now, from /proc/PID/stat (user + system ticks, 100
+/// a second).
+fn cpu_of_tree(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for process in processes.flatten() {
+        let Ok(stat) = std::fs::read_to_string(process.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = tail.split_whitespace().collect();
+        let this: Option<u32> = head.split_whitespace().next().and_then(|p| p.parse().ok());
+        let parent: Option<u32> = fields.get(1).and_then(|p| p.parse().ok());
+        if this == Some(pid) || parent == Some(pid) {
+            let field = |n: usize| fields.get(n).and_then(|t| t.parse::<u64>().ok());
+            ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+        }
+    }
+    ticks * 10_000_000
 }
 
 fn token(sub: &str, roles: &[&str]) -> String {
@@ -209,15 +240,18 @@ async fn run(
     orders: herald_backend::domain::orders::Orders,
     database: String,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections.max(1) {
+    let connections = args.connections.max(1);
+    let mut channels = Vec::with_capacity(2 * connections);
+    for _ in 0..2 * connections {
         channels.push(
             Channel::from_shared(format!("http://{addr}"))?
                 .connect()
                 .await?,
         );
     }
-    let channel = |n: usize| channels[n % channels.len()].clone();
+    // Couriers on the first half of the connections, watchers and admins on the second.
+    let channel = |n: usize| channels[n % connections].clone();
+    let watcher_channel = |n: usize| channels[connections + n % connections].clone();
     let admin = token("ada", &["admin"]);
     let client = |n: usize| OrdersClient::new(channel(n));
 
@@ -225,7 +259,7 @@ async fn run(
     let setup = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let ids = Arc::new(Mutex::new(vec![0u64; args.couriers]));
-    let parallel = Arc::new(tokio::sync::Semaphore::new(32));
+    let parallel = Arc::new(tokio::sync::Semaphore::new(8));
     for n in 0..args.couriers {
         let mut client = client(n);
         let admin = admin.clone();
@@ -289,7 +323,7 @@ async fn run(
 
     // Customers watch their orders.
     for (n, id) in ids.iter().copied().enumerate() {
-        let mut client = client(n);
+        let mut client = OrdersClient::new(watcher_channel(n));
         let customer = token(&format!("customer-{n}"), &["customer"]);
         let (measuring, stop, samples) = (measuring.clone(), stop.clone(), samples.clone());
         tokio::spawn(async move {
@@ -330,7 +364,7 @@ async fn run(
     }
     // Admins follow the dashboard feed.
     for n in 0..args.admins {
-        let mut rooms = RoomsClient::new(channel(n));
+        let mut rooms = RoomsClient::new(watcher_channel(n));
         let admin = token(&format!("admin-{n}"), &["admin"]);
         let (measuring, stop, samples) = (measuring.clone(), stop.clone(), samples.clone());
         tokio::spawn(async move {
@@ -442,6 +476,7 @@ async fn run(
     }
 
     tokio::time::sleep(args.warmup).await;
+    let database_before = cpu_of_tree(args.database_pid);
     let before = (
         cpu_split(),
         orders.tracker().stats(),
@@ -452,6 +487,7 @@ async fn run(
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(args.measure).await;
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
+    let database_after = cpu_of_tree(args.database_pid);
     let after = (
         cpu_split(),
         orders.tracker().stats(),
@@ -461,9 +497,13 @@ async fn run(
     );
     stop.cancel();
     let mut rejected = 0;
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
     for courier in couriers {
         if let Ok(Some(answer)) = courier.await {
             rejected += answer.rejected;
+            for refusal in answer.rejections {
+                *codes.entry(refusal.code).or_default() += 1;
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // the watchers hand in their samples
@@ -489,14 +529,25 @@ async fn run(
         "| server CPU (backend runtime + database threads) | {:.0} % of one core |",
         cpu(before.0.1, after.0.1)
     );
+    if args.database_pid.is_some() {
+        println!(
+            "| database server CPU (PostgreSQL and its backends) | {:.0} % of one core |",
+            cpu(database_before, database_after)
+        );
+    }
     println!(
         "| load generator CPU (same process) | {:.0} % of one core |",
         cpu(before.0.0, after.0.0)
     );
     println!(
-        "| fixes sent / accepted | {:.0}/s / {:.0}/s ({rejected} refused) |",
+        "| fixes sent / accepted | {:.0}/s / {:.0}/s ({rejected} refused{}) |",
         per_second(before.2, after.2),
-        per_second(before.1.fixes, after.1.fixes)
+        per_second(before.1.fixes, after.1.fixes),
+        if codes.is_empty() {
+            String::new()
+        } else {
+            format!(", first ones by code: {codes:?}")
+        }
     );
     println!(
         "| location signals sent | {:.0}/s |",

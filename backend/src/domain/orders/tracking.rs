@@ -55,8 +55,9 @@ use crate::{
 /// How far ahead of the server's clock a fix's device time may be.
 pub const MAX_FUTURE_SKEW_MS: i64 = 30_000;
 /// How long a confirmed delivery (courier and status) is trusted before the database is asked
-/// again. Status changes made on this node end it at once ([`Tracker::forget`]).
-pub const RECHECK_MS: i64 = 2_000;
+/// again: one read per order per 10 s. Status changes made on this node end it at once
+/// ([`Tracker::forget`]); one made on another node is seen within this time.
+pub const RECHECK_MS: i64 = 10_000;
 /// A track without a fix for this long is dropped (its order is long over or abandoned).
 pub const FORGET_AFTER_MS: i64 = 10 * 60_000;
 
@@ -220,7 +221,8 @@ pub struct Track {
     pub checked_at_ms: i64,
     /// The newest fix and when it was received.
     pub newest: Option<(Fix, i64)>,
-    /// When the last fix was passed on (server time), and its device time.
+    /// When the last fix was passed on (server time), and that moment on the courier's clock
+    /// (the fix's device time, plus how long it was held back).
     sent_at_ms: Option<i64>,
     sent_device_ms: Option<i64>,
     /// The newest fix has not been sent.
@@ -284,7 +286,8 @@ impl Track {
     pub fn due(&mut self, now: i64, timing: Timing) -> Due {
         let mut due = Due::default();
         let Some((newest, received)) = self.newest else {
-            due.forget = true;
+            // A track is made just before its first fix is offered.
+            due.forget = now - self.checked_at_ms >= FORGET_AFTER_MS;
             return due;
         };
         if self.pending
@@ -294,7 +297,9 @@ impl Track {
         {
             self.pending = false;
             self.sent_at_ms = Some(now);
-            self.sent_device_ms = Some(newest.device_time_ms);
+            // Held back since `received`: the courier's clock moved on as much, so the next
+            // fix is not a second newer before a second has passed here.
+            self.sent_device_ms = Some(newest.device_time_ms + (now - received));
             due.send = true;
         }
         if !self.stale_sent && now - received >= timing.stale_after_ms {
@@ -889,6 +894,30 @@ mod tests {
         assert!(
             !track.due(2_000, TIMING).send,
             "nothing new: nothing to send"
+        );
+    }
+
+    #[test]
+    fn a_fast_courier_between_ticks_is_passed_on_once_a_second_never_sooner() {
+        let mut track = Track::new("kim".into(), 0);
+        let mut sent = vec![];
+        // Fixes every 100 ms, 10 ms after the tracker's ticks (every 25 ms), for 10 s.
+        for ms in 0..10_000 {
+            if ms % 100 == 10
+                && let Offered::Newest { send: true, .. } = track.offer(fix(ms), ms, TIMING)
+            {
+                sent.push(ms);
+            }
+            if ms % 25 == 0 && track.due(ms, TIMING).send {
+                sent.push(ms);
+            }
+        }
+        assert!(sent.windows(2).all(|w| w[1] - w[0] >= 1_000), "{sent:?}");
+        assert_eq!(sent.len(), 10, "{sent:?}");
+        let mut fresh = Track::new("kim".into(), 0);
+        assert!(
+            !fresh.due(1_000, TIMING).forget,
+            "a new track waits for its first fix"
         );
     }
 
