@@ -52,7 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds.clone())?;
 
     // The server side of the services again, streaming `Rooms/Subscribe` responses as frames
-    // encoded once per event (see src/encoded.rs); every message type is the one above.
+    // encoded once per event and `Deployments/Watch` messages spliced from them (see
+    // src/encoded.rs); every other message type is the one above.
     let server_dir = out_dir.join("server");
     fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
@@ -61,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::HeraldCodec")
         .extern_path(".google.protobuf", "::pbjson_types")
         .extern_path(".herald.v1.SubscribeResponse", "crate::encoded::Encoded")
+        .extern_path(".herald.v1.DeploymentEvent", "crate::encoded::Encoded")
         .extern_path(".herald.v1", "crate::v1")
         .out_dir(&server_dir)
         .compile_fds(fds)?;

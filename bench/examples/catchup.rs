@@ -34,6 +34,8 @@
 //! Clients decode only what they check (offset, epoch; a JSON push's offset), as a lean
 //! client would. The last line of output is one JSON object with every figure.
 
+mod support;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -46,8 +48,7 @@ use std::{
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use herald_backend::{
-    Backend, Config, ServeError,
-    auth::dev_key::{self, TokenClaims},
+    Config,
     store::{
         Store, StoreError,
         entity::outbox::{self, Status as OutboxStatus},
@@ -61,24 +62,17 @@ use herald_proto::{
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
-use tokio::{
-    net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
-    task::JoinHandle,
-};
+use support::{BoxError, CpuClock, Edge, Server, json_number, load_average};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status, Streaming,
     codegen::http::uri::PathAndQuery,
     transport::{Channel, Endpoint},
 };
 
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 /// How long a phase may go without progress before it gives up and reports what is missing.
 const STALL: Duration = Duration::from_secs(30);
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Parser)]
 #[command(about = "Catch-up and resume of durable topics: gRPC, WebSocket, restart")]
@@ -142,21 +136,13 @@ async fn main() -> Result<(), BoxError> {
         .with_writer(std::io::stderr)
         .init();
     let dir = tempfile::tempdir()?;
-    let mut config = Config {
-        data_dir: dir.path().to_owned(),
-        database_url: args.database_url.clone(),
-        ..Config::default()
-    };
-    config.auth.hs256_secret = Some(SECRET.to_owned());
+    let config = support::config(args.database_url.clone(), dir.path());
     let database = if args.database_url.is_some() {
         "PostgreSQL"
     } else {
         "SQLite"
     };
-    let token = dev_key::sign_hs256(
-        SECRET,
-        &TokenClaims::new("bench", &["service"], Duration::from_secs(24 * 3600)),
-    )?;
+    let token = support::token("bench", &["service"]);
     // Topic names unique per run, so a database used before still starts each topic at 1.
     let run = format!("{:x}", std::process::id() as u64 ^ now_ms());
 
@@ -249,44 +235,6 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// A backend serving on a listener of its own.
-struct Server {
-    addr: SocketAddr,
-    store: Store,
-    node: Arc<herald_backend::node::Node>,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
-}
-
-impl Server {
-    async fn start(config: Config, addr: &str) -> Result<Server, BoxError> {
-        let backend = Backend::build(config).await?;
-        let store = backend.store().clone();
-        let node = backend.node().clone();
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(backend.serve(listener, shutdown.clone()));
-        Ok(Server {
-            addr,
-            store,
-            node,
-            shutdown,
-            task,
-        })
-    }
-
-    fn history_stats(&self) -> &herald_backend::history::HistoryStats {
-        self.node.history_reader().stats()
-    }
-
-    /// Ends every stream ("shutting down") and waits for the server to stop.
-    async fn stop(self) -> Result<(), BoxError> {
-        self.shutdown.cancel();
-        self.task.await??;
-        Ok(())
-    }
-}
-
 fn page_counts(server: &Server) -> (u64, u64) {
     let stats = server.history_stats();
     (stats.log_pages(), stats.cache_pages())
@@ -599,60 +547,6 @@ async fn grpc_catch_up(
         other_endings: Vec::new(),
         push_bytes: 0,
     })
-}
-
-/// An edge serving WebSockets in front of a backend.
-struct Edge {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), herald_edge::EdgeError>>,
-}
-
-impl Edge {
-    async fn start(backend: SocketAddr) -> Result<Edge, BoxError> {
-        let config = herald_edge::EdgeConfig {
-            backends: vec![format!("http://{backend}")],
-            ..herald_edge::EdgeConfig::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let service_token: herald_edge::ServiceToken = Arc::new(|| {
-            dev_key::sign_hs256(
-                SECRET,
-                &TokenClaims::new("bench-edge", &["service"], Duration::from_secs(3600)),
-            )
-            .unwrap_or_default()
-        });
-        let task = tokio::spawn(herald_edge::run(
-            listener,
-            config,
-            service_token,
-            shutdown.clone(),
-        ));
-        Ok(Edge {
-            addr,
-            shutdown,
-            task,
-        })
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
-    }
-}
-
-/// The number after `field` (`"offset":`) in a JSON text, quoted or not: the first occurrence
-/// is the push's own offset, written by the edge before the event.
-fn json_number(text: &str, field: &str) -> Option<u64> {
-    let rest = &text[text.find(field)? + field.len()..];
-    let rest = rest.trim_start();
-    let rest = rest.strip_prefix('"').unwrap_or(rest);
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 async fn ws_catch_up(
@@ -1337,50 +1231,6 @@ fn summarize(messages: &[String]) -> Vec<(String, usize)> {
         .into_iter()
         .map(|(message, count)| (message.to_owned(), count))
         .collect()
-}
-
-/// CPU time of this process (all threads) since `start`, in cores.
-struct CpuClock {
-    wall: Instant,
-    cpu: Duration,
-}
-
-impl CpuClock {
-    fn start() -> CpuClock {
-        CpuClock {
-            wall: Instant::now(),
-            cpu: process_cpu(),
-        }
-    }
-
-    fn cores(&self) -> f64 {
-        (process_cpu().saturating_sub(self.cpu)).as_secs_f64() / self.wall.elapsed().as_secs_f64()
-    }
-}
-
-/// utime + stime from /proc/self/stat (in USER_HZ = 100 ticks per second on Linux).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after_name
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
 }
 
 fn now_ms() -> u64 {

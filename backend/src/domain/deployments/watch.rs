@@ -132,6 +132,22 @@ impl WatchFilter {
         self.queued.is_empty() && (self.ending || self.end_at.is_some_and(|end| self.seen >= end))
     }
 
+    /// Takes a live chunk of log lines (past the catch-up), which goes out unchanged: records
+    /// it as seen and returns the position and `recovered` its message carries. `None` while
+    /// catching up, where the chunk must go through [`WatchFilter::accept`] (tail and
+    /// truncation apply), or when messages are still queued ahead of it.
+    pub fn pass_live_logs(&mut self, offset: u64) -> Option<(StreamPosition, bool)> {
+        if offset <= self.catch_up_until || !self.queued.is_empty() || self.ending {
+            return None;
+        }
+        self.seen = self.seen.max(offset);
+        let position = StreamPosition {
+            offset,
+            epoch: self.epoch.clone(),
+        };
+        Some((position, self.recovered))
+    }
+
     /// Takes one event of the topic.
     pub fn accept(&mut self, event: Event) {
         self.seen = self.seen.max(event.offset);
@@ -305,6 +321,41 @@ mod tests {
         let last = drain(&mut filter);
         assert_eq!(last.len(), 1);
         assert!(filter.is_over());
+    }
+
+    #[test]
+    fn live_chunks_pass_unchanged_only_past_the_catch_up_and_behind_nothing_queued() {
+        let fresh = Plan::Fresh {
+            start: 0,
+            first_line: 1,
+            recovered: false,
+        };
+        let (_, mut filter) =
+            WatchFilter::new(fresh, &state(DeploymentState::Running, 2, None), top(3));
+        assert_eq!(
+            filter.pass_live_logs(4),
+            None,
+            "the opening status is queued"
+        );
+        drain(&mut filter);
+        assert_eq!(filter.pass_live_logs(3), None, "3 is in the catch-up");
+        let (position, recovered) = filter.pass_live_logs(4).expect("4 is live");
+        assert_eq!((position.offset, position.epoch.as_str()), (4, "e"));
+        assert!(!recovered, "the watch's own recovered flag");
+        filter.accept(status(5, DeploymentState::Success));
+        drain(&mut filter);
+        assert_eq!(
+            filter.pass_live_logs(6),
+            None,
+            "nothing follows the terminal status"
+        );
+
+        let resume = Plan::Resume { since: top(7) };
+        let (_, mut filter) =
+            WatchFilter::new(resume, &state(DeploymentState::Running, 2, None), top(9));
+        let (position, recovered) = filter.pass_live_logs(8).expect("a resume has no catch-up");
+        assert_eq!(position.offset, 8);
+        assert!(recovered);
     }
 
     #[test]
