@@ -261,7 +261,8 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
             let mut stream = match client.watch(request).await {
                 Ok(stream) => stream.into_inner(),
                 Err(status) => {
-                    tally.error = Some(status.to_string());
+                    subscribed.fetch_add(1, Ordering::Relaxed);
+                    tally.error = Some(format!("{:?}: {}", status.code(), status.message()));
                     return tally;
                 }
             };
@@ -288,7 +289,7 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
                         Some(Watched::Status(_)) | None => {}
                     },
                     Ok(Some(Err(status))) => {
-                        tally.error = Some(status.to_string());
+                        tally.error = Some(format!("{:?}: {}", status.code(), status.message()));
                         break;
                     }
                     Ok(None) => {
@@ -305,10 +306,8 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
             tally
         });
     }
+    // Every Watch answered (a refused one counts too: its tally says why).
     while subscribed.load(Ordering::Relaxed) < args.watchers as u64 {
-        if watchers.len() < args.watchers && watchers.is_empty() {
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A moment for every Watch to pass its snapshot and go live.

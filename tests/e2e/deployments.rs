@@ -475,6 +475,37 @@ async fn a_watcher_that_disconnects_and_resumes_with_since_misses_nothing() {
 }
 
 #[tokio::test]
+async fn a_hundred_watches_and_gets_opened_at_once_all_succeed_on_a_small_pool() {
+    let app = spawn_app().await;
+    let (alice, worker) = people(&app).await;
+    let id = alice.create("api").await.id;
+    worker.start(id).await.unwrap();
+    worker.append_range(id, 1, 20, 10).await;
+    let alice = std::sync::Arc::new(alice);
+    let mut opening = tokio::task::JoinSet::new();
+    for n in 0..100 {
+        let alice = alice.clone();
+        opening.spawn(async move {
+            if n % 2 == 0 {
+                alice.try_watch(id, None, None).await.map(|_| ())
+            } else {
+                alice.get(id).await.map(|_| ())
+            }
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        if let Err(status) = opened.unwrap() {
+            refused.push(format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "every snapshot read is released before its authorization check takes a connection: {refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_failure_carries_its_message_and_exit_code_to_the_watcher() {
     let app = spawn_app().await;
     let (alice, worker) = people(&app).await;

@@ -37,6 +37,11 @@ use crate::topic::Topic;
 
 /// One read-only snapshot of the database (SQLite: one read transaction; PostgreSQL:
 /// REPEATABLE READ, READ ONLY). Ending or dropping it releases the snapshot.
+///
+/// It holds one pooled connection until then: never wait for another one while holding it
+/// (an authorization check, a store call), or as many concurrent readers as the pool has
+/// connections each hold one and wait for a second until the pool times out. Read what the
+/// snapshot must see, end it, then check or write.
 #[derive(Debug)]
 pub struct ReadSnapshot {
     store: Store,

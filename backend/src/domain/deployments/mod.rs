@@ -215,10 +215,12 @@ impl Deployments {
         let row = queries::find(snapshot.conn(), id)
             .await?
             .ok_or(DeploymentError::NotFound(id))?;
-        let topic = events::topic(id);
-        self.node.authorize(who, Action::Read, &topic).await?;
         let found = read_view(&snapshot, &row).await?;
         snapshot.end().await?;
+        // After the snapshot: the owner check takes a pooled connection of its own.
+        self.node
+            .authorize(who, Action::Read, &events::topic(id))
+            .await?;
         Ok(found)
     }
 
@@ -370,7 +372,6 @@ impl Deployments {
         let row = queries::find(snapshot.conn(), id)
             .await?
             .ok_or(DeploymentError::NotFound(id))?;
-        self.node.authorize(who, Action::Read, &topic).await?;
         let state = queries::state_of(&row)?;
         let top = snapshot.position(&topic).await?;
         let covered = since
@@ -400,6 +401,8 @@ impl Deployments {
             }
         };
         snapshot.end().await?;
+        // After the snapshot: the owner check takes a pooled connection of its own.
+        self.node.authorize(who, Action::Read, &topic).await?;
         let (start, filter) = WatchFilter::new(plan, &state, top);
         let stream = self.node.subscribe(who, topic, Some(start)).await?;
         Ok((stream, filter))
