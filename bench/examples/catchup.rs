@@ -182,9 +182,9 @@ async fn main() -> Result<(), BoxError> {
             "data_bytes": event_data(args.events).to_string().len(),
         });
         if args.phases.contains(&Phase::Grpc) {
-            let pages_before = page_counts(&server);
+            let pages_before = server.page_counts();
             let result = grpc_catch_up(server.addr, &token, &topic, &epoch, args.events).await?;
-            let (log_pages, cache_pages) = page_delta(&server, pages_before);
+            let (log_pages, cache_pages) = server.pages_since(pages_before);
             result.print("grpc", database);
             println!("grpc: {log_pages} pages from the database, {cache_pages} from the cache");
             report["grpc"] = result.json();
@@ -193,9 +193,9 @@ async fn main() -> Result<(), BoxError> {
         }
         if args.phases.contains(&Phase::Ws) {
             let edge = Edge::start(server.addr).await?;
-            let pages_before = page_counts(&server);
+            let pages_before = server.page_counts();
             let result = ws_catch_up(edge.addr, &token, &topic, &epoch, args.events).await?;
-            let (log_pages, cache_pages) = page_delta(&server, pages_before);
+            let (log_pages, cache_pages) = server.pages_since(pages_before);
             result.print("ws", database);
             println!("ws: {log_pages} pages from the database, {cache_pages} from the cache");
             report["ws"] = result.json();
@@ -232,17 +232,6 @@ async fn main() -> Result<(), BoxError> {
     server.stop().await?;
     println!("{report}");
     Ok(())
-}
-
-/// A backend serving on a listener of its own.
-fn page_counts(server: &Server) -> (u64, u64) {
-    let stats = server.history_stats();
-    (stats.log_pages(), stats.cache_pages())
-}
-
-fn page_delta(server: &Server, before: (u64, u64)) -> (u64, u64) {
-    let (log, cache) = page_counts(server);
-    (log - before.0, cache - before.1)
 }
 
 /// The data of every event: an order update of a realistic size.
@@ -826,7 +815,7 @@ async fn resume(
     let restart = Instant::now();
     server = Server::start(config.clone(), &addr.to_string()).await?;
     let listening = restart.elapsed();
-    let pages_before = page_counts(&server);
+    let pages_before = server.page_counts();
     stage_tx.send_replace(Stage::Restarted);
     let writer = {
         let (store, topics, first, rounds) = (
@@ -847,7 +836,7 @@ async fn resume(
     }
     let cpu_cores = cpu.cores();
     let committed_after = writer.await?.ok();
-    let (log_pages, cache_pages) = page_delta(&server, pages_before);
+    let (log_pages, cache_pages) = server.pages_since(pages_before);
 
     let latest = |at: fn(&ResumerReport) -> Option<Instant>| {
         let times: Option<Vec<Instant>> = reports.iter().map(at).collect();

@@ -15,7 +15,8 @@
 //! 1. **live**: a deployment is created and started; `--watchers` `Deployments/Watch` streams
 //!    (over `--connections` HTTP/2 connections) follow it while the worker streams
 //!    `AppendLogs` at `--rate` lines/s in `--chunks-per-second` chunks for `--measure`. Each
-//!    line carries its send time in `time`; every watcher counts the lines it receives and
+//!    line carries its send time in `time`; every watcher (a lean client: it decodes each
+//!    line's number and time, not its text) checks the numbers of the lines it receives and
 //!    takes the first line of each chunk as a latency sample (worker's send to the watcher's
 //!    receipt: the worker's leg, the chunk's transaction, the relay, the fan-out). Reported:
 //!    lines written/s, lines delivered/s (all watchers), whether every watcher got every line
@@ -41,8 +42,8 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use herald_proto::v1::{
     DeploymentState, DeploymentsCreateRequest, DeploymentsFinishRequest, DeploymentsStartRequest,
-    LogChunk, LogStream, WatchDeploymentRequest, deployment_event::Event as Watched,
-    deployments_client::DeploymentsClient, log_chunk::Line,
+    LogChunk, LogStream, WatchDeploymentRequest, deployments_client::DeploymentsClient,
+    log_chunk::Line,
 };
 use serde_json::{Value, json};
 use support::{
@@ -85,8 +86,9 @@ struct Args {
     /// Lines of the log the catch-up phase reads.
     #[arg(long, default_value_t = 100_000)]
     log_lines: u64,
-    /// Lines per chunk while filling the catch-up log.
-    #[arg(long, default_value_t = 1_000)]
+    /// Lines per chunk while filling the catch-up log (a chunk is one event: with the default,
+    /// more events than the broker caches, so the catch-up reads the database).
+    #[arg(long, default_value_t = 50)]
     fill_chunk: u64,
     /// Bytes of text per line.
     #[arg(long, default_value_t = 80)]
@@ -146,8 +148,57 @@ async fn main() -> Result<(), BoxError> {
 
 async fn connect(addr: std::net::SocketAddr) -> Result<Channel, BoxError> {
     Ok(Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
         .connect()
         .await?)
+}
+
+/// `herald.v1.DeploymentEvent` read for what the benchmark checks: each line's number and
+/// time (the text and the status are skipped by the decoder, as a lean client would).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanWatchEvent {
+    #[prost(message, optional, tag = "2")]
+    logs: Option<LeanLogs>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanLogs {
+    #[prost(message, repeated, tag = "2")]
+    lines: Vec<LeanLine>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeanLine {
+    #[prost(uint64, tag = "1")]
+    number: u64,
+    #[prost(message, optional, tag = "4")]
+    time: Option<pbjson_types::Timestamp>,
+}
+
+/// `Deployments/Watch` of `id` from the start, decoding [`LeanWatchEvent`]s.
+async fn watch(
+    channel: Channel,
+    token: &str,
+    id: u64,
+) -> Result<tonic::Streaming<LeanWatchEvent>, tonic::Status> {
+    let request = authorized(
+        token,
+        WatchDeploymentRequest {
+            deployment_id: id,
+            ..WatchDeploymentRequest::default()
+        },
+    );
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(format!("connection not ready: {error}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/herald.v1.Deployments/Watch");
+    let codec =
+        herald_proto::codec::HeraldCodec::<WatchDeploymentRequest, LeanWatchEvent>::default();
+    Ok(grpc
+        .server_streaming(request, path, codec)
+        .await?
+        .into_inner())
 }
 
 /// A deployment created by the owner and started by the worker: its id.
@@ -246,20 +297,17 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
     let subscribed = Arc::new(AtomicU64::new(0));
     let mut watchers = tokio::task::JoinSet::new();
     for n in 0..args.watchers {
-        let mut client = DeploymentsClient::new(channels[n % channels.len()].clone());
-        let request = authorized(
-            &owner,
-            WatchDeploymentRequest {
-                deployment_id: id,
-                ..WatchDeploymentRequest::default()
-            },
+        let channel = channels[n % channels.len()].clone();
+        let (latency, measuring, subscribed, owner) = (
+            latency.clone(),
+            measuring.clone(),
+            subscribed.clone(),
+            owner.clone(),
         );
-        let (latency, measuring, subscribed) =
-            (latency.clone(), measuring.clone(), subscribed.clone());
         watchers.spawn(async move {
             let mut tally = WatcherTally::default();
-            let mut stream = match client.watch(request).await {
-                Ok(stream) => stream.into_inner(),
+            let mut stream = match watch(channel, &owner, id).await {
+                Ok(stream) => stream,
                 Err(status) => {
                     subscribed.fetch_add(1, Ordering::Relaxed);
                     tally.error = Some(format!("{:?}: {}", status.code(), status.message()));
@@ -271,8 +319,8 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
             let mut next_line = 1;
             loop {
                 match tokio::time::timeout(STALL, stream.next()).await {
-                    Ok(Some(Ok(event))) => match event.event {
-                        Some(Watched::Logs(logs)) => {
+                    Ok(Some(Ok(event))) => {
+                        if let Some(logs) = event.logs {
                             if let Some(time) = logs.lines.first().and_then(|l| l.time.as_ref())
                                 && measuring.load(Ordering::Relaxed)
                             {
@@ -286,8 +334,7 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
                             }
                             tally.lines += logs.lines.len() as u64;
                         }
-                        Some(Watched::Status(_)) | None => {}
-                    },
+                    }
                     Ok(Some(Err(status))) => {
                         tally.error = Some(format!("{:?}: {}", status.code(), status.message()));
                         break;
@@ -437,6 +484,9 @@ struct CatchUp {
     ws_seconds: f64,
     ws_cpu: f64,
     ws_ending: Option<String>,
+    /// History pages each catch-up read: (database, cache).
+    grpc_pages: (u64, u64),
+    ws_pages: (u64, u64),
 }
 
 async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, BoxError> {
@@ -467,26 +517,19 @@ async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, 
     let lines = appended.last_line;
 
     // gRPC: one Watch from the start, to its end after the terminal status.
+    let pages = server.page_counts();
     let cpu = CpuClock::start();
     let started_at = Instant::now();
-    let mut stream = client
-        .watch(authorized(
-            &token(OWNER, &[]),
-            WatchDeploymentRequest {
-                deployment_id: id,
-                ..WatchDeploymentRequest::default()
-            },
-        ))
-        .await?
-        .into_inner();
+    let mut stream = watch(channel.clone(), &token(OWNER, &[]), id).await?;
     let mut grpc_lines = 0;
     while let Some(event) = tokio::time::timeout(STALL, stream.next()).await? {
-        if let Some(Watched::Logs(logs)) = event?.event {
+        if let Some(logs) = event?.logs {
             grpc_lines += logs.lines.len() as u64;
         }
     }
     let grpc_seconds = started_at.elapsed().as_secs_f64();
     let grpc_cpu = cpu.cores();
+    let grpc_pages = server.pages_since(pages);
 
     // The edge: one WebSocket subscribed to the deployment's topic from offset 0.
     let top = appended.position.ok_or("no position")?;
@@ -498,6 +541,7 @@ async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, 
         "since": {"offset": "0", "epoch": top.epoch},
     }});
     socket.send(Message::text(auth.to_string())).await?;
+    let pages = server.page_counts();
     let cpu = CpuClock::start();
     let started_at = Instant::now();
     socket.send(Message::text(subscribe.to_string())).await?;
@@ -545,6 +589,7 @@ async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, 
     }
     let ws_seconds = started_at.elapsed().as_secs_f64();
     let ws_cpu = cpu.cores();
+    let ws_pages = server.pages_since(pages);
     let _ = socket.close(None).await;
     Ok(CatchUp {
         lines,
@@ -556,6 +601,8 @@ async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, 
         ws_seconds,
         ws_cpu,
         ws_ending,
+        grpc_pages,
+        ws_pages,
     })
 }
 
@@ -563,17 +610,22 @@ impl CatchUp {
     fn describe(&self) -> String {
         format!(
             "catch-up of a {}-line log (filled in {:.1} s): gRPC Watch {} lines in {:.2} s = {:.0} lines/s \
-             (CPU {:.2} cores); WebSocket {} lines in {:.2} s = {:.0} lines/s (CPU {:.2} cores){}",
+             (CPU {:.2} cores, pages {} database + {} cache); WebSocket {} lines in {:.2} s = {:.0} lines/s \
+             (CPU {:.2} cores, pages {} database + {} cache){}",
             self.lines,
             self.fill_seconds,
             self.grpc_lines,
             self.grpc_seconds,
             self.grpc_lines as f64 / self.grpc_seconds,
             self.grpc_cpu,
+            self.grpc_pages.0,
+            self.grpc_pages.1,
             self.ws_lines,
             self.ws_seconds,
             self.ws_lines as f64 / self.ws_seconds,
             self.ws_cpu,
+            self.ws_pages.0,
+            self.ws_pages.1,
             self.ws_ending
                 .as_ref()
                 .map(|e| format!("; ended early: {e}"))
@@ -589,6 +641,8 @@ impl CatchUp {
             "ws_lines": self.ws_lines,
             "ws_lines_per_s": self.ws_lines as f64 / self.ws_seconds,
             "ws_ended_early": self.ws_ending,
+            "grpc_pages_database": self.grpc_pages.0,
+            "ws_pages_database": self.ws_pages.0,
         })
     }
 }

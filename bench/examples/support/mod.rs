@@ -81,6 +81,18 @@ impl Server {
         self.node.history_reader().stats()
     }
 
+    /// History pages read so far: (from the database, from the broker's cache).
+    pub(crate) fn page_counts(&self) -> (u64, u64) {
+        let stats = self.history_stats();
+        (stats.log_pages(), stats.cache_pages())
+    }
+
+    /// History pages read since `before` (a [`Server::page_counts`]).
+    pub(crate) fn pages_since(&self, before: (u64, u64)) -> (u64, u64) {
+        let (log, cache) = self.page_counts();
+        (log - before.0, cache - before.1)
+    }
+
     /// Ends every stream ("shutting down") and waits for the server to stop.
     pub(crate) async fn stop(self) -> Result<(), BoxError> {
         self.shutdown.cancel();
