@@ -1,5 +1,6 @@
 //! End-to-end tests: each starts a real backend on port 0 and talks to it over gRPC.
 
+mod abuse;
 mod auth;
 mod chat;
 mod delivery;
