@@ -201,3 +201,180 @@ async fn a_ping_flood_does_not_stop_other_clients_and_its_connection_leaves_noth
     subscribers_settle_at(&app, baseline).await;
     control.assert_every_event_arrived().await;
 }
+
+/// A WebSocket opened by hand on a raw TCP connection, so a test can write frames no client
+/// library would send.
+struct RawSocket {
+    tcp: TcpStream,
+}
+
+impl RawSocket {
+    async fn open(edge: &herald_e2e::edge::TestEdge) -> RawSocket {
+        use tokio::io::AsyncReadExt;
+        let mut tcp = TcpStream::connect(edge.addr).await.expect("connect");
+        let upgrade = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            edge.addr
+        );
+        tcp.write_all(upgrade.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(PATIENCE, tcp.read(&mut byte))
+                .await
+                .expect("the upgrade is answered in time")
+                .expect("read");
+            assert_eq!(read, 1, "the edge answered the upgrade");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawSocket { tcp }
+    }
+
+    /// Writes one frame: `first` is FIN, RSV and opcode; the payload is masked when `masked`.
+    async fn write_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        let mut frame = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            len @ 0..=125 => frame.push(mask_bit | len as u8),
+            len => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&u16::try_from(len).expect("short").to_be_bytes());
+            }
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        if masked {
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.tcp.write_all(&frame).await.expect("write a frame");
+    }
+
+    /// Reads server frames until a Close: its code and reason (`None` if the connection ended
+    /// without one).
+    async fn close_frame(&mut self) -> Option<(u16, String)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 2];
+            let read = tokio::time::timeout(PATIENCE, self.tcp.read_exact(&mut head))
+                .await
+                .expect("the edge answers in time");
+            read.ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut len = [0u8; 2];
+                    self.tcp.read_exact(&mut len).await.ok()?;
+                    usize::from(u16::from_be_bytes(len))
+                }
+                127 => {
+                    let mut len = [0u8; 8];
+                    self.tcp.read_exact(&mut len).await.ok()?;
+                    usize::try_from(u64::from_be_bytes(len)).ok()?
+                }
+                len => usize::from(len),
+            };
+            let mut payload = vec![0u8; len];
+            self.tcp.read_exact(&mut payload).await.ok()?;
+            if head[0] & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([*payload.first()?, *payload.get(1)?]);
+                return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        }
+    }
+}
+
+/// One frame that breaks RFC 6455, sent after `auth`, and the close it must get.
+struct Violation {
+    case: &'static str,
+    /// FIN, RSV and opcode.
+    first: u8,
+    payload: Vec<u8>,
+    masked: bool,
+    code: u16,
+    /// A word the close reason must contain.
+    word: &'static str,
+}
+
+impl Violation {
+    fn masked(
+        case: &'static str,
+        first: u8,
+        payload: &[u8],
+        code: u16,
+        word: &'static str,
+    ) -> Self {
+        Violation {
+            case,
+            first,
+            payload: payload.to_vec(),
+            masked: true,
+            code,
+            word,
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_framing_violations_are_closed_with_the_rfc_code_naming_the_rule() {
+    let app = spawn_app().await;
+    let edge = herald_e2e::edge::spawn_edge(&app).await;
+    let mut watcher = edge.connect_as(&app.token("watcher", &[])).await;
+    let reply = watcher
+        .request("subscribe", serde_json::json!({ "topic": "room:control" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let auth = format!(
+        r#"{{"id":1,"method":"auth","params":{{"token":"{}"}}}}"#,
+        app.token("mallory", &[])
+    );
+    let cases = [
+        Violation::masked("an unknown data opcode", 0x83, b"{}", 1002, "opcode"),
+        Violation::masked("an unknown control opcode", 0x8b, b"", 1002, "opcode"),
+        Violation::masked(
+            "a ping over 125 bytes",
+            0x89,
+            &[b'p'; 200],
+            1002,
+            "control frame",
+        ),
+        Violation::masked("a fragmented ping", 0x09, b"ping", 1002, "fragmented"),
+        Violation::masked(
+            "invalid UTF-8 in a text frame",
+            0x81,
+            &[0xc3, 0x28],
+            1007,
+            "UTF-8",
+        ),
+        Violation {
+            masked: false,
+            ..Violation::masked("an unmasked frame", 0x81, b"{}", 1002, "unmasked")
+        },
+    ];
+    for Violation {
+        case,
+        first,
+        payload,
+        masked,
+        code,
+        word,
+    } in cases
+    {
+        let mut socket = RawSocket::open(&edge).await;
+        socket.write_frame(0x81, auth.as_bytes(), true).await;
+        socket.write_frame(first, &payload, masked).await;
+        let close = socket.close_frame().await;
+        let (got, reason) = close.unwrap_or_else(|| panic!("{case}: no close frame"));
+        assert_eq!(got, code, "{case}: {reason}");
+        assert!(
+            reason.to_lowercase().contains(&word.to_lowercase()),
+            "{case}: the reason names the rule: {reason}"
+        );
+    }
+    // The well-behaved socket on the same edge goes on.
+    app.service().await.publish("room:control", 1).await;
+    assert_eq!(watcher.next_event().await["offset"], "1");
+}

@@ -8,7 +8,7 @@ use std::{error::Error as StdError, sync::Arc};
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes};
 use herald_proto::v1::CloseCode;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tonic::{Code, Status};
 
 use crate::protocol::{self, FrameError};
@@ -90,6 +90,12 @@ pub(crate) enum CloseReason {
         "frame too large: the frame is {size} bytes; the limit is {limit} bytes (edge.limits.max_frame_bytes)"
     )]
     FrameTooBig { size: usize, limit: usize },
+    /// The peer broke RFC 6455's framing (an unmasked frame, an unknown opcode, a control
+    /// frame over 125 bytes or fragmented, …): the text says which rule.
+    #[error("protocol error: {0}")]
+    ProtocolViolation(String),
+    #[error("invalid UTF-8 in a text frame")]
+    InvalidUtf8,
 }
 
 impl CloseReason {
@@ -103,6 +109,8 @@ impl CloseReason {
             CloseReason::InvalidToken => CloseCode::InvalidToken,
             CloseReason::BackendUnavailable => CloseCode::Unavailable,
             CloseReason::FrameTooBig { .. } => return WireCloseCode::MessageTooBig,
+            CloseReason::ProtocolViolation(_) => return WireCloseCode::ProtocolError,
+            CloseReason::InvalidUtf8 => return WireCloseCode::InvalidPayload,
         };
         WireCloseCode::Herald(code)
     }
@@ -117,7 +125,8 @@ impl CloseReason {
     }
 
     /// The close a failed socket read calls for: an oversize frame is closed with 1009 and
-    /// the configured `limit`; any other failure means the peer is gone and gets no close.
+    /// the configured `limit`, a framing violation with 1002 naming the rule, invalid UTF-8
+    /// with 1007 (RFC 6455 §7.4.1); any other failure means the peer is gone and gets no close.
     ///
     /// Matched by type through the error's source chain (axum wraps tungstenite's error).
     pub(crate) fn for_read_error(
@@ -126,10 +135,19 @@ impl CloseReason {
     ) -> Option<CloseReason> {
         let mut next = Some(error);
         while let Some(error) = next {
-            if let Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) =
-                error.downcast_ref::<WsError>()
-            {
-                return Some(CloseReason::FrameTooBig { size: *size, limit });
+            match error.downcast_ref::<WsError>() {
+                Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+                    return Some(CloseReason::FrameTooBig { size: *size, limit });
+                }
+                // The TCP connection ended without a close: nobody is left to tell.
+                Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return None;
+                }
+                Some(WsError::Protocol(violation)) => {
+                    return Some(CloseReason::ProtocolViolation(violation.to_string()));
+                }
+                Some(WsError::Utf8(_)) => return Some(CloseReason::InvalidUtf8),
+                _ => {}
             }
             next = error.source();
         }
@@ -137,11 +155,13 @@ impl CloseReason {
     }
 }
 
-/// A close code on the wire: one of Herald's (`herald.v1.CloseCode`), or RFC 6455's 1009
-/// "message too big", which belongs to the WebSocket layer and is not in Herald's table.
+/// A close code on the wire: one of Herald's (`herald.v1.CloseCode`), or one of RFC 6455's
+/// own (1002, 1007, 1009), which belong to the WebSocket layer and are not in Herald's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WireCloseCode {
     Herald(CloseCode),
+    ProtocolError,
+    InvalidPayload,
     MessageTooBig,
 }
 
@@ -150,6 +170,8 @@ impl From<WireCloseCode> for u16 {
         match code {
             // The table's codes are 3000–3999 (RFC 6455's range for applications): they fit.
             WireCloseCode::Herald(code) => code as u16,
+            WireCloseCode::ProtocolError => 1002,
+            WireCloseCode::InvalidPayload => 1007,
             WireCloseCode::MessageTooBig => 1009,
         }
     }
@@ -249,6 +271,25 @@ mod tests {
         assert_eq!(code(CloseReason::InvalidToken), 3500);
         assert_eq!(code(CloseReason::RateAbuse), 3504);
         assert_eq!(code(CloseReason::FrameTooBig { size: 2, limit: 1 }), 1009);
+        assert_eq!(code(CloseReason::ProtocolViolation("x".into())), 1002);
+        assert_eq!(code(CloseReason::InvalidUtf8), 1007);
+    }
+
+    #[test]
+    fn framing_violations_and_bad_utf8_are_named_but_a_reset_is_a_peer_gone() {
+        let unmasked = axum::Error::new(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient));
+        let reason = CloseReason::for_read_error(&unmasked, 1).expect("a close");
+        assert_eq!(u16::from(reason.code()), 1002);
+        assert!(reason.to_string().contains("unmasked"), "{reason}");
+        let utf8 = axum::Error::new(WsError::Utf8("bad".into()));
+        assert_eq!(
+            CloseReason::for_read_error(&utf8, 1),
+            Some(CloseReason::InvalidUtf8)
+        );
+        let reset = axum::Error::new(WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake,
+        ));
+        assert_eq!(CloseReason::for_read_error(&reset, 1), None);
     }
 
     #[test]
