@@ -5,6 +5,7 @@
 #
 #   bash tests/run.sh            # everything
 #   HERALD_SKIP_LINT=1 bash tests/run.sh   # tests only
+#   HERALD_FUZZ_SECONDS=0 bash tests/run.sh   # without the fuzzing step (default: 60 s a target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,3 +49,16 @@ HERALD_TEST_DATABASE=postgres cargo test -p herald-e2e --test e2e
 
 step "grpc-web end-to-end tests with Connect-ES (tests/web: npm ci, buf generate, node --test)"
 (cd tests/web && npm ci --no-audit --no-fund && npx buf generate && node --test)
+
+fuzz_seconds="${HERALD_FUZZ_SECONDS:-60}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+    step "fuzzing: each target in fuzz/ for ${fuzz_seconds} s from its corpus (cargo fuzz, libFuzzer)"
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+    for target in edge_frame topic token; do
+        # A scratch copy of the seeds: what a run discovers stays out of the checkout.
+        corpus="target/fuzz/corpus/$target"
+        mkdir -p "$corpus" && cp -r "fuzz/corpus/$target/." "$corpus/"
+        RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz --target-dir target/fuzz -s none \
+            "$target" "$corpus" -- -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1
+    done
+fi
