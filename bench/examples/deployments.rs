@@ -41,9 +41,9 @@ use std::{
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use herald_proto::v1::{
-    DeploymentState, DeploymentsCreateRequest, DeploymentsFinishRequest, DeploymentsStartRequest,
-    LogChunk, LogStream, WatchDeploymentRequest, deployments_client::DeploymentsClient,
-    log_chunk::Line,
+    DeploymentState, DeploymentsAppendLogsResponse, DeploymentsCreateRequest,
+    DeploymentsFinishRequest, DeploymentsStartRequest, LogChunk, LogStream, WatchDeploymentRequest,
+    deployments_client::DeploymentsClient, log_chunk::Line,
 };
 use serde_json::{Value, json};
 use support::{
@@ -238,6 +238,27 @@ async fn finish(client: &mut DeploymentsClient<Channel>, id: u64) -> Result<(), 
     Ok(())
 }
 
+/// The worker's `AppendLogs` stream: chunks sent on the channel go out as they come; the task
+/// answers once the channel is dropped and the stream ends.
+fn append_logs(
+    channel: Channel,
+) -> (
+    mpsc::Sender<LogChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<DeploymentsAppendLogsResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let mut worker = DeploymentsClient::new(channel);
+    let appending = tokio::spawn(async move {
+        worker
+            .append_logs(authorized(
+                &token(WORKER, &["service"]),
+                ReceiverStream::new(rx),
+            ))
+            .await
+    });
+    (tx, appending)
+}
+
 fn chunk(id: u64, lines: u64, text: &str) -> LogChunk {
     let time = herald_proto::timestamp(SystemTime::now());
     LogChunk {
@@ -365,16 +386,7 @@ async fn live(args: &Args, server: &Server) -> Result<Live, BoxError> {
     let chunks = args.measure.as_secs_f64() * args.chunks_per_second as f64;
     let chunks = chunks.round() as u64;
     let text = "x".repeat(args.line_bytes);
-    let (tx, rx) = mpsc::channel(16);
-    let mut worker = DeploymentsClient::new(connect(server.addr).await?);
-    let appending = tokio::spawn(async move {
-        worker
-            .append_logs(authorized(
-                &token(WORKER, &["service"]),
-                ReceiverStream::new(rx),
-            ))
-            .await
-    });
+    let (tx, appending) = append_logs(connect(server.addr).await?);
     let started_at = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / args.chunks_per_second as u32);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -496,16 +508,7 @@ async fn catch_up(args: &Args, server: &Server, edge: &Edge) -> Result<CatchUp, 
     let text = "x".repeat(args.line_bytes);
     let filling = Instant::now();
     let chunks = args.log_lines.div_ceil(args.fill_chunk.max(1));
-    let (tx, rx) = mpsc::channel(4);
-    let mut worker = DeploymentsClient::new(channel.clone());
-    let appending = tokio::spawn(async move {
-        worker
-            .append_logs(authorized(
-                &token(WORKER, &["service"]),
-                ReceiverStream::new(rx),
-            ))
-            .await
-    });
+    let (tx, appending) = append_logs(channel.clone());
     for n in 0..chunks {
         let lines = args.fill_chunk.min(args.log_lines - n * args.fill_chunk);
         tx.send(chunk(id, lines, &text)).await?;
