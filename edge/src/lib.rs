@@ -15,6 +15,7 @@
 
 pub mod backends;
 pub mod config;
+mod connections;
 pub mod feeds;
 pub mod grpc_web;
 pub mod outbound;

@@ -848,3 +848,165 @@ async fn a_client_close_is_answered_with_a_close_frame_carrying_its_code() {
         }
     }
 }
+
+// Finding 11 of the hardening review: slowloris. Raw TCP clients that never finish their
+// request are cut off at the configured deadline while a control client keeps working.
+
+/// Reads until the edge closes the connection; `None` if it is still open after the
+/// patience.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(herald_e2e::PATIENCE, read)
+        .await
+        .ok()?;
+    Some(received)
+}
+
+/// A control socket authenticates and gets its ping answered.
+async fn control_client_works(edge: &herald_e2e::edge::TestEdge, app: &herald_e2e::TestApp) {
+    let mut control = edge.connect_as(&app.token("control", &[])).await;
+    let reply = control.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_request_head_sent_a_byte_at_a_time_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.header_read_timeout = Duration::from_secs(1);
+        config.connections.handshake_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = b"GET /ws HTTP/1.1\r\nhost: edge\r\nupgrade: websocket\r\nx-slow: ";
+    let mut sent = 0usize;
+    let dripping = async {
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if sent.is_multiple_of(10) {
+                control_client_works(&edge, &app).await;
+            }
+        }
+    };
+    let cut_off = tokio::time::timeout(herald_e2e::PATIENCE, dripping).await;
+    assert!(cut_off.is_ok(), "the edge kept a byte-at-a-time head open");
+    assert!(sent > 0);
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_connection_that_never_sends_a_request_is_closed_at_the_handshake_deadline()
+ {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.handshake_timeout = Duration::from_secs(1);
+        config.connections.header_read_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    control_client_works(&edge, &app).await;
+    let answer = read_until_closed(&mut silent).await;
+    assert_eq!(
+        answer,
+        Some(Vec::new()),
+        "closed without an answer at the deadline"
+    );
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_grpc_web_body_that_never_finishes_is_answered_deadline_exceeded() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    slow.write_all(
+        b"POST /herald.v1.Auth/Whoami HTTP/1.1\r\nhost: edge\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\ncontent-length: 100\r\n\r\n\0\0\0",
+    )
+    .await
+    .unwrap();
+    control_client_works(&edge, &app).await;
+    let answer = read_until_closed(&mut slow)
+        .await
+        .expect("the edge answers and closes the connection");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("grpc-status: 4"),
+        "DEADLINE_EXCEEDED: {answer}"
+    );
+    assert!(
+        answer.contains("edge.connections.body_read_timeout"),
+        "names the setting: {answer}"
+    );
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_connections_over_the_per_process_cap_are_answered_503_and_closed() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.max_connections = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        held.push(edge.connect_as(&app.token(&format!("u{n}"), &[])).await);
+    }
+    let mut over = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let answer = read_until_closed(&mut over)
+        .await
+        .expect("the connection over the cap is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("edge.connections.max_connections"),
+        "names the setting: {answer}"
+    );
+    // The held sockets keep working; when one leaves, its slot is free again.
+    let reply = held[0].request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    let mut socket = loop {
+        match tokio_tungstenite::connect_async(edge.url()).await {
+            Ok((socket, _)) => break socket,
+            // Refused with 503 until the left socket's session has ended.
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the freed slot never came back: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    use futures_util::{SinkExt, StreamExt};
+    let auth = json!({ "id": 1, "method": "auth", "params": { "token": app.token("late", &[]) } });
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            auth.to_string(),
+        ))
+        .await
+        .unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert!(reply.to_text().unwrap().contains("\"result\""), "{reply:?}");
+}
