@@ -13,7 +13,13 @@ use std::{
     time::Duration,
 };
 
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{
+    Status,
+    transport::{Channel, Endpoint},
+};
+
+use crate::config::ConnectionLimits;
 
 /// Produces a token with the `service` role for the edge's own calls (minted on demand, so it
 /// can be renewed). Sockets' calls never use it: they carry the socket's token.
@@ -31,6 +37,11 @@ pub struct Backends {
     channels: Vec<Channel>,
     next: AtomicUsize,
     service_token: ServiceToken,
+    /// Streams held towards the backends (`edge.connections.max_backend_streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    /// `edge.connections.backend_call_timeout`.
+    call_timeout: Duration,
 }
 
 impl fmt::Debug for Backends {
@@ -67,11 +78,51 @@ impl Backends {
                 channels.push(endpoint.connect_lazy());
             }
         }
+        let limits = ConnectionLimits::default();
         Ok(Backends {
             channels,
             next: AtomicUsize::new(rand::random::<u32>() as usize),
             service_token,
+            streams: Arc::new(Semaphore::new(limits.max_backend_streams)),
+            max_streams: limits.max_backend_streams,
+            call_timeout: limits.backend_call_timeout,
         })
+    }
+
+    /// Applies the stream bound and the unary deadline of `limits`.
+    pub fn with_limits(mut self, limits: &ConnectionLimits) -> Backends {
+        self.streams = Arc::new(Semaphore::new(limits.max_backend_streams));
+        self.max_streams = limits.max_backend_streams;
+        self.call_timeout = limits.backend_call_timeout;
+        self
+    }
+
+    /// A place for one more stream towards the backends, held until dropped; refused
+    /// RESOURCE_EXHAUSTED when the edge holds its limit.
+    pub fn try_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the edge holds its limit of {} streams to the backends (edge.connections.max_backend_streams); retry shortly",
+                self.max_streams
+            ))
+        })
+    }
+
+    /// Runs one unary backend call within the deadline; a backend that does not answer in
+    /// time is answered DEADLINE_EXCEEDED naming the setting. Dropping the call resets its
+    /// HTTP/2 stream, so the backend stops working on it too.
+    pub async fn unary<T>(
+        &self,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the backend did not answer within {} ms (edge.connections.backend_call_timeout)",
+                    self.call_timeout.as_millis()
+                )))
+            })
     }
 
     /// The next connection, round-robin over every backend.

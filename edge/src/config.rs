@@ -113,6 +113,20 @@ pub struct ConnectionLimits {
     /// closed.
     #[serde(with = "herald_proto::support::duration")]
     pub handshake_timeout: Duration,
+    /// Open connections from one client address; 0 (the default) for no limit, since an edge
+    /// behind a load balancer or serving a NAT sees many users on one address. One more is
+    /// answered `429` and closed.
+    pub max_per_ip: usize,
+    /// Authenticated WebSockets of one user (the token's `sub`) on this edge; one more has its
+    /// `auth` refused and is closed with 3503 (limit exceeded). 0 for no limit.
+    pub max_per_user: usize,
+    /// Streams this edge holds open towards the backends: topic feeds (`Edge/Follow`) and
+    /// grpc-web calls. One more is refused RESOURCE_EXHAUSTED.
+    pub max_backend_streams: usize,
+    /// Every unary call the edge makes to a backend (`auth`, `refresh`, `call`, `publish`)
+    /// is answered DEADLINE_EXCEEDED when the backend does not answer within this long.
+    #[serde(with = "herald_proto::support::duration")]
+    pub backend_call_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -122,6 +136,10 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_per_ip: 0,
+            max_per_user: 64,
+            max_backend_streams: 8192,
+            backend_call_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The edge's client connections, accepted here (not by `axum::serve`) so that each one is
-//! bounded: a cap on open connections per process, a header-read timeout on every request
+//! bounded: a cap on open connections per process and per client address, a header-read timeout on every request
 //! head and a handshake deadline for a new connection (its first request, and its WebSocket
 //! upgrade).
 //!
@@ -8,7 +8,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::{Pin, pin},
     sync::{
         Arc,
@@ -32,7 +32,10 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
-use crate::config::ConnectionLimits;
+use crate::{
+    config::ConnectionLimits,
+    slots::{Slot, Slots},
+};
 
 /// How long a refused connection gets to read the `503` before it is closed.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
@@ -47,6 +50,7 @@ pub(crate) async fn serve(
     grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Slots::<IpAddr>::new(limits.max_per_ip);
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -71,10 +75,26 @@ pub(crate) async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            connections.spawn(refuse(tcp, limits.max_connections));
+            let body = format!(
+                "the edge holds its limit of {} open connections (edge.connections.max_connections); retry later\n",
+                limits.max_connections
+            );
+            connections.spawn(refuse(tcp, "503 Service Unavailable", body));
             continue;
         };
-        let io = Counted { tcp, _slot: slot };
+        let Some(address_slot) = per_ip.try_acquire(&peer.ip()) else {
+            let body = format!(
+                "this address holds its limit of {} open connections (edge.connections.max_per_ip)\n",
+                limits.max_per_ip
+            );
+            connections.spawn(refuse(tcp, "429 Too Many Requests", body));
+            continue;
+        };
+        let io = Counted {
+            tcp,
+            _slot: slot,
+            _address_slot: address_slot,
+        };
         connections.spawn(connection(
             io,
             peer,
@@ -92,13 +112,11 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers a connection over the cap with `503` naming the limit, then closes it.
-async fn refuse(mut tcp: TcpStream, limit: usize) {
-    let body = format!(
-        "the edge holds its limit of {limit} open connections (edge.connections.max_connections); retry later\n"
-    );
+/// Answers a connection over a limit with `status` and a body naming the limit, then closes
+/// it.
+async fn refuse(mut tcp: TcpStream, status: &'static str, body: String) {
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let answer = async {
@@ -187,6 +205,7 @@ impl FirstRequest {
 struct Counted {
     tcp: TcpStream,
     _slot: OwnedSemaphorePermit,
+    _address_slot: Slot<IpAddr>,
 }
 
 impl AsyncRead for Counted {

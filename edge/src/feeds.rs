@@ -131,6 +131,15 @@ impl Feeds {
                 match topics.get(topic) {
                     Some(sender) => sender.clone(),
                     None if create => {
+                        // A feed holds one backend stream for as long as it lives.
+                        let stream = match self.backends.try_stream() {
+                            Ok(stream) => stream,
+                            Err(status) => {
+                                drop(topics);
+                                refuse(topic, command, &status);
+                                return;
+                            }
+                        };
                         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
                         topics.insert(topic.clone(), tx.clone());
                         let feed = Feed {
@@ -139,6 +148,7 @@ impl Feeds {
                             commands: rx,
                             subscribers: HashMap::new(),
                             epoch: String::new(),
+                            _stream: stream,
                         };
                         tokio::spawn(feed.run());
                         tx
@@ -196,6 +206,8 @@ struct Feed {
     commands: mpsc::Receiver<Command>,
     subscribers: HashMap<u64, Subscriber>,
     epoch: String,
+    /// This feed's place among the edge's backend streams.
+    _stream: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// How a follow stream ended.
@@ -629,6 +641,18 @@ impl Feed {
             };
             end(&self.topic, id, &sub.out, frame);
         }
+    }
+}
+
+/// Answers an attach that could not start a feed with an error reply to its `subscribe`.
+fn refuse(topic: &Arc<str>, command: Command, status: &Status) {
+    if let Command::Attach(request) = command {
+        let frame = protocol::error_frame(
+            Some(request.request_id),
+            protocol::status_code_name(status.code()),
+            status.message(),
+        );
+        end(topic, request.subscriber, &request.out, frame);
     }
 }
 

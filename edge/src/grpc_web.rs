@@ -53,6 +53,7 @@ impl Service<Request<Body>> for BackendProxy {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let mut channel = self.backends.pick();
+        let backends = self.backends.clone();
         let body_read_timeout = self.body_read_timeout;
         Box::pin(async move {
             // grpc-web has no client streaming, so the request is one small message. Reading it
@@ -91,6 +92,11 @@ impl Service<Request<Body>> for BackendProxy {
                 ));
                 return Ok(status.into_http());
             }
+            // The call holds one of the edge's backend streams until its answer is consumed.
+            let stream = match backends.try_stream() {
+                Ok(stream) => stream,
+                Err(status) => return Ok(status.into_http()),
+            };
             let request = Request::from_parts(parts, Body::new(Full::new(body)));
             if let Err(error) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 return Ok(
@@ -98,7 +104,12 @@ impl Service<Request<Body>> for BackendProxy {
                 );
             }
             match channel.call(request).await {
-                Ok(response) => Ok(response),
+                Ok(response) => Ok(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _held = &stream;
+                        frame
+                    }))
+                })),
                 Err(error) => Ok(Status::unavailable(format!(
                     "the backend is unreachable: {error}"
                 ))

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod ratelimit;
 mod server;
 mod session;
+mod slots;
 pub mod transcode;
 
 use std::sync::Arc;
@@ -39,4 +40,6 @@ pub(crate) struct EdgeContext {
     pub(crate) feeds: Arc<feeds::Feeds>,
     pub(crate) transcoder: transcode::Transcoder,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Authenticated sockets per user (`edge.connections.max_per_user`).
+    pub(crate) users: Arc<slots::Slots<String>>,
 }

@@ -50,17 +50,21 @@ pub async fn run(
     service_token: ServiceToken,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    let backends = Arc::new(Backends::new(
-        &config.backends,
-        config.connections_per_backend,
-        service_token,
-    )?);
+    let backends = Arc::new(
+        Backends::new(
+            &config.backends,
+            config.connections_per_backend,
+            service_token,
+        )?
+        .with_limits(&config.connections),
+    );
     let grace = config.shutdown_grace;
     let limits = config.connections.clone();
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
+        users: crate::slots::Slots::new(config.connections.max_per_user),
         config,
         shutdown: shutdown.clone(),
     });

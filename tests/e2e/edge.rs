@@ -1010,3 +1010,248 @@ async fn finding_11_connections_over_the_per_process_cap_are_answered_503_and_cl
     let reply = socket.next().await.unwrap().unwrap();
     assert!(reply.to_text().unwrap().contains("\"result\""), "{reply:?}");
 }
+
+// Finding 4 of the hardening review: connections per user and per address, the edge's
+// streams to the backends, and a deadline on every unary call it makes.
+
+#[tokio::test]
+async fn finding_4_a_user_holds_at_most_the_configured_number_of_sockets() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_per_user = 2).await;
+    let token = app.token("many", &[]);
+    let first = edge.connect_as(&token).await;
+    let mut second = edge.connect_as(&token).await;
+    let mut other = edge.connect_as(&app.token("someone-else", &[])).await;
+
+    let mut third = WsClient::connect(&edge.url()).await;
+    let reply = third.request("auth", json!({ "token": token })).await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.max_per_user"),
+        "{reply}"
+    );
+    assert_eq!(
+        third.closed().await,
+        Closed {
+            code: 3503,
+            reason: "limit exceeded: the user holds 2 sockets (edge.connections.max_per_user)"
+                .into(),
+        }
+    );
+    for socket in [&mut second, &mut other] {
+        let reply = socket.request("ping", json!({})).await;
+        assert_eq!(
+            reply["result"],
+            json!({}),
+            "the others keep working: {reply}"
+        );
+    }
+
+    // A socket that leaves frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    loop {
+        let mut again = WsClient::connect(&edge.url()).await;
+        let reply = again.request("auth", json!({ "token": token })).await;
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn finding_4_an_address_holds_at_most_the_configured_number_of_connections() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_per_ip = 2).await;
+    let mut first = edge.connect_as(&app.token("a", &[])).await;
+    let _second = edge.connect_as(&app.token("b", &[])).await;
+    let mut over = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let answer = read_until_closed(&mut over)
+        .await
+        .expect("the connection over the limit is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("edge.connections.max_per_ip"),
+        "names the setting: {answer}"
+    );
+    let reply = first.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_4_the_edge_holds_at_most_the_configured_number_of_backend_streams() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_backend_streams = 2).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    for topic in ["room:a", "room:b"] {
+        let reply = alice.request("subscribe", json!({ "topic": topic })).await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:c" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.max_backend_streams"),
+        "{reply}"
+    );
+    // A second socket on a followed topic shares its stream.
+    let mut bob = edge.connect_as(&app.token("bob", &[])).await;
+    let reply = bob.request("subscribe", json!({ "topic": "room:a" })).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    // The refused subscription is not held: subscribing again is not "already subscribed".
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:c" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+
+    // grpc-web calls count too: with both streams held, one is refused.
+    let answer = grpc_web_whoami(edge.addr, &app.token("alice", &[])).await;
+    assert!(
+        answer.contains("grpc-status: 8"),
+        "RESOURCE_EXHAUSTED: {answer}"
+    );
+
+    // Leaving a topic frees its stream.
+    let reply = alice
+        .request("unsubscribe", json!({ "topic": "room:b" }))
+        .await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    loop {
+        let reply = alice
+            .request("subscribe", json!({ "topic": "room:c" }))
+            .await;
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never came back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A grpc-web `Auth/Whoami` over a raw HTTP/1.1 connection; the whole answer, lowercased.
+async fn grpc_web_whoami(addr: std::net::SocketAddr, token: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /herald.v1.Auth/Whoami HTTP/1.1\r\nhost: edge\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: 5\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let answer = read_until_closed(&mut tcp).await.expect("an answer");
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+/// A TCP proxy in front of `upstream` that can stop forwarding (black hole): connections stay
+/// open, nothing more passes either way.
+struct BlackHoleProxy {
+    addr: std::net::SocketAddr,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHoleProxy {
+    async fn start(upstream: std::net::SocketAddr) -> BlackHoleProxy {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holding = Arc::new(AtomicBool::new(false));
+        let hold = holding.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, hold.clone()));
+                tokio::spawn(forward(server_read, client_write, hold.clone()));
+            }
+        });
+        BlackHoleProxy { addr, holding }
+    }
+
+    fn black_hole(&self) {
+        self.holding
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if holding.load(std::sync::atomic::Ordering::SeqCst) {
+            // Swallow everything from now on; keep both ends open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn finding_4_a_stuck_backend_answers_the_socket_with_deadline_exceeded_instead_of_hanging() {
+    let app = spawn_app().await;
+    let proxy = BlackHoleProxy::start(app.addr).await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[proxy.addr], |config| {
+        config.connections.backend_call_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    proxy.black_hole();
+    let reply = alice
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Auth/Whoami", "request": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.backend_call_timeout"),
+        "{reply}"
+    );
+    let reply = alice
+        .request(
+            "publish",
+            json!({ "topic": "room:lobby", "type": "chat.message", "data": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    // A new socket's `auth` is answered too, and the socket closed as "unavailable".
+    let mut late = WsClient::connect(&edge.url()).await;
+    let reply = late
+        .request("auth", json!({ "token": app.token("bob", &[]) }))
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    assert_eq!(late.closed().await.code, 3005);
+}

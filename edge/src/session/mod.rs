@@ -150,6 +150,8 @@ struct Session<S> {
     authenticating: bool,
     /// Requests that arrived while `auth` was being verified, handled once it is answered.
     held: Vec<String>,
+    /// This socket's place among its user's sockets (`edge.connections.max_per_user`).
+    user_slot: Option<crate::slots::Slot<String>>,
 }
 
 impl<S> Session<S> {
@@ -169,6 +171,7 @@ impl<S> Session<S> {
             publishing: HashMap::new(),
             authenticating: false,
             held: Vec::new(),
+            user_slot: None,
             ctx,
         };
         (session, out_rx)

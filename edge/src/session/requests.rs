@@ -3,7 +3,7 @@
 //! outbound queue, refusals are [`RequestError`]s, and a reason to close the socket is
 //! returned as a [`CloseReason`].
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
 use herald_proto::v1::{StreamPosition, WhoamiRequest, auth_client::AuthClient};
 use serde_json::{Value, json};
@@ -21,8 +21,6 @@ use crate::{
 
 /// Requests held while `auth` is being verified.
 const MAX_HELD_REQUESTS: usize = 32;
-/// How long the backend may take to verify a token.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `publish` is this call with the request's params.
 const PUBLISH_RPC: &str = "herald.v1.Rooms/Publish";
 
@@ -318,6 +316,22 @@ impl<S> Session<S> {
         identity: &Value,
         refresh: bool,
     ) -> Result<(), CloseReason> {
+        let user = identity
+            .get("userId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if self
+            .user_slot
+            .as_ref()
+            .is_none_or(|slot| slot.key() != user)
+        {
+            let Some(slot) = self.ctx.users.try_acquire(&user.to_owned()) else {
+                let limit = self.ctx.users.max();
+                self.refuse((id != 0).then_some(id), RequestError::TooManySockets(limit));
+                return Err(CloseReason::TooManySockets(limit));
+            };
+            self.user_slot = Some(slot);
+        }
         if refresh {
             for (topic, subscriber) in &self.subscriptions {
                 let feeds = self.ctx.feeds.clone();
@@ -372,9 +386,7 @@ async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
         Status::unauthenticated("the token contains characters not allowed in a header")
     })?;
     request.metadata_mut().insert("authorization", value);
-    let response = tokio::time::timeout(VERIFY_TIMEOUT, client.whoami(request))
-        .await
-        .unwrap_or_else(|_| Err(Status::unavailable("the backend did not answer in time")))?;
+    let response = ctx.backends.unary(client.whoami(request)).await?;
     Ok(serde_json::to_value(response.get_ref()).unwrap_or_default())
 }
 
@@ -387,6 +399,10 @@ async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Resu
         .transcoder
         .encode_request(&method, request)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let response = crate::transcode::call_unary(ctx.backends.pick(), &method, body, token).await?;
+    let channel = ctx.backends.pick();
+    let response = ctx
+        .backends
+        .unary(crate::transcode::call_unary(channel, &method, body, token))
+        .await?;
     ctx.transcoder.decode_response(&method, response)
 }
