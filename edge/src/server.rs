@@ -28,6 +28,9 @@ use crate::{
     transcode::{TranscodeError, Transcoder},
 };
 
+/// How long each of several backends gets to answer `Edge/Describe` at start.
+const BROKER_CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bytes of frames gathered before a socket write, unless a flush comes first.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
@@ -58,6 +61,7 @@ pub async fn run(
         )?
         .with_limits(&config.connections),
     );
+    backends.check_brokers(BROKER_CHECK_PATIENCE).await?;
     let grace = config.shutdown_grace;
     let limits = config.connections.clone();
     let ctx = Arc::new(EdgeContext {

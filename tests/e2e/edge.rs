@@ -1255,3 +1255,49 @@ async fn finding_4_a_stuck_backend_answers_the_socket_with_deadline_exceeded_ins
     assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
     assert_eq!(late.closed().await.code, 3005);
 }
+
+// Finding 10 of the hardening review: several backends with in-memory brokers lose events,
+// so an edge refuses to start in front of more than one of them.
+
+const MEMORY_BROKERS_REFUSED: &str = "they run the in-memory broker";
+
+#[tokio::test]
+async fn finding_10_an_edge_in_front_of_two_memory_broker_backends_refuses_to_start() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[first.addr, second.addr], |_| {}).await;
+    let error = edge.exit().await.expect_err("the edge refuses to start");
+    let message = error.to_string();
+    assert!(message.contains(MEMORY_BROKERS_REFUSED), "{message}");
+    assert!(
+        message.contains("one edge per backend"),
+        "names the fix: {message}"
+    );
+
+    // Two URLs of one backend share its broker: nothing is lost, the edge runs.
+    let same = herald_e2e::edge::spawn_edge_for(&[first.addr, first.addr], |_| {}).await;
+    let mut alice = same.connect_as(&first.token("alice", &[])).await;
+    let reply = alice.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_10_herald_edge_with_two_memory_broker_backends_exits_non_zero_with_the_fix() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let output = tokio::process::Command::new(herald_e2e::process::herald_binary())
+        .args(["edge", "--http-addr", "127.0.0.1:0", "--backend"])
+        .arg(format!("http://{},http://{}", first.addr, second.addr))
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(herald_e2e::PATIENCE, output)
+        .await
+        .expect("herald edge exits in time")
+        .expect("run herald edge");
+    assert!(!output.status.success(), "{:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(MEMORY_BROKERS_REFUSED), "{stderr}");
+    assert!(stderr.contains("one edge per backend"), "{stderr}");
+}
