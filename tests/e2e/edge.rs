@@ -1301,3 +1301,65 @@ async fn finding_10_herald_edge_with_two_memory_broker_backends_exits_non_zero_w
     assert!(stderr.contains(MEMORY_BROKERS_REFUSED), "{stderr}");
     assert!(stderr.contains("one edge per backend"), "{stderr}");
 }
+
+// Finding 14 of the hardening review: every timestamp the edge writes in JSON follows the
+// proto3 JSON mapping.
+
+/// `2026-12-01T10:00:00Z`, `…:00.120Z`, `…:00.120500Z` or `…:00.120500001Z`.
+fn assert_z_normalized(timestamp: &Value) {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp string, got {timestamp}"));
+    let (seconds, fraction) = text
+        .strip_suffix('Z')
+        .unwrap_or_else(|| panic!("`{text}` does not end in Z"))
+        .split_once('.')
+        .map_or((text.trim_end_matches('Z'), ""), |(s, f)| (s, f));
+    assert_eq!(seconds.len(), 19, "`{text}`: YYYY-MM-DDTHH:MM:SS");
+    assert!(!seconds.contains('+'), "`{text}` has an offset");
+    assert!(
+        [0, 3, 6, 9].contains(&fraction.len()) && fraction.bytes().all(|b| b.is_ascii_digit()),
+        "`{text}` has {} fractional digits",
+        fraction.len()
+    );
+}
+
+#[tokio::test]
+async fn finding_14_timestamps_on_the_websocket_are_z_normalized() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut alice = WsClient::connect(&edge.url()).await;
+    let reply = alice
+        .request("auth", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_z_normalized(&reply["result"]["expiresAt"]);
+
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:clock" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    for n in 0..5 {
+        let reply = alice
+            .request(
+                "publish",
+                json!({ "topic": "room:clock", "type": "tick", "data": { "n": n } }),
+            )
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    for _ in 0..5 {
+        let push = alice.next_event().await;
+        assert_z_normalized(&push["event"]["time"]);
+    }
+    let reply = alice
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/History", "request": { "topic": "room:clock", "limit": 5 } }),
+        )
+        .await;
+    let events = reply["result"]["events"].as_array().expect("events");
+    assert_eq!(events.len(), 5, "{reply}");
+    for event in events {
+        assert_z_normalized(&event["time"]);
+    }
+}

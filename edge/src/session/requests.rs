@@ -387,7 +387,7 @@ async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
     })?;
     request.metadata_mut().insert("authorization", value);
     let response = ctx.backends.unary(client.whoami(request)).await?;
-    Ok(serde_json::to_value(response.get_ref()).unwrap_or_default())
+    Ok(protocol::to_json("herald.v1.WhoamiResponse", response.get_ref()).unwrap_or_default())
 }
 
 async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Result<Value, Status> {
