@@ -149,6 +149,7 @@ impl Feeds {
                             subscribers: HashMap::new(),
                             epoch: String::new(),
                             _stream: stream,
+                            healthy: false,
                         };
                         tokio::spawn(feed.run());
                         tx
@@ -208,6 +209,9 @@ struct Feed {
     epoch: String,
     /// This feed's place among the edge's backend streams.
     _stream: tokio::sync::OwnedSemaphorePermit,
+    /// The current follow stream has carried a frame: the backend took it, so the failure
+    /// that ends it starts a new count of reconnects.
+    healthy: bool,
 }
 
 /// How a follow stream ended.
@@ -234,6 +238,11 @@ impl Feed {
                 StreamEnd::Failed(status) => {
                     let code = close_code_of(&status);
                     let reconnect = code.is_none_or(CloseCode::should_reconnect);
+                    // Failures count in a row: a stream that worked resets the count, so
+                    // restarts spread over a feed's life never add up to giving up.
+                    if std::mem::take(&mut self.healthy) {
+                        failures = 0;
+                    }
                     failures += 1;
                     if !reconnect || failures > MAX_RECONNECTS {
                         tracing::warn!(topic = %self.topic, status = ?status.code(), message = status.message(), "feed ended");
@@ -269,12 +278,19 @@ impl Feed {
             self.commands.close();
             topics.remove(&self.topic);
         }
+        let mut raced = Vec::new();
         while let Ok(command) = self.commands.try_recv() {
+            raced.push(command);
+        }
+        if !raced.is_empty() {
+            // In their order: an attach and the detach right behind it must not swap.
             let feeds = self.feeds.clone();
             let topic = self.topic.clone();
             tokio::spawn(async move {
-                let create = matches!(command, Command::Attach(_));
-                feeds.send(&topic, command, create).await;
+                for command in raced {
+                    let create = matches!(command, Command::Attach(_));
+                    feeds.send(&topic, command, create).await;
+                }
             });
         }
         true
@@ -401,6 +417,7 @@ impl Feed {
                 }
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
+                        self.healthy = true;
                         if let Some(frame) = response.frame {
                             if let Some(subscriber) = self.handle(frame) {
                                 outgoing.push_back(FollowRequest {
@@ -448,7 +465,20 @@ impl Feed {
                 Some(attach)
             }
             Command::Detach { subscriber } => {
-                self.subscribers.remove(&subscriber)?;
+                let sub = self.subscribers.remove(&subscriber)?;
+                // Unsubscribed before the backend confirmed: the `subscribe` still gets its
+                // answer (every request is answered once).
+                if let SubState::Pending {
+                    request_id: Some(id),
+                    ..
+                } = sub.state
+                {
+                    sub.out.text(protocol::error_frame(
+                        Some(id),
+                        protocol::status_code_name(Code::Cancelled),
+                        "unsubscribed before the subscription started",
+                    ));
+                }
                 Some(FollowRequest {
                     action: Some(Action::Detach(FollowDetach { subscriber })),
                 })

@@ -1158,11 +1158,12 @@ async fn grpc_web_whoami(addr: std::net::SocketAddr, token: &str) -> String {
     String::from_utf8_lossy(&answer).to_lowercase()
 }
 
-/// A TCP proxy in front of `upstream` that can stop forwarding (black hole): connections stay
-/// open, nothing more passes either way.
+/// A TCP proxy in front of `upstream` that can stop forwarding (black hole: connections stay
+/// open, nothing more passes either way) or reset every open connection.
 struct BlackHoleProxy {
     addr: std::net::SocketAddr,
     holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
 }
 
 impl BlackHoleProxy {
@@ -1171,19 +1172,41 @@ impl BlackHoleProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let holding = Arc::new(AtomicBool::new(false));
-        let hold = holding.clone();
+        let generation = Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let (hold, current) = (holding.clone(), generation.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
+                let reset = current.lock().unwrap().clone();
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(forward(client_read, server_write, hold.clone()));
-                tokio::spawn(forward(server_read, client_write, hold.clone()));
+                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                    let (hold, reset) = (hold.clone(), reset.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = forward(from, to, hold) => {}
+                            () = reset.cancelled() => {}
+                        }
+                    });
+                }
             }
         });
-        BlackHoleProxy { addr, holding }
+        BlackHoleProxy {
+            addr,
+            holding,
+            generation,
+        }
+    }
+
+    /// Closes every connection open through the proxy; new ones pass.
+    fn reset(&self) {
+        let mut current = self.generation.lock().unwrap();
+        current.cancel();
+        *current = tokio_util::sync::CancellationToken::new();
     }
 
     fn black_hole(&self) {
@@ -1361,5 +1384,123 @@ async fn finding_14_timestamps_on_the_websocket_are_z_normalized() {
     assert_eq!(events.len(), 5, "{reply}");
     for event in events {
         assert_z_normalized(&event["time"]);
+    }
+}
+
+// Finding 16 of the hardening review, the edge's parts.
+
+#[tokio::test]
+async fn finding_16_auth_with_id_0_gets_its_reply() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+    let auth = json!({ "id": 0, "method": "auth", "params": { "token": app.token("zero", &[]) } });
+    socket.send_text(auth.to_string()).await;
+    let reply = socket.reply_to(0).await;
+    assert_eq!(reply["result"]["userId"], "zero", "{reply}");
+    let reply = socket.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+/// Who the backend lists in `topic`'s presence.
+async fn present(socket: &mut WsClient, topic: &str) -> Vec<String> {
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/Presence", "request": { "topic": topic } }),
+        )
+        .await;
+    let members = reply["result"]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut users: Vec<String> = members
+        .iter()
+        .filter_map(|m| m["userId"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn finding_16_pipelined_subscribe_and_unsubscribe_racing_the_last_subscriber_leave_no_ghost()
+{
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.rate_burst = 10_000;
+        config.limits.rate_per_second = 10_000;
+    })
+    .await;
+    let mut ghost = edge.connect_as(&app.token("ghost", &[])).await;
+    let mut watcher = edge.connect_as(&app.token("watcher", &[])).await;
+    // Each round, the ghost is the topic's only subscriber: its unsubscribe races the feed's
+    // retirement and the next round's subscribe races both.
+    let mut id = 1000u64;
+    for round in 0..100 {
+        let topic = format!("room:ghost-{}", round % 3);
+        let subscribe = json!({ "id": id, "method": "subscribe", "params": { "topic": topic } });
+        let unsubscribe =
+            json!({ "id": id + 1, "method": "unsubscribe", "params": { "topic": topic } });
+        ghost.send_text(subscribe.to_string()).await;
+        ghost.send_text(unsubscribe.to_string()).await;
+        let subscribed = ghost.reply_to(id).await;
+        let unsubscribed = ghost.reply_to(id + 1).await;
+        assert_eq!(unsubscribed["result"], json!({}), "{unsubscribed}");
+        assert!(
+            subscribed.get("result").is_some() || error_code(&subscribed) == "cancelled",
+            "{subscribed}"
+        );
+        id += 2;
+    }
+    for n in 0..3 {
+        let topic = format!("room:ghost-{n}");
+        let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+        loop {
+            let users = present(&mut watcher, &topic).await;
+            if users.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{topic} still lists {users:?} after every unsubscribe"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The ghost socket is fine and still subscribes normally.
+    let reply = ghost
+        .request("subscribe", json!({ "topic": "room:ghost-0" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(present(&mut watcher, "room:ghost-0").await, vec!["ghost"]);
+}
+
+#[tokio::test]
+async fn finding_16_a_feed_survives_more_backend_failures_over_its_life_than_its_reconnect_limit() {
+    let app = spawn_app().await;
+    let proxy = BlackHoleProxy::start(app.addr).await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[proxy.addr], |_| {}).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:flaky" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let service = app.service().await;
+    // More failures than the feed's limit of 10 reconnects in a row, each after the stream
+    // worked again: the subscription goes on and sees every event.
+    for n in 1..=14u64 {
+        proxy.reset();
+        service.publish("room:flaky", 1).await;
+        let push = loop {
+            let push = alice.next_push().await;
+            if push.get("presence").is_none() {
+                break push;
+            }
+        };
+        assert!(
+            push.get("unsubscribed").is_none(),
+            "failure {n} ended it: {push}"
+        );
+        assert_eq!(push["offset"], n.to_string(), "{push}");
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tonic::Status;
 
 use super::{
-    Session,
+    FeedCommand, Session,
     error::{CloseReason, RequestError},
 };
 use crate::{
@@ -28,18 +28,13 @@ pub(super) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 
 /// What a finished piece of asynchronous work asks the session to do.
 pub(super) enum Completion {
-    /// Write this frame.
-    Reply(String),
     /// A unary call finished: write its reply.
     CallDone(String),
     /// A publish finished: write its reply, then start the topic's next queued publish.
-    PublishDone {
-        topic: Arc<str>,
-        frame: String,
-    },
-    /// `auth` or `refresh` succeeded.
+    PublishDone { topic: Arc<str>, frame: String },
+    /// `auth` or `refresh` succeeded. `id` is `None` for the upgrade's bearer token.
     Authenticated {
-        id: u64,
+        id: Option<u64>,
         token: String,
         identity: Value,
         refresh: bool,
@@ -50,7 +45,6 @@ pub(super) enum Completion {
         refresh: bool,
         status: Status,
     },
-    Nothing,
 }
 
 /// The identity a socket authenticated as.
@@ -177,11 +171,7 @@ impl<S> Session<S> {
             since,
             out: self.out.clone(),
         };
-        let feeds = self.ctx.feeds.clone();
-        self.pending.push(Box::pin(async move {
-            feeds.attach(request).await;
-            Completion::Nothing
-        }));
+        self.feed_commands.send(FeedCommand::Attach(request));
         Ok(())
     }
 
@@ -190,11 +180,11 @@ impl<S> Session<S> {
         let Some(subscriber) = self.subscriptions.remove(&topic) else {
             return Err(RequestError::NotSubscribed(topic));
         };
-        let feeds = self.ctx.feeds.clone();
-        self.pending.push(Box::pin(async move {
-            feeds.detach(&topic, subscriber).await;
-            Completion::Reply(protocol::result(id, &json!({})))
-        }));
+        self.feed_commands.send(FeedCommand::Detach {
+            topic,
+            subscriber,
+            reply: Some(id),
+        });
         Ok(())
     }
 
@@ -265,7 +255,6 @@ impl<S> Session<S> {
     /// Applies finished work; returns a close when the socket must end.
     pub(super) fn complete(&mut self, done: Completion) -> Result<(), CloseReason> {
         match done {
-            Completion::Reply(frame) => self.reply(frame),
             Completion::CallDone(frame) => {
                 self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
                 self.reply(frame);
@@ -302,16 +291,16 @@ impl<S> Session<S> {
                     return Err(close);
                 }
             }
-            Completion::Nothing => {}
         }
         Ok(())
     }
 
     /// A token was verified: adopt it (every subscription too, on `refresh`), answer, and
-    /// run the requests held behind `auth`. `id` 0 is the upgrade's bearer token.
+    /// run the requests held behind `auth`. `id` is `None` for the upgrade's bearer token (any
+    /// request id, 0 included, gets its answer).
     fn authenticated(
         &mut self,
-        id: u64,
+        id: Option<u64>,
         token: Arc<str>,
         identity: &Value,
         refresh: bool,
@@ -327,25 +316,24 @@ impl<S> Session<S> {
         {
             let Some(slot) = self.ctx.users.try_acquire(&user.to_owned()) else {
                 let limit = self.ctx.users.max();
-                self.refuse((id != 0).then_some(id), RequestError::TooManySockets(limit));
+                self.refuse(id, RequestError::TooManySockets(limit));
                 return Err(CloseReason::TooManySockets(limit));
             };
             self.user_slot = Some(slot);
         }
         if refresh {
             for (topic, subscriber) in &self.subscriptions {
-                let feeds = self.ctx.feeds.clone();
-                let (topic, subscriber, token) = (topic.clone(), *subscriber, token.clone());
-                self.pending.push(Box::pin(async move {
-                    feeds.refresh(&topic, subscriber, token).await;
-                    Completion::Nothing
-                }));
+                self.feed_commands.send(FeedCommand::Refresh {
+                    topic: topic.clone(),
+                    subscriber: *subscriber,
+                    token: token.clone(),
+                });
             }
         }
         self.auth = Some(Auth { token });
         self.authenticating = false;
         self.heartbeat.authenticated();
-        if id != 0 {
+        if let Some(id) = id {
             self.reply(protocol::result(id, identity));
         }
         for text in std::mem::take(&mut self.held) {
@@ -365,7 +353,7 @@ pub(super) fn verify(
     Box::pin(async move {
         match whoami(&ctx, &token).await {
             Ok(identity) => Completion::Authenticated {
-                id: id.unwrap_or_default(),
+                id,
                 token,
                 identity,
                 refresh,
