@@ -13,7 +13,13 @@ use std::{
     time::Duration,
 };
 
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{
+    Status,
+    transport::{Channel, Endpoint},
+};
+
+use crate::config::ConnectionLimits;
 
 /// Produces a token with the `service` role for the edge's own calls (minted on demand, so it
 /// can be renewed). Sockets' calls never use it: they carry the socket's token.
@@ -25,12 +31,27 @@ pub enum BackendError {
     NoBackends,
     #[error("backend URL `{url}` is invalid: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error(
+        "the edge is configured with {count} backends ({urls}), but they run the in-memory broker, which delivers an event only to the subscribers of the backend it was published on, so events would be lost: give this edge one backend (one --backend URL / edge.backends entry) and run one edge per backend, until a shared broker exists"
+    )]
+    SeveralMemoryBrokers { count: usize, urls: String },
+    #[error(
+        "cannot ask backend `{url}` which broker it runs: {reason}; an edge with several backends checks them all at start"
+    )]
+    Undescribed { url: String, reason: String },
 }
 
 pub struct Backends {
     channels: Vec<Channel>,
+    /// Each backend's URL and the index of its first connection.
+    urls: Vec<(String, usize)>,
     next: AtomicUsize,
     service_token: ServiceToken,
+    /// Streams held towards the backends (`edge.connections.max_backend_streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    /// `edge.connections.backend_call_timeout`.
+    call_timeout: Duration,
 }
 
 impl fmt::Debug for Backends {
@@ -51,7 +72,9 @@ impl Backends {
             return Err(BackendError::NoBackends);
         }
         let mut channels = Vec::new();
+        let mut firsts = Vec::new();
         for url in urls {
+            firsts.push((url.clone(), channels.len()));
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| BackendError::BadUrl {
                     url: url.clone(),
@@ -67,11 +90,108 @@ impl Backends {
                 channels.push(endpoint.connect_lazy());
             }
         }
+        let limits = ConnectionLimits::default();
         Ok(Backends {
             channels,
+            urls: firsts,
             next: AtomicUsize::new(rand::random::<u32>() as usize),
             service_token,
+            streams: Arc::new(Semaphore::new(limits.max_backend_streams)),
+            max_streams: limits.max_backend_streams,
+            call_timeout: limits.backend_call_timeout,
         })
+    }
+
+    /// Applies the stream bound and the unary deadline of `limits`.
+    pub fn with_limits(mut self, limits: &ConnectionLimits) -> Backends {
+        self.streams = Arc::new(Semaphore::new(limits.max_backend_streams));
+        self.max_streams = limits.max_backend_streams;
+        self.call_timeout = limits.backend_call_timeout;
+        self
+    }
+
+    /// With several backends, asks each which broker it runs (`Edge/Describe`) and refuses
+    /// when they are separate processes with in-memory brokers: a socket's subscription on
+    /// one backend would never see the events published on another. A backend that does not
+    /// answer within `patience` (retried while it is unavailable) fails the check too.
+    pub async fn check_brokers(&self, patience: Duration) -> Result<(), BackendError> {
+        use herald_proto::v1::{Broker, DescribeRequest, edge_client::EdgeClient};
+        if self.urls.len() < 2 {
+            return Ok(());
+        }
+        let mut instances = std::collections::HashSet::new();
+        let mut memory = false;
+        for (url, first) in &self.urls {
+            let deadline = tokio::time::Instant::now() + patience;
+            let described = loop {
+                let mut client = EdgeClient::new(self.channels[*first].clone());
+                let mut request = tonic::Request::new(DescribeRequest {});
+                if let Ok(value) = format!("Bearer {}", self.service_token()).parse() {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                let answer = tokio::time::timeout(Duration::from_secs(2), client.describe(request))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::unavailable("no answer")));
+                match answer {
+                    Ok(response) => break response.into_inner(),
+                    Err(status)
+                        if status.code() == tonic::Code::Unavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(status) => {
+                        return Err(BackendError::Undescribed {
+                            url: url.clone(),
+                            reason: format!("{:?}: {}", status.code(), status.message()),
+                        });
+                    }
+                }
+            };
+            // Unspecified: a backend from before Describe, which has only the memory broker.
+            memory |= matches!(described.broker(), Broker::Memory | Broker::Unspecified);
+            instances.insert(described.instance_id);
+        }
+        if memory && instances.len() > 1 {
+            return Err(BackendError::SeveralMemoryBrokers {
+                count: self.urls.len(),
+                urls: self
+                    .urls
+                    .iter()
+                    .map(|(url, _)| url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    /// A place for one more stream towards the backends, held until dropped; refused
+    /// RESOURCE_EXHAUSTED when the edge holds its limit.
+    pub fn try_stream(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the edge holds its limit of {} streams to the backends (edge.connections.max_backend_streams); retry shortly",
+                self.max_streams
+            ))
+        })
+    }
+
+    /// Runs one unary backend call within the deadline; a backend that does not answer in
+    /// time is answered DEADLINE_EXCEEDED naming the setting. Dropping the call resets its
+    /// HTTP/2 stream, so the backend stops working on it too.
+    pub async fn unary<T>(
+        &self,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the backend did not answer within {} ms (edge.connections.backend_call_timeout)",
+                    self.call_timeout.as_millis()
+                )))
+            })
     }
 
     /// The next connection, round-robin over every backend.

@@ -21,6 +21,7 @@ pub struct EdgeConfig {
     #[serde(with = "herald_proto::support::duration")]
     pub shutdown_grace: Duration,
     pub limits: SocketLimits,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for EdgeConfig {
@@ -32,6 +33,7 @@ impl Default for EdgeConfig {
             connections_per_backend: 2,
             shutdown_grace: Duration::from_secs(5),
             limits: SocketLimits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -84,6 +86,60 @@ impl Default for SocketLimits {
             rate_per_second: 20,
             rate_abuse_limit: 100,
             max_calls_in_flight: 16,
+        }
+    }
+}
+
+/// Limits on the edge's HTTP connections (every WebSocket and grpc-web client), so a slow or
+/// greedy client cannot hold the process's connections, and on what the edge holds towards
+/// the backends. See docs/limits.md for what each refusal looks like.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    /// Open client connections (WebSockets included) per edge process; one more is answered
+    /// `503` and closed.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive within this long of the edge
+    /// starting to wait for it, or the connection is closed without an answer. It also ends
+    /// an idle keep-alive connection.
+    #[serde(with = "herald_proto::support::duration")]
+    pub header_read_timeout: Duration,
+    /// A grpc-web request's body must arrive within this long after its head, or the call is
+    /// answered DEADLINE_EXCEEDED and the connection closed.
+    #[serde(with = "herald_proto::support::duration")]
+    pub body_read_timeout: Duration,
+    /// A new connection must send its first request within this long of being accepted and,
+    /// when that request is a WebSocket upgrade, be upgraded within it; otherwise it is
+    /// closed.
+    #[serde(with = "herald_proto::support::duration")]
+    pub handshake_timeout: Duration,
+    /// Open connections from one client address; 0 (the default) for no limit, since an edge
+    /// behind a load balancer or serving a NAT sees many users on one address. One more is
+    /// answered `429` and closed.
+    pub max_per_ip: usize,
+    /// Authenticated WebSockets of one user (the token's `sub`) on this edge; one more has its
+    /// `auth` refused and is closed with 3503 (limit exceeded). 0 for no limit.
+    pub max_per_user: usize,
+    /// Streams this edge holds open towards the backends: topic feeds (`Edge/Follow`) and
+    /// grpc-web calls. One more is refused RESOURCE_EXHAUSTED.
+    pub max_backend_streams: usize,
+    /// Every unary call the edge makes to a backend (`auth`, `refresh`, `call`, `publish`)
+    /// is answered DEADLINE_EXCEEDED when the backend does not answer within this long.
+    #[serde(with = "herald_proto::support::duration")]
+    pub backend_call_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_per_ip: 0,
+            max_per_user: 64,
+            max_backend_streams: 8192,
+            backend_call_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -131,6 +131,15 @@ impl Feeds {
                 match topics.get(topic) {
                     Some(sender) => sender.clone(),
                     None if create => {
+                        // A feed holds one backend stream for as long as it lives.
+                        let stream = match self.backends.try_stream() {
+                            Ok(stream) => stream,
+                            Err(status) => {
+                                drop(topics);
+                                refuse(topic, command, &status);
+                                return;
+                            }
+                        };
                         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
                         topics.insert(topic.clone(), tx.clone());
                         let feed = Feed {
@@ -139,6 +148,8 @@ impl Feeds {
                             commands: rx,
                             subscribers: HashMap::new(),
                             epoch: String::new(),
+                            _stream: stream,
+                            healthy: false,
                         };
                         tokio::spawn(feed.run());
                         tx
@@ -196,6 +207,11 @@ struct Feed {
     commands: mpsc::Receiver<Command>,
     subscribers: HashMap<u64, Subscriber>,
     epoch: String,
+    /// This feed's place among the edge's backend streams.
+    _stream: tokio::sync::OwnedSemaphorePermit,
+    /// The current follow stream has carried a frame: the backend took it, so the failure
+    /// that ends it starts a new count of reconnects.
+    healthy: bool,
 }
 
 /// How a follow stream ended.
@@ -222,6 +238,11 @@ impl Feed {
                 StreamEnd::Failed(status) => {
                     let code = close_code_of(&status);
                     let reconnect = code.is_none_or(CloseCode::should_reconnect);
+                    // Failures count in a row: a stream that worked resets the count, so
+                    // restarts spread over a feed's life never add up to giving up.
+                    if std::mem::take(&mut self.healthy) {
+                        failures = 0;
+                    }
                     failures += 1;
                     if !reconnect || failures > MAX_RECONNECTS {
                         tracing::warn!(topic = %self.topic, status = ?status.code(), message = status.message(), "feed ended");
@@ -257,12 +278,19 @@ impl Feed {
             self.commands.close();
             topics.remove(&self.topic);
         }
+        let mut raced = Vec::new();
         while let Ok(command) = self.commands.try_recv() {
+            raced.push(command);
+        }
+        if !raced.is_empty() {
+            // In their order: an attach and the detach right behind it must not swap.
             let feeds = self.feeds.clone();
             let topic = self.topic.clone();
             tokio::spawn(async move {
-                let create = matches!(command, Command::Attach(_));
-                feeds.send(&topic, command, create).await;
+                for command in raced {
+                    let create = matches!(command, Command::Attach(_));
+                    feeds.send(&topic, command, create).await;
+                }
             });
         }
         true
@@ -389,6 +417,7 @@ impl Feed {
                 }
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
+                        self.healthy = true;
                         if let Some(frame) = response.frame {
                             if let Some(subscriber) = self.handle(frame) {
                                 outgoing.push_back(FollowRequest {
@@ -436,7 +465,20 @@ impl Feed {
                 Some(attach)
             }
             Command::Detach { subscriber } => {
-                self.subscribers.remove(&subscriber)?;
+                let sub = self.subscribers.remove(&subscriber)?;
+                // Unsubscribed before the backend confirmed: the `subscribe` still gets its
+                // answer (every request is answered once).
+                if let SubState::Pending {
+                    request_id: Some(id),
+                    ..
+                } = sub.state
+                {
+                    sub.out.text(protocol::error_frame(
+                        Some(id),
+                        protocol::status_code_name(Code::Cancelled),
+                        "unsubscribed before the subscription started",
+                    ));
+                }
                 Some(FollowRequest {
                     action: Some(Action::Detach(FollowDetach { subscriber })),
                 })
@@ -629,6 +671,18 @@ impl Feed {
             };
             end(&self.topic, id, &sub.out, frame);
         }
+    }
+}
+
+/// Answers an attach that could not start a feed with an error reply to its `subscribe`.
+fn refuse(topic: &Arc<str>, command: Command, status: &Status) {
+    if let Command::Attach(request) = command {
+        let frame = protocol::error_frame(
+            Some(request.request_id),
+            protocol::status_code_name(status.code()),
+            status.message(),
+        );
+        end(topic, request.subscriber, &request.out, frame);
     }
 }
 

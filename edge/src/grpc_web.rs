@@ -6,6 +6,7 @@ use std::{
     convert::Infallible,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures_util::future::BoxFuture;
@@ -27,11 +28,17 @@ const INTERNAL_PREFIXES: &[&str] = &["/herald.v1.Edge/"];
 #[derive(Debug, Clone)]
 pub struct BackendProxy {
     backends: Arc<Backends>,
+    body_read_timeout: Duration,
 }
 
 impl BackendProxy {
-    pub fn new(backends: Arc<Backends>) -> Self {
-        Self { backends }
+    /// A request body that does not arrive within `body_read_timeout` is answered
+    /// DEADLINE_EXCEEDED (`edge.connections.body_read_timeout`).
+    pub fn new(backends: Arc<Backends>, body_read_timeout: Duration) -> Self {
+        Self {
+            backends,
+            body_read_timeout,
+        }
     }
 }
 
@@ -46,14 +53,28 @@ impl Service<Request<Body>> for BackendProxy {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let mut channel = self.backends.pick();
+        let backends = self.backends.clone();
+        let body_read_timeout = self.body_read_timeout;
         Box::pin(async move {
             // grpc-web has no client streaming, so the request is one small message. Reading it
             // whole before answering keeps HTTP/1.1 connections usable even when the answer is
             // a refusal (answering early would make the server drop the unread body and close).
             let (parts, body) = request.into_parts();
-            let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-                Ok(collected) => collected.to_bytes(),
+            let read = tokio::time::timeout(
+                body_read_timeout,
+                Limited::new(body, MAX_REQUEST_BYTES).collect(),
+            );
+            let body = match read.await {
+                Ok(Ok(collected)) => collected.to_bytes(),
                 Err(_) => {
+                    // The unread rest makes the server close the connection after this answer.
+                    let status = Status::deadline_exceeded(format!(
+                        "the request body did not arrive within {} ms (edge.connections.body_read_timeout)",
+                        body_read_timeout.as_millis()
+                    ));
+                    return Ok(status.into_http());
+                }
+                Ok(Err(_)) => {
                     let status = Status::resource_exhausted(format!(
                         "the request is larger than {MAX_REQUEST_BYTES} bytes"
                     ));
@@ -71,6 +92,11 @@ impl Service<Request<Body>> for BackendProxy {
                 ));
                 return Ok(status.into_http());
             }
+            // The call holds one of the edge's backend streams until its answer is consumed.
+            let stream = match backends.try_stream() {
+                Ok(stream) => stream,
+                Err(status) => return Ok(status.into_http()),
+            };
             let request = Request::from_parts(parts, Body::new(Full::new(body)));
             if let Err(error) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 return Ok(
@@ -78,7 +104,12 @@ impl Service<Request<Body>> for BackendProxy {
                 );
             }
             match channel.call(request).await {
-                Ok(response) => Ok(response),
+                Ok(response) => Ok(response.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _held = &stream;
+                        frame
+                    }))
+                })),
                 Err(error) => Ok(Status::unavailable(format!(
                     "the backend is unreachable: {error}"
                 ))

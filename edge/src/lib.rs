@@ -15,6 +15,7 @@
 
 pub mod backends;
 pub mod config;
+mod connections;
 pub mod feeds;
 pub mod grpc_web;
 pub mod outbound;
@@ -22,6 +23,7 @@ pub mod protocol;
 pub mod ratelimit;
 mod server;
 mod session;
+mod slots;
 pub mod transcode;
 
 use std::sync::Arc;
@@ -38,4 +40,6 @@ pub(crate) struct EdgeContext {
     pub(crate) feeds: Arc<feeds::Feeds>,
     pub(crate) transcoder: transcode::Transcoder,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Authenticated sockets per user (`edge.connections.max_per_user`).
+    pub(crate) users: Arc<slots::Slots<String>>,
 }

@@ -233,9 +233,37 @@ pub fn error_frame(id: Option<u64>, code: &str, message: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The schema, for encoding messages in the proto3 JSON mapping.
+static SCHEMA: std::sync::LazyLock<Option<prost_reflect::DescriptorPool>> =
+    std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(herald_proto::FILE_DESCRIPTOR_SET).ok()
+    });
+
+/// `message` in the proto3 JSON mapping, as `full_name` (e.g. `herald.v1.Event`) defines it.
+///
+/// Encoded through the schema (prost-reflect) rather than the generated serde code, whose
+/// well-known `Timestamp` is written with a `+00:00` offset: the mapping requires UTC with a
+/// `Z` and 0, 3, 6 or 9 fractional digits (`2026-12-01T10:00:00Z`, `…:00.120Z`).
+pub fn to_json<M: prost::Message>(full_name: &str, message: &M) -> Option<serde_json::Value> {
+    let descriptor = SCHEMA.as_ref()?.get_message_by_name(full_name)?;
+    let dynamic =
+        prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .ok()?;
+    dynamic
+        .serialize_with_options(
+            serde_json::value::Serializer,
+            &prost_reflect::SerializeOptions::new(),
+        )
+        .ok()
+}
+
+fn json_text<M: prost::Message>(full_name: &str, message: &M) -> String {
+    to_json(full_name, message).map_or_else(|| "{}".into(), |value| value.to_string())
+}
+
 /// An event push, encoded once and shared by every socket that receives it.
 pub fn event_push(event: &Event) -> Utf8Bytes {
-    let body = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    let body = json_text("herald.v1.Event", event);
     let frame = format!(
         "{{\"topic\":{},\"offset\":\"{}\",\"epoch\":{},\"event\":{body}}}",
         quote(&event.topic),
@@ -246,7 +274,7 @@ pub fn event_push(event: &Event) -> Utf8Bytes {
 }
 
 pub fn presence_push(change: &PresenceChange) -> Utf8Bytes {
-    let body = serde_json::to_string(change).unwrap_or_else(|_| "{}".into());
+    let body = json_text("herald.v1.PresenceChange", change);
     Utf8Bytes::from(format!(
         "{{\"topic\":{},\"presence\":{body}}}",
         quote(&change.topic)
@@ -255,7 +283,7 @@ pub fn presence_push(change: &PresenceChange) -> Utf8Bytes {
 
 /// A signal push: `{"topic":…,"signal":{…}}` (ephemeral: no offset).
 pub fn signal_push(signal: &Signal) -> Utf8Bytes {
-    let body = serde_json::to_string(signal).unwrap_or_else(|_| "{}".into());
+    let body = json_text("herald.v1.Signal", signal);
     Utf8Bytes::from(format!(
         "{{\"topic\":{},\"signal\":{body}}}",
         quote(&signal.topic)
@@ -395,5 +423,30 @@ mod tests {
         assert_eq!(gone["unsubscribed"]["code"], 3001);
         assert_eq!(gone["unsubscribed"]["reason"], "slow_consumer");
         assert_eq!(gone["unsubscribed"]["offset"], "3");
+    }
+
+    /// Finding 14 of the hardening review: timestamps are Z-normalized with 0, 3, 6 or 9
+    /// fractional digits, never `+00:00`.
+    #[test]
+    fn finding_14_timestamps_are_z_normalized_with_0_3_6_or_9_fractional_digits() {
+        let cases = [
+            (0, "2026-12-01T10:00:00Z"),
+            (120_000_000, "2026-12-01T10:00:00.120Z"),
+            (120_500_000, "2026-12-01T10:00:00.120500Z"),
+            (1, "2026-12-01T10:00:00.000000001Z"),
+        ];
+        for (nanos, expected) in cases {
+            let event = Event {
+                topic: "room:a".into(),
+                offset: 1,
+                time: Some(herald_proto::wkt::Timestamp {
+                    seconds: 1_796_119_200,
+                    nanos,
+                }),
+                ..Event::default()
+            };
+            let push: Value = serde_json::from_str(event_push(&event).as_str()).unwrap();
+            assert_eq!(push["event"]["time"], expected, "{push}");
+        }
     }
 }

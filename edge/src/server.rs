@@ -10,7 +10,6 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
-    serve::ListenerExt,
 };
 use futures_util::StreamExt;
 use herald_proto::codes::{CLOSE_CODE_TRAILER, EPOCH_TRAILER, OFFSET_TRAILER};
@@ -22,11 +21,15 @@ use crate::{
     EdgeContext,
     backends::{BackendError, Backends, ServiceToken},
     config::EdgeConfig,
+    connections,
     feeds::Feeds,
     grpc_web::BackendProxy,
     session,
     transcode::{TranscodeError, Transcoder},
 };
+
+/// How long each of several backends gets to answer `Edge/Describe` at start.
+const BROKER_CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes of frames gathered before a socket write, unless a flush comes first.
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
@@ -50,21 +53,28 @@ pub async fn run(
     service_token: ServiceToken,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
-    let backends = Arc::new(Backends::new(
-        &config.backends,
-        config.connections_per_backend,
-        service_token,
-    )?);
+    let backends = Arc::new(
+        Backends::new(
+            &config.backends,
+            config.connections_per_backend,
+            service_token,
+        )?
+        .with_limits(&config.connections),
+    );
+    backends.check_brokers(BROKER_CHECK_PATIENCE).await?;
     let grace = config.shutdown_grace;
+    let limits = config.connections.clone();
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
+        users: crate::slots::Slots::new(config.connections.max_per_user),
         config,
         shutdown: shutdown.clone(),
     });
     let sessions = TaskTracker::new();
-    let grpc_web = tonic_web::GrpcWebLayer::new().layer(BackendProxy::new(backends));
+    let grpc_web =
+        tonic_web::GrpcWebLayer::new().layer(BackendProxy::new(backends, limits.body_read_timeout));
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -76,18 +86,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
-    let stop = shutdown.clone();
-    // Replies and pushes are batched by the session (one flush per batch), so Nagle's delay
-    // would only hold back the last frame of each batch, e.g. the reply to a pipelined
-    // `subscribe` behind `auth`.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    connections::serve(listener, app, limits, shutdown, grace).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");

@@ -1056,8 +1056,15 @@ async fn the_same_deployment_over_the_websocket_shows_the_same_events_as_over_gr
             Some(position(over_grpc).offset.to_string().as_str())
         );
         let (key, body): (&str, Value) = match &over_grpc.event {
-            Some(Part::Status(s)) => ("deploymentStatus", serde_json::to_value(s).unwrap()),
-            Some(Part::Logs(l)) => ("deploymentLogs", serde_json::to_value(l).unwrap()),
+            // In the proto3 JSON mapping, as the edge writes it (timestamps with `Z`).
+            Some(Part::Status(s)) => (
+                "deploymentStatus",
+                herald_edge::protocol::to_json("herald.v1.DeploymentStatus", s).unwrap(),
+            ),
+            Some(Part::Logs(l)) => (
+                "deploymentLogs",
+                herald_edge::protocol::to_json("herald.v1.DeploymentLogs", l).unwrap(),
+            ),
             None => panic!("empty watch message"),
         };
         assert_eq!(over_ws["event"][key], body, "{over_ws}");

@@ -848,3 +848,659 @@ async fn a_client_close_is_answered_with_a_close_frame_carrying_its_code() {
         }
     }
 }
+
+// Finding 11 of the hardening review: slowloris. Raw TCP clients that never finish their
+// request are cut off at the configured deadline while a control client keeps working.
+
+/// Reads until the edge closes the connection; `None` if it is still open after the
+/// patience.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(herald_e2e::PATIENCE, read)
+        .await
+        .ok()?;
+    Some(received)
+}
+
+/// A control socket authenticates and gets its ping answered.
+async fn control_client_works(edge: &herald_e2e::edge::TestEdge, app: &herald_e2e::TestApp) {
+    let mut control = edge.connect_as(&app.token("control", &[])).await;
+    let reply = control.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_request_head_sent_a_byte_at_a_time_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.header_read_timeout = Duration::from_secs(1);
+        config.connections.handshake_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let head = b"GET /ws HTTP/1.1\r\nhost: edge\r\nupgrade: websocket\r\nx-slow: ";
+    let mut sent = 0usize;
+    let dripping = async {
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if sent.is_multiple_of(10) {
+                control_client_works(&edge, &app).await;
+            }
+        }
+    };
+    let cut_off = tokio::time::timeout(herald_e2e::PATIENCE, dripping).await;
+    assert!(cut_off.is_ok(), "the edge kept a byte-at-a-time head open");
+    assert!(sent > 0);
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_connection_that_never_sends_a_request_is_closed_at_the_handshake_deadline()
+ {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.handshake_timeout = Duration::from_secs(1);
+        config.connections.header_read_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    control_client_works(&edge, &app).await;
+    let answer = read_until_closed(&mut silent).await;
+    assert_eq!(
+        answer,
+        Some(Vec::new()),
+        "closed without an answer at the deadline"
+    );
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_slowloris_a_grpc_web_body_that_never_finishes_is_answered_deadline_exceeded() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    slow.write_all(
+        b"POST /herald.v1.Auth/Whoami HTTP/1.1\r\nhost: edge\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\ncontent-length: 100\r\n\r\n\0\0\0",
+    )
+    .await
+    .unwrap();
+    control_client_works(&edge, &app).await;
+    let answer = read_until_closed(&mut slow)
+        .await
+        .expect("the edge answers and closes the connection");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("grpc-status: 4"),
+        "DEADLINE_EXCEEDED: {answer}"
+    );
+    assert!(
+        answer.contains("edge.connections.body_read_timeout"),
+        "names the setting: {answer}"
+    );
+    control_client_works(&edge, &app).await;
+}
+
+#[tokio::test]
+async fn finding_11_connections_over_the_per_process_cap_are_answered_503_and_closed() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.connections.max_connections = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        held.push(edge.connect_as(&app.token(&format!("u{n}"), &[])).await);
+    }
+    let mut over = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let answer = read_until_closed(&mut over)
+        .await
+        .expect("the connection over the cap is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("edge.connections.max_connections"),
+        "names the setting: {answer}"
+    );
+    // The held sockets keep working; when one leaves, its slot is free again.
+    let reply = held[0].request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    let mut socket = loop {
+        match tokio_tungstenite::connect_async(edge.url()).await {
+            Ok((socket, _)) => break socket,
+            // Refused with 503 until the left socket's session has ended.
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the freed slot never came back: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    use futures_util::{SinkExt, StreamExt};
+    let auth = json!({ "id": 1, "method": "auth", "params": { "token": app.token("late", &[]) } });
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            auth.to_string(),
+        ))
+        .await
+        .unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert!(reply.to_text().unwrap().contains("\"result\""), "{reply:?}");
+}
+
+// Finding 4 of the hardening review: connections per user and per address, the edge's
+// streams to the backends, and a deadline on every unary call it makes.
+
+#[tokio::test]
+async fn finding_4_a_user_holds_at_most_the_configured_number_of_sockets() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_per_user = 2).await;
+    let token = app.token("many", &[]);
+    let first = edge.connect_as(&token).await;
+    let mut second = edge.connect_as(&token).await;
+    let mut other = edge.connect_as(&app.token("someone-else", &[])).await;
+
+    let mut third = WsClient::connect(&edge.url()).await;
+    let reply = third.request("auth", json!({ "token": token })).await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.max_per_user"),
+        "{reply}"
+    );
+    assert_eq!(
+        third.closed().await,
+        Closed {
+            code: 3503,
+            reason: "limit exceeded: the user holds 2 sockets (edge.connections.max_per_user)"
+                .into(),
+        }
+    );
+    for socket in [&mut second, &mut other] {
+        let reply = socket.request("ping", json!({})).await;
+        assert_eq!(
+            reply["result"],
+            json!({}),
+            "the others keep working: {reply}"
+        );
+    }
+
+    // A socket that leaves frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    loop {
+        let mut again = WsClient::connect(&edge.url()).await;
+        let reply = again.request("auth", json!({ "token": token })).await;
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn finding_4_an_address_holds_at_most_the_configured_number_of_connections() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_per_ip = 2).await;
+    let mut first = edge.connect_as(&app.token("a", &[])).await;
+    let _second = edge.connect_as(&app.token("b", &[])).await;
+    let mut over = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let answer = read_until_closed(&mut over)
+        .await
+        .expect("the connection over the limit is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("edge.connections.max_per_ip"),
+        "names the setting: {answer}"
+    );
+    let reply = first.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_4_the_edge_holds_at_most_the_configured_number_of_backend_streams() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| config.connections.max_backend_streams = 2).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    for topic in ["room:a", "room:b"] {
+        let reply = alice.request("subscribe", json!({ "topic": topic })).await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:c" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.max_backend_streams"),
+        "{reply}"
+    );
+    // A second socket on a followed topic shares its stream.
+    let mut bob = edge.connect_as(&app.token("bob", &[])).await;
+    let reply = bob.request("subscribe", json!({ "topic": "room:a" })).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    // The refused subscription is not held: subscribing again is not "already subscribed".
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:c" }))
+        .await;
+    assert_eq!(error_code(&reply), "resource_exhausted", "{reply}");
+
+    // grpc-web calls count too: with both streams held, one is refused.
+    let answer = grpc_web_whoami(edge.addr, &app.token("alice", &[])).await;
+    assert!(
+        answer.contains("grpc-status: 8"),
+        "RESOURCE_EXHAUSTED: {answer}"
+    );
+
+    // Leaving a topic frees its stream.
+    let reply = alice
+        .request("unsubscribe", json!({ "topic": "room:b" }))
+        .await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+    loop {
+        let reply = alice
+            .request("subscribe", json!({ "topic": "room:c" }))
+            .await;
+        if reply.get("result").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never came back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A grpc-web `Auth/Whoami` over a raw HTTP/1.1 connection; the whole answer, lowercased.
+async fn grpc_web_whoami(addr: std::net::SocketAddr, token: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /herald.v1.Auth/Whoami HTTP/1.1\r\nhost: edge\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: 5\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+    let answer = read_until_closed(&mut tcp).await.expect("an answer");
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+/// A TCP proxy in front of `upstream` that can stop forwarding (black hole: connections stay
+/// open, nothing more passes either way) or reset every open connection.
+struct BlackHoleProxy {
+    addr: std::net::SocketAddr,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+}
+
+impl BlackHoleProxy {
+    async fn start(upstream: std::net::SocketAddr) -> BlackHoleProxy {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holding = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let (hold, current) = (holding.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let reset = current.lock().unwrap().clone();
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                    let (hold, reset) = (hold.clone(), reset.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = forward(from, to, hold) => {}
+                            () = reset.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        BlackHoleProxy {
+            addr,
+            holding,
+            generation,
+        }
+    }
+
+    /// Closes every connection open through the proxy; new ones pass.
+    fn reset(&self) {
+        let mut current = self.generation.lock().unwrap();
+        current.cancel();
+        *current = tokio_util::sync::CancellationToken::new();
+    }
+
+    fn black_hole(&self) {
+        self.holding
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if holding.load(std::sync::atomic::Ordering::SeqCst) {
+            // Swallow everything from now on; keep both ends open.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn finding_4_a_stuck_backend_answers_the_socket_with_deadline_exceeded_instead_of_hanging() {
+    let app = spawn_app().await;
+    let proxy = BlackHoleProxy::start(app.addr).await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[proxy.addr], |config| {
+        config.connections.backend_call_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    proxy.black_hole();
+    let reply = alice
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Auth/Whoami", "request": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("edge.connections.backend_call_timeout"),
+        "{reply}"
+    );
+    let reply = alice
+        .request(
+            "publish",
+            json!({ "topic": "room:lobby", "type": "chat.message", "data": {} }),
+        )
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    // A new socket's `auth` is answered too, and the socket closed as "unavailable".
+    let mut late = WsClient::connect(&edge.url()).await;
+    let reply = late
+        .request("auth", json!({ "token": app.token("bob", &[]) }))
+        .await;
+    assert_eq!(error_code(&reply), "deadline_exceeded", "{reply}");
+    assert_eq!(late.closed().await.code, 3005);
+}
+
+// Finding 10 of the hardening review: several backends with in-memory brokers lose events,
+// so an edge refuses to start in front of more than one of them.
+
+const MEMORY_BROKERS_REFUSED: &str = "they run the in-memory broker";
+
+#[tokio::test]
+async fn finding_10_an_edge_in_front_of_two_memory_broker_backends_refuses_to_start() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[first.addr, second.addr], |_| {}).await;
+    let error = edge.exit().await.expect_err("the edge refuses to start");
+    let message = error.to_string();
+    assert!(message.contains(MEMORY_BROKERS_REFUSED), "{message}");
+    assert!(
+        message.contains("one edge per backend"),
+        "names the fix: {message}"
+    );
+
+    // Two URLs of one backend share its broker: nothing is lost, the edge runs.
+    let same = herald_e2e::edge::spawn_edge_for(&[first.addr, first.addr], |_| {}).await;
+    let mut alice = same.connect_as(&first.token("alice", &[])).await;
+    let reply = alice.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+#[tokio::test]
+async fn finding_10_herald_edge_with_two_memory_broker_backends_exits_non_zero_with_the_fix() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    let output = tokio::process::Command::new(herald_e2e::process::herald_binary())
+        .args(["edge", "--http-addr", "127.0.0.1:0", "--backend"])
+        .arg(format!("http://{},http://{}", first.addr, second.addr))
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(herald_e2e::PATIENCE, output)
+        .await
+        .expect("herald edge exits in time")
+        .expect("run herald edge");
+    assert!(!output.status.success(), "{:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(MEMORY_BROKERS_REFUSED), "{stderr}");
+    assert!(stderr.contains("one edge per backend"), "{stderr}");
+}
+
+// Finding 14 of the hardening review: every timestamp the edge writes in JSON follows the
+// proto3 JSON mapping.
+
+/// `2026-12-01T10:00:00Z`, `…:00.120Z`, `…:00.120500Z` or `…:00.120500001Z`.
+fn assert_z_normalized(timestamp: &Value) {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp string, got {timestamp}"));
+    let (seconds, fraction) = text
+        .strip_suffix('Z')
+        .unwrap_or_else(|| panic!("`{text}` does not end in Z"))
+        .split_once('.')
+        .map_or((text.trim_end_matches('Z'), ""), |(s, f)| (s, f));
+    assert_eq!(seconds.len(), 19, "`{text}`: YYYY-MM-DDTHH:MM:SS");
+    assert!(!seconds.contains('+'), "`{text}` has an offset");
+    assert!(
+        [0, 3, 6, 9].contains(&fraction.len()) && fraction.bytes().all(|b| b.is_ascii_digit()),
+        "`{text}` has {} fractional digits",
+        fraction.len()
+    );
+}
+
+#[tokio::test]
+async fn finding_14_timestamps_on_the_websocket_are_z_normalized() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut alice = WsClient::connect(&edge.url()).await;
+    let reply = alice
+        .request("auth", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_z_normalized(&reply["result"]["expiresAt"]);
+
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:clock" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    for n in 0..5 {
+        let reply = alice
+            .request(
+                "publish",
+                json!({ "topic": "room:clock", "type": "tick", "data": { "n": n } }),
+            )
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    for _ in 0..5 {
+        let push = alice.next_event().await;
+        assert_z_normalized(&push["event"]["time"]);
+    }
+    let reply = alice
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/History", "request": { "topic": "room:clock", "limit": 5 } }),
+        )
+        .await;
+    let events = reply["result"]["events"].as_array().expect("events");
+    assert_eq!(events.len(), 5, "{reply}");
+    for event in events {
+        assert_z_normalized(&event["time"]);
+    }
+}
+
+// Finding 16 of the hardening review, the edge's parts.
+
+#[tokio::test]
+async fn finding_16_auth_with_id_0_gets_its_reply() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut socket = WsClient::connect(&edge.url()).await;
+    let auth = json!({ "id": 0, "method": "auth", "params": { "token": app.token("zero", &[]) } });
+    socket.send_text(auth.to_string()).await;
+    let reply = socket.reply_to(0).await;
+    assert_eq!(reply["result"]["userId"], "zero", "{reply}");
+    let reply = socket.request("ping", json!({})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+}
+
+/// Who the backend lists in `topic`'s presence.
+async fn present(socket: &mut WsClient, topic: &str) -> Vec<String> {
+    let reply = socket
+        .request(
+            "call",
+            json!({ "rpc": "herald.v1.Rooms/Presence", "request": { "topic": topic } }),
+        )
+        .await;
+    let members = reply["result"]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut users: Vec<String> = members
+        .iter()
+        .filter_map(|m| m["userId"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn finding_16_pipelined_subscribe_and_unsubscribe_racing_the_last_subscriber_leave_no_ghost()
+{
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.rate_burst = 10_000;
+        config.limits.rate_per_second = 10_000;
+    })
+    .await;
+    let mut ghost = edge.connect_as(&app.token("ghost", &[])).await;
+    let mut watcher = edge.connect_as(&app.token("watcher", &[])).await;
+    // Each round, the ghost is the topic's only subscriber: its unsubscribe races the feed's
+    // retirement and the next round's subscribe races both.
+    let mut id = 1000u64;
+    for round in 0..100 {
+        let topic = format!("room:ghost-{}", round % 3);
+        let subscribe = json!({ "id": id, "method": "subscribe", "params": { "topic": topic } });
+        let unsubscribe =
+            json!({ "id": id + 1, "method": "unsubscribe", "params": { "topic": topic } });
+        ghost.send_text(subscribe.to_string()).await;
+        ghost.send_text(unsubscribe.to_string()).await;
+        let subscribed = ghost.reply_to(id).await;
+        let unsubscribed = ghost.reply_to(id + 1).await;
+        assert_eq!(unsubscribed["result"], json!({}), "{unsubscribed}");
+        assert!(
+            subscribed.get("result").is_some() || error_code(&subscribed) == "cancelled",
+            "{subscribed}"
+        );
+        id += 2;
+    }
+    for n in 0..3 {
+        let topic = format!("room:ghost-{n}");
+        let deadline = tokio::time::Instant::now() + herald_e2e::PATIENCE;
+        loop {
+            let users = present(&mut watcher, &topic).await;
+            if users.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{topic} still lists {users:?} after every unsubscribe"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The ghost socket is fine and still subscribes normally.
+    let reply = ghost
+        .request("subscribe", json!({ "topic": "room:ghost-0" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(present(&mut watcher, "room:ghost-0").await, vec!["ghost"]);
+}
+
+#[tokio::test]
+async fn finding_16_a_feed_survives_more_backend_failures_over_its_life_than_its_reconnect_limit() {
+    let app = spawn_app().await;
+    let proxy = BlackHoleProxy::start(app.addr).await;
+    let edge = herald_e2e::edge::spawn_edge_for(&[proxy.addr], |_| {}).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:flaky" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let service = app.service().await;
+    // More failures than the feed's limit of 10 reconnects in a row, each after the stream
+    // worked again: the subscription goes on and sees every event.
+    for n in 1..=14u64 {
+        proxy.reset();
+        service.publish("room:flaky", 1).await;
+        let push = loop {
+            let push = alice.next_push().await;
+            if push.get("presence").is_none() {
+                break push;
+            }
+        };
+        assert!(
+            push.get("unsubscribed").is_none(),
+            "failure {n} ended it: {push}"
+        );
+        assert_eq!(push["offset"], n.to_string(), "{push}");
+    }
+}

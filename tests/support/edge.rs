@@ -77,6 +77,14 @@ impl TestEdge {
         let _ = tokio::time::timeout(PATIENCE, self.server).await;
     }
 
+    /// Waits for the edge to stop by itself (a refused configuration) and returns its end.
+    pub async fn exit(self) -> Result<(), herald_edge::EdgeError> {
+        tokio::time::timeout(PATIENCE, self.server)
+            .await
+            .expect("the edge stops in time")
+            .expect("the edge task does not panic")
+    }
+
     /// Stops the edge abruptly: its task is aborted, every socket drops without a close frame.
     pub fn kill(self) {
         self.server.abort();

@@ -24,8 +24,9 @@ use futures_util::{Stream, StreamExt};
 use herald_proto::codes::close_code_of;
 use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
-    CloseCode, FollowAttached, FollowDetached, FollowOpened, FollowRefreshed, FollowReplay,
-    FollowRequest, FollowResponse, StreamPosition, follow_request::Action, follow_response::Frame,
+    Broker, CloseCode, DescribeRequest, DescribeResponse, FollowAttached, FollowDetached,
+    FollowOpened, FollowRefreshed, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
+    follow_request::Action, follow_response::Frame,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,11 +63,17 @@ const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct EdgeService {
     node: Arc<Node>,
     verifier: Arc<TokenVerifier>,
+    /// This process's id for `Describe`.
+    instance_id: Arc<str>,
 }
 
 impl EdgeService {
     pub fn new(node: Arc<Node>, verifier: Arc<TokenVerifier>) -> Self {
-        Self { node, verifier }
+        Self {
+            node,
+            verifier,
+            instance_id: uuid::Uuid::new_v4().to_string().into(),
+        }
     }
 }
 
@@ -76,6 +83,25 @@ pub type FollowStream = Pin<Box<dyn Stream<Item = Result<FollowResponse, Status>
 #[tonic::async_trait]
 impl Edge for EdgeService {
     type FollowStream = FollowStream;
+
+    async fn describe(
+        &self,
+        request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        if !principal(&request)?.is_service() {
+            return Err(Error::PermissionDenied(
+                "Edge/Describe is for edges: call it with a token carrying the `service` role"
+                    .into(),
+            )
+            .into());
+        }
+        // The only broker there is: events published on this backend reach its own
+        // subscribers only.
+        Ok(Response::new(DescribeResponse {
+            broker: Broker::Memory as i32,
+            instance_id: self.instance_id.to_string(),
+        }))
+    }
 
     async fn follow(
         &self,

@@ -38,6 +38,10 @@ pub(crate) enum RequestError {
     TooManySubscriptions(usize),
     #[error("at most {0} calls may be in flight per socket")]
     TooManyCalls(usize),
+    #[error(
+        "this user holds its limit of {0} sockets on this edge (edge.connections.max_per_user)"
+    )]
+    TooManySockets(usize),
     /// A backend call failed, or could not be made: passed through by its status.
     #[error("{}", .0.message())]
     Backend(Status),
@@ -51,7 +55,8 @@ impl RequestError {
             RequestError::NotAuthenticated => Code::Unauthenticated,
             RequestError::TooManyHeld
             | RequestError::TooManySubscriptions(_)
-            | RequestError::TooManyCalls(_) => Code::ResourceExhausted,
+            | RequestError::TooManyCalls(_)
+            | RequestError::TooManySockets(_) => Code::ResourceExhausted,
             RequestError::RateLimited => return protocol::RATE_LIMITED,
             RequestError::AlreadyAuthenticated | RequestError::AuthInProgress => {
                 Code::FailedPrecondition
@@ -96,6 +101,8 @@ pub(crate) enum CloseReason {
     ProtocolViolation(String),
     #[error("invalid UTF-8 in a text frame")]
     InvalidUtf8,
+    #[error("limit exceeded: the user holds {0} sockets (edge.connections.max_per_user)")]
+    TooManySockets(usize),
 }
 
 impl CloseReason {
@@ -108,6 +115,7 @@ impl CloseReason {
             CloseReason::RateAbuse => CloseCode::RateLimited,
             CloseReason::InvalidToken => CloseCode::InvalidToken,
             CloseReason::BackendUnavailable => CloseCode::Unavailable,
+            CloseReason::TooManySockets(_) => CloseCode::LimitExceeded,
             CloseReason::FrameTooBig { .. } => return WireCloseCode::MessageTooBig,
             CloseReason::ProtocolViolation(_) => return WireCloseCode::ProtocolError,
             CloseReason::InvalidUtf8 => return WireCloseCode::InvalidPayload,

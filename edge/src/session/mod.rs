@@ -150,12 +150,91 @@ struct Session<S> {
     authenticating: bool,
     /// Requests that arrived while `auth` was being verified, handled once it is answered.
     held: Vec<String>,
+    /// This socket's place among its user's sockets (`edge.connections.max_per_user`).
+    user_slot: Option<crate::slots::Slot<String>>,
+    /// Attach, detach and refresh go to the feeds in the order the socket asked for them.
+    feed_commands: FeedCommands,
+}
+
+/// What a session asks of the topic feeds.
+#[derive(Debug)]
+enum FeedCommand {
+    Attach(crate::feeds::AttachRequest),
+    /// `reply`: the `unsubscribe` to answer once the feed has taken the detach.
+    Detach {
+        topic: Arc<str>,
+        subscriber: u64,
+        reply: Option<u64>,
+    },
+    Refresh {
+        topic: Arc<str>,
+        subscriber: u64,
+        token: Arc<str>,
+    },
+}
+
+/// One task per socket delivering its [`FeedCommand`]s one after the other. Run side by
+/// side, a pipelined `subscribe` + `unsubscribe` could reach the feed as detach-then-attach
+/// and leave an attachment no socket owns (a ghost in presence). The queue is bounded by the
+/// socket's request rate limit and subscription limit.
+#[derive(Debug)]
+struct FeedCommands {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<FeedCommand>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FeedCommands {
+    fn start(ctx: &Arc<EdgeContext>, out: outbound::Outbound) -> FeedCommands {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let feeds = ctx.feeds.clone();
+        let worker = tokio::spawn(async move {
+            while let Some(command) = rx.recv().await {
+                match command {
+                    FeedCommand::Attach(request) => feeds.attach(request).await,
+                    FeedCommand::Detach {
+                        topic,
+                        subscriber,
+                        reply,
+                    } => {
+                        feeds.detach(&topic, subscriber).await;
+                        if let Some(id) = reply {
+                            out.text(crate::protocol::result(id, &serde_json::json!({})));
+                        }
+                    }
+                    FeedCommand::Refresh {
+                        topic,
+                        subscriber,
+                        token,
+                    } => feeds.refresh(&topic, subscriber, token).await,
+                }
+            }
+        });
+        FeedCommands {
+            tx: Some(tx),
+            worker: Some(worker),
+        }
+    }
+
+    fn send(&self, command: FeedCommand) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(command);
+        }
+    }
+
+    /// Waits until every command sent so far has reached its feed.
+    async fn finish(&mut self) {
+        self.tx = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.await;
+        }
+    }
 }
 
 impl<S> Session<S> {
     fn new(sink: S, ctx: Arc<EdgeContext>) -> (Session<S>, OutboundReceiver) {
         let limits = &ctx.config.limits;
         let (out, out_rx) = outbound::channel(limits.max_outbound_bytes);
+        let feed_commands = FeedCommands::start(&ctx, out.clone());
         let session = Session {
             sink,
             heartbeat: Heartbeat::new(limits),
@@ -169,6 +248,8 @@ impl<S> Session<S> {
             publishing: HashMap::new(),
             authenticating: false,
             held: Vec::new(),
+            user_slot: None,
+            feed_commands,
             ctx,
         };
         (session, out_rx)
@@ -185,8 +266,13 @@ impl<S> Session<S> {
 
     async fn detach_all(&mut self) {
         for (topic, subscriber) in self.subscriptions.drain() {
-            self.ctx.feeds.detach(&topic, subscriber).await;
+            self.feed_commands.send(FeedCommand::Detach {
+                topic,
+                subscriber,
+                reply: None,
+            });
         }
+        self.feed_commands.finish().await;
     }
 }
 

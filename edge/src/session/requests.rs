@@ -3,14 +3,14 @@
 //! outbound queue, refusals are [`RequestError`]s, and a reason to close the socket is
 //! returned as a [`CloseReason`].
 
-use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
 use herald_proto::v1::{StreamPosition, WhoamiRequest, auth_client::AuthClient};
 use serde_json::{Value, json};
 use tonic::Status;
 
 use super::{
-    Session,
+    FeedCommand, Session,
     error::{CloseReason, RequestError},
 };
 use crate::{
@@ -21,8 +21,6 @@ use crate::{
 
 /// Requests held while `auth` is being verified.
 const MAX_HELD_REQUESTS: usize = 32;
-/// How long the backend may take to verify a token.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `publish` is this call with the request's params.
 const PUBLISH_RPC: &str = "herald.v1.Rooms/Publish";
 
@@ -30,18 +28,13 @@ pub(super) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 
 /// What a finished piece of asynchronous work asks the session to do.
 pub(super) enum Completion {
-    /// Write this frame.
-    Reply(String),
     /// A unary call finished: write its reply.
     CallDone(String),
     /// A publish finished: write its reply, then start the topic's next queued publish.
-    PublishDone {
-        topic: Arc<str>,
-        frame: String,
-    },
-    /// `auth` or `refresh` succeeded.
+    PublishDone { topic: Arc<str>, frame: String },
+    /// `auth` or `refresh` succeeded. `id` is `None` for the upgrade's bearer token.
     Authenticated {
-        id: u64,
+        id: Option<u64>,
         token: String,
         identity: Value,
         refresh: bool,
@@ -52,7 +45,6 @@ pub(super) enum Completion {
         refresh: bool,
         status: Status,
     },
-    Nothing,
 }
 
 /// The identity a socket authenticated as.
@@ -179,11 +171,7 @@ impl<S> Session<S> {
             since,
             out: self.out.clone(),
         };
-        let feeds = self.ctx.feeds.clone();
-        self.pending.push(Box::pin(async move {
-            feeds.attach(request).await;
-            Completion::Nothing
-        }));
+        self.feed_commands.send(FeedCommand::Attach(request));
         Ok(())
     }
 
@@ -192,11 +180,11 @@ impl<S> Session<S> {
         let Some(subscriber) = self.subscriptions.remove(&topic) else {
             return Err(RequestError::NotSubscribed(topic));
         };
-        let feeds = self.ctx.feeds.clone();
-        self.pending.push(Box::pin(async move {
-            feeds.detach(&topic, subscriber).await;
-            Completion::Reply(protocol::result(id, &json!({})))
-        }));
+        self.feed_commands.send(FeedCommand::Detach {
+            topic,
+            subscriber,
+            reply: Some(id),
+        });
         Ok(())
     }
 
@@ -267,7 +255,6 @@ impl<S> Session<S> {
     /// Applies finished work; returns a close when the socket must end.
     pub(super) fn complete(&mut self, done: Completion) -> Result<(), CloseReason> {
         match done {
-            Completion::Reply(frame) => self.reply(frame),
             Completion::CallDone(frame) => {
                 self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
                 self.reply(frame);
@@ -304,34 +291,49 @@ impl<S> Session<S> {
                     return Err(close);
                 }
             }
-            Completion::Nothing => {}
         }
         Ok(())
     }
 
     /// A token was verified: adopt it (every subscription too, on `refresh`), answer, and
-    /// run the requests held behind `auth`. `id` 0 is the upgrade's bearer token.
+    /// run the requests held behind `auth`. `id` is `None` for the upgrade's bearer token (any
+    /// request id, 0 included, gets its answer).
     fn authenticated(
         &mut self,
-        id: u64,
+        id: Option<u64>,
         token: Arc<str>,
         identity: &Value,
         refresh: bool,
     ) -> Result<(), CloseReason> {
+        let user = identity
+            .get("userId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if self
+            .user_slot
+            .as_ref()
+            .is_none_or(|slot| slot.key() != user)
+        {
+            let Some(slot) = self.ctx.users.try_acquire(&user.to_owned()) else {
+                let limit = self.ctx.users.max();
+                self.refuse(id, RequestError::TooManySockets(limit));
+                return Err(CloseReason::TooManySockets(limit));
+            };
+            self.user_slot = Some(slot);
+        }
         if refresh {
             for (topic, subscriber) in &self.subscriptions {
-                let feeds = self.ctx.feeds.clone();
-                let (topic, subscriber, token) = (topic.clone(), *subscriber, token.clone());
-                self.pending.push(Box::pin(async move {
-                    feeds.refresh(&topic, subscriber, token).await;
-                    Completion::Nothing
-                }));
+                self.feed_commands.send(FeedCommand::Refresh {
+                    topic: topic.clone(),
+                    subscriber: *subscriber,
+                    token: token.clone(),
+                });
             }
         }
         self.auth = Some(Auth { token });
         self.authenticating = false;
         self.heartbeat.authenticated();
-        if id != 0 {
+        if let Some(id) = id {
             self.reply(protocol::result(id, identity));
         }
         for text in std::mem::take(&mut self.held) {
@@ -351,7 +353,7 @@ pub(super) fn verify(
     Box::pin(async move {
         match whoami(&ctx, &token).await {
             Ok(identity) => Completion::Authenticated {
-                id: id.unwrap_or_default(),
+                id,
                 token,
                 identity,
                 refresh,
@@ -372,10 +374,8 @@ async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
         Status::unauthenticated("the token contains characters not allowed in a header")
     })?;
     request.metadata_mut().insert("authorization", value);
-    let response = tokio::time::timeout(VERIFY_TIMEOUT, client.whoami(request))
-        .await
-        .unwrap_or_else(|_| Err(Status::unavailable("the backend did not answer in time")))?;
-    Ok(serde_json::to_value(response.get_ref()).unwrap_or_default())
+    let response = ctx.backends.unary(client.whoami(request)).await?;
+    Ok(protocol::to_json("herald.v1.WhoamiResponse", response.get_ref()).unwrap_or_default())
 }
 
 async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Result<Value, Status> {
@@ -387,6 +387,10 @@ async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Resu
         .transcoder
         .encode_request(&method, request)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let response = crate::transcode::call_unary(ctx.backends.pick(), &method, body, token).await?;
+    let channel = ctx.backends.pick();
+    let response = ctx
+        .backends
+        .unary(crate::transcode::call_unary(channel, &method, body, token))
+        .await?;
     ctx.transcoder.decode_response(&method, response)
 }
