@@ -152,6 +152,12 @@ impl Node {
         &self.config
     }
 
+    /// What the broker holds (topics, history bytes, idempotency keys) and how often its
+    /// global bounds were reached.
+    pub fn broker_stats(&self) -> crate::broker::BrokerStats {
+        self.broker.stats()
+    }
+
     /// The hub's counters (subscribers, deliveries, slow consumers).
     pub fn hub_stats(&self) -> crate::hub::HubStats {
         self.hub.stats()

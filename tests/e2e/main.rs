@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts a real backend on port 0 and talks to it over gRPC.
 
 mod auth;
+mod broker_bounds;
 mod chat;
 mod delivery;
 mod deployments;
