@@ -11,6 +11,7 @@ mod lifecycle;
 mod notifications;
 mod orders;
 mod outbox;
+mod presence;
 mod resume;
 mod reviews;
 mod signals;
