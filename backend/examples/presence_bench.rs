@@ -58,7 +58,12 @@ fn cpu_time() -> Duration {
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
@@ -117,7 +122,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "authorization",
                 format!("Bearer {token}").parse().expect("ascii token"),
             );
-            let mut stream = rooms.subscribe(request).await.expect("subscribe").into_inner();
+            let mut stream = rooms
+                .subscribe(request)
+                .await
+                .expect("subscribe")
+                .into_inner();
             let mut mine = 0u64;
             let mut waited = false;
             while let Ok(Some(message)) = stream.message().await {

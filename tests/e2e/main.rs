@@ -6,6 +6,7 @@ mod chat;
 mod delivery;
 mod deployments;
 mod durable;
+mod durable_publish_bounds;
 mod edge;
 mod lifecycle;
 mod notifications;
