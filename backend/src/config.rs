@@ -158,6 +158,24 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_memory_caps_are_read_from_the_retention_table() {
+        let config: Config = toml::from_str(
+            r#"
+            [retention]
+            max_topics = 10
+            max_history_bytes = 4096
+            max_idempotency_keys = 20
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.retention.max_topics, 10);
+        assert_eq!(config.retention.max_history_bytes, 4096);
+        assert_eq!(config.retention.max_idempotency_keys, 20);
+        let error = toml::from_str::<Config>("[retention]\nmax_topic = 1").unwrap_err();
+        assert!(error.to_string().contains("max_topic"));
+    }
+
+    #[test]
     fn unknown_fields_are_refused_by_name() {
         let error = toml::from_str::<Config>("grpc_adr = \"x\"").unwrap_err();
         assert!(error.to_string().contains("grpc_adr"));

@@ -83,6 +83,9 @@ impl From<Error> for Status {
                 message,
                 CloseCode::InsufficientState,
             ),
+            Error::Broker(BrokerError::AtCapacity(message)) => {
+                with_code(Code::ResourceExhausted, message, CloseCode::Unavailable)
+            }
             Error::Broker(error) => {
                 tracing::error!(error = %error, "broker failed");
                 with_code(

@@ -35,7 +35,7 @@ use crate::{
     history::{EventLog, History, HistoryError, PageBudget},
     hub::{Hub, HubItem, HubSubscription},
     lanes::Lanes,
-    presence::{Online, Presence, PresenceNotifier},
+    presence::{Coalescing, Online, Presence, PresenceNotifier},
     signals::{SignalBoard, SignalRate},
     subscription::{Attachment, EventStream, Replay},
     topic::{Topic, TopicKind},
@@ -63,6 +63,11 @@ pub struct NodeConfig {
     pub max_event_data_bytes: usize,
     /// Topic kinds whose subscribers receive presence join/leave pushes.
     pub presence_events: Vec<String>,
+    /// Presence changes of a topic are pushed together, at most once per this interval.
+    #[serde(with = "herald_proto::support::duration")]
+    pub presence_interval: std::time::Duration,
+    /// Above this many members a topic's presence pushes carry counts only (no member list).
+    pub presence_max_members: usize,
     /// `History` calls served at once; more answer RESOURCE_EXHAUSTED (retry shortly). Each
     /// holds at most one page (`MAX_HISTORY_BYTES`), so this bounds their memory.
     pub max_concurrent_history: usize,
@@ -75,6 +80,8 @@ impl Default for NodeConfig {
             replay_cap: 1000,
             max_event_data_bytes: 64 * 1024,
             presence_events: vec!["room".into(), "conv".into(), "group".into()],
+            presence_interval: std::time::Duration::from_millis(250),
+            presence_max_members: 200,
             max_concurrent_history: 64,
         }
     }
@@ -127,7 +134,15 @@ impl Node {
         Ok(Arc::new(Node {
             signals: SignalBoard::new(topics.max_kept_signals),
             signal_rate: SignalRate::new(topics.signal_rate, topics.signal_burst),
-            presence: PresenceNotifier::new(parts.broker.clone(), parts.presence, kinds),
+            presence: PresenceNotifier::new(
+                parts.broker.clone(),
+                parts.presence,
+                kinds,
+                Coalescing {
+                    interval: parts.config.presence_interval,
+                    max_members: parts.config.presence_max_members,
+                },
+            ),
             history: History::new(parts.broker.clone(), parts.log, parts.lanes),
             history_reads: Arc::new(tokio::sync::Semaphore::new(
                 parts.config.max_concurrent_history,
@@ -150,6 +165,17 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// What the broker holds (topics, history bytes, idempotency keys) and how often its
+    /// global bounds were reached.
+    pub fn broker_stats(&self) -> crate::broker::BrokerStats {
+        self.broker.stats()
+    }
+
+    /// Presence pushes broadcast so far: one per topic per `presence_interval` with changes.
+    pub fn presence_pushes(&self) -> u64 {
+        self.presence.pushes()
     }
 
     /// The hub's counters (subscribers, deliveries, slow consumers).

@@ -2,15 +2,18 @@
 
 mod abuse;
 mod auth;
+mod broker_bounds;
 mod chat;
 mod delivery;
 mod deployments;
 mod durable;
+mod durable_publish_bounds;
 mod edge;
 mod lifecycle;
 mod notifications;
 mod orders;
 mod outbox;
+mod presence;
 mod resume;
 mod reviews;
 mod signals;

@@ -194,6 +194,7 @@ async fn history_and_idempotency_keys_expire_with_age() {
             history_max_events: 100,
             history_max_age: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(30),
+            ..RetentionConfig::default()
         };
         let broker = make(Hub::new(16), retention);
         let first = broker.publish(draft(&topic(), Some("k"))).await.unwrap();
@@ -327,5 +328,161 @@ async fn an_event_ahead_of_the_cache_restarts_it_there_and_is_still_delivered() 
             vec![8],
             "{name}: a new epoch restarts the cache too"
         );
+    }
+}
+
+// Finding 3 of the hardening issue: broker memory is bounded globally, and reads keep nothing.
+
+fn room(i: usize) -> Topic {
+    Topic::parse(&format!("room:bounded-{i}")).unwrap()
+}
+
+fn capped(
+    max_topics: usize,
+    max_history_bytes: usize,
+    max_idempotency_keys: usize,
+) -> RetentionConfig {
+    RetentionConfig {
+        max_topics,
+        max_history_bytes,
+        max_idempotency_keys,
+        ..RetentionConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn finding_3_reads_of_topics_without_history_keep_no_state_and_agree_with_the_first_publish()
+{
+    for (name, make) in BROKERS {
+        let broker = make(Hub::new(16), RetentionConfig::default());
+        let mut tops = Vec::new();
+        for i in 0..10_000 {
+            let page = broker
+                .history(&room(i), HistoryStart::Oldest, 10)
+                .await
+                .unwrap();
+            assert!(page.covered && page.events.is_empty(), "{name}");
+            tops.push(page.top);
+        }
+        assert_eq!(broker.stats().topics, 0, "{name}: reads created no topic");
+        // A reader that saw offset 0 before the first publish sees that publish in its epoch.
+        let published = broker.publish(draft(&room(7), None)).await.unwrap();
+        assert_eq!(published.position.epoch, tops[7].epoch, "{name}");
+        let page = broker
+            .history(&room(7), HistoryStart::After(tops[7].clone()), 10)
+            .await
+            .unwrap();
+        assert!(page.covered, "{name}");
+        assert_eq!(page.events.len(), 1, "{name}");
+        assert_eq!(broker.stats().topics, 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn finding_3_publishes_beyond_the_topic_cap_evict_idle_topics_and_are_refused_when_all_are_listened_to()
+ {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(hub.clone(), capped(10, usize::MAX, usize::MAX));
+        let evicted = broker.publish(draft(&room(0), None)).await.unwrap();
+        for i in 1..100 {
+            broker.publish(draft(&room(i), None)).await.unwrap();
+            assert!(broker.stats().topics <= 10, "{name}: at most 10 topics");
+        }
+        assert!(broker.stats().evicted_topics >= 90, "{name}");
+        // An evicted topic's next log is a new epoch: a resume from the old one is not covered.
+        let again = broker.publish(draft(&room(0), None)).await.unwrap();
+        assert_ne!(again.position.epoch, evicted.position.epoch, "{name}");
+        assert_eq!(again.position.offset, 1, "{name}");
+
+        // Ten topics with a subscriber each: none may be evicted, so an eleventh is refused.
+        let held: Vec<_> = (200..210)
+            .map(|i| hub.subscribe(&room(i)).unwrap())
+            .collect();
+        for i in 200..210 {
+            broker.publish(draft(&room(i), None)).await.unwrap();
+        }
+        let refused = broker.publish(draft(&room(300), None)).await.unwrap_err();
+        assert!(
+            matches!(refused, super::BrokerError::AtCapacity(_)),
+            "{name}"
+        );
+        assert!(
+            refused.to_string().contains("retention.max_topics"),
+            "{name}: {refused}"
+        );
+        assert_eq!(broker.stats().refused_at_capacity, 1, "{name}");
+        drop(held);
+        broker.publish(draft(&room(300), None)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn finding_3_the_idempotency_keys_of_all_topics_stay_within_their_cap() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(hub.clone(), capped(usize::MAX, usize::MAX, 64));
+        // Keys on many idle topics: the least recently used topics are evicted with their keys.
+        for i in 0..1000 {
+            broker
+                .publish(draft(&room(i), Some(&format!("k{i}"))))
+                .await
+                .unwrap();
+            assert!(broker.stats().idempotency_keys <= 64, "{name}");
+        }
+        // Keys on one topic that is listened to cannot be freed: refused at the cap, naming it.
+        let _listening = hub.subscribe(&room(5000)).unwrap();
+        let mut refused = None;
+        for i in 0..100 {
+            match broker
+                .publish(draft(&room(5000), Some(&format!("own{i}"))))
+                .await
+            {
+                Ok(_) => {}
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+            assert!(broker.stats().idempotency_keys <= 64, "{name}");
+        }
+        let refused = refused.expect("the key cap is reached");
+        assert!(
+            refused
+                .to_string()
+                .contains("retention.max_idempotency_keys"),
+            "{name}: {refused}"
+        );
+        // A retry of a key already remembered still answers, and a publish without a key passes.
+        assert!(
+            broker
+                .publish(draft(&room(5000), Some("own0")))
+                .await
+                .unwrap()
+                .duplicate,
+            "{name}"
+        );
+        broker.publish(draft(&room(5000), None)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn finding_3_history_bytes_of_all_topics_stay_within_their_cap() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(100_000);
+        let cap = 64 * 1024;
+        let broker = make(hub.clone(), capped(usize::MAX, cap, usize::MAX));
+        // Idle topics are evicted, listened-to topics trimmed oldest first; nothing refused.
+        let _listening: Vec<_> = (2..20).map(|i| hub.subscribe(&room(i)).unwrap()).collect();
+        for i in 0..2000 {
+            broker.publish(draft(&room(i % 20), None)).await.unwrap();
+            assert!(broker.stats().history_bytes as usize <= cap, "{name}");
+        }
+        let stats = broker.stats();
+        assert!(
+            stats.evicted_topics > 0 && stats.trimmed_events > 0,
+            "{name}: {stats:?}"
+        );
+        assert_eq!(stats.refused_at_capacity, 0, "{name}");
     }
 }

@@ -2,13 +2,32 @@
 //!
 //! Each topic has a log guarded by its own mutex; `publish` assigns the offset, appends to
 //! history and delivers to the hub while holding it, which is what makes offsets gapless and
-//! hub order equal to offset order. Epochs are random per topic log, so a restart (or the
-//! eviction of an idle topic) is visible to resuming clients as an epoch change.
+//! hub order equal to offset order.
+//!
+//! Memory is bounded globally, not only per topic: the number of topic logs, the encoded
+//! bytes of history and the idempotency keys of all topics together each have a cap
+//! ([`RetentionConfig`]). Only writes (`publish`, `append`) create a log; a read of a topic
+//! without one answers from nothing and keeps nothing. When a cap is reached the least
+//! recently used logs nobody listens to are evicted first (a memory topic's history is a cache
+//! window: a resume from an evicted log answers `recovered = false`); then history of other
+//! logs is trimmed oldest first; only what cannot be freed that way is refused, with
+//! [`BrokerError::AtCapacity`] naming the setting.
+//!
+//! Epochs: a topic without a log reports offset 0 of the epoch its next log will have, so a
+//! subscriber that attached before the first publish sees that publish in its own epoch. The
+//! epoch is a hash of the topic, a per-process secret and a generation counter of the topic's
+//! bucket, bumped whenever a log of that bucket is forgotten: a log created after another of
+//! the same topic was evicted always starts a new epoch, and a restart starts new epochs for
+//! every topic.
 
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    sync::{Arc, Mutex},
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -17,17 +36,21 @@ use herald_proto::{
     support::lock,
     v1::{Event, StreamPosition},
 };
+use prost::Message;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{Appended, Broker, BrokerError, EventDraft, HistoryPage, HistoryStart, Published};
+use super::{
+    Appended, Broker, BrokerError, BrokerStats, EventDraft, HistoryPage, HistoryStart, Published,
+};
 use crate::{
     event::SharedEvent,
     hub::{Hub, HubItem},
     topic::Topic,
 };
 
-/// How much history a topic keeps, and for how long idempotency keys are remembered.
+/// How much history a topic keeps, for how long idempotency keys are remembered, and how much
+/// all topics together may hold.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
@@ -39,6 +62,12 @@ pub struct RetentionConfig {
     /// A publish retried with the same idempotency key within this window is not repeated.
     #[serde(with = "herald_proto::support::duration")]
     pub idempotency_window: Duration,
+    /// The most topic logs kept at once, all topics together.
+    pub max_topics: usize,
+    /// The most encoded bytes of history kept, all topics together.
+    pub max_history_bytes: usize,
+    /// The most idempotency keys remembered, all topics together.
+    pub max_idempotency_keys: usize,
 }
 
 impl Default for RetentionConfig {
@@ -47,14 +76,33 @@ impl Default for RetentionConfig {
             history_max_events: 1000,
             history_max_age: Duration::from_secs(600),
             idempotency_window: Duration::from_secs(300),
+            max_topics: 100_000,
+            max_history_bytes: 256 * 1024 * 1024,
+            max_idempotency_keys: 1_000_000,
         }
     }
+}
+
+/// Buckets of epoch generations (see the module header): a forgotten log changes the next
+/// epoch of the topics of its bucket only.
+const GENERATION_BUCKETS: usize = 1 << 16;
+
+/// What all logs hold together, kept exact by every push, trim and eviction.
+#[derive(Debug, Default)]
+struct Totals {
+    history_bytes: AtomicUsize,
+    keys: AtomicUsize,
+    evicted_topics: AtomicU64,
+    trimmed_events: AtomicU64,
+    refused: AtomicU64,
 }
 
 struct TopicLog {
     epoch: String,
     top: u64,
     history: VecDeque<(Instant, Arc<SharedEvent>)>,
+    /// Encoded bytes of `history`.
+    bytes: usize,
     /// Idempotency keys by (publisher, key).
     keys: HashMap<(String, String), (Instant, Published)>,
     /// The same keys oldest first, so expiry costs what expires, not what is kept.
@@ -63,11 +111,12 @@ struct TopicLog {
 }
 
 impl TopicLog {
-    fn new(now: Instant) -> TopicLog {
+    fn new(epoch: String, now: Instant) -> TopicLog {
         TopicLog {
-            epoch: format!("{:016x}", rand::random::<u64>()),
+            epoch,
             top: 0,
             history: VecDeque::new(),
+            bytes: 0,
             keys: HashMap::new(),
             key_ages: VecDeque::new(),
             touched: now,
@@ -81,24 +130,66 @@ impl TopicLog {
         }
     }
 
-    fn trim(&mut self, retention: &RetentionConfig, now: Instant) {
+    fn push(&mut self, now: Instant, event: Arc<SharedEvent>, totals: &Totals) {
+        let size = event.encoded_len();
+        self.bytes += size;
+        totals.history_bytes.fetch_add(size, Ordering::Relaxed);
+        self.history.push_back((now, event));
+    }
+
+    fn pop_oldest(&mut self, totals: &Totals) -> Option<usize> {
+        let (_, event) = self.history.pop_front()?;
+        let size = event.encoded_len();
+        self.bytes -= size;
+        totals.history_bytes.fetch_sub(size, Ordering::Relaxed);
+        Some(size)
+    }
+
+    fn clear_history(&mut self, totals: &Totals) {
+        while self.pop_oldest(totals).is_some() {}
+    }
+
+    fn remember(
+        &mut self,
+        now: Instant,
+        key: (String, String),
+        published: Published,
+        totals: &Totals,
+    ) {
+        self.key_ages.push_back((now, key.clone()));
+        if self.keys.insert(key, (now, published)).is_none() {
+            totals.keys.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn trim(&mut self, retention: &RetentionConfig, now: Instant, totals: &Totals) {
         while self.history.len() > retention.history_max_events {
-            self.history.pop_front();
+            self.pop_oldest(totals);
         }
         while let Some((at, _)) = self.history.front() {
             if now.duration_since(*at) <= retention.history_max_age {
                 break;
             }
-            self.history.pop_front();
+            self.pop_oldest(totals);
         }
         while let Some((at, _)) = self.key_ages.front() {
             if now.duration_since(*at) < retention.idempotency_window {
                 break;
             }
-            if let Some((_, key)) = self.key_ages.pop_front() {
-                self.keys.remove(&key);
+            if let Some((_, key)) = self.key_ages.pop_front()
+                && self.keys.remove(&key).is_some()
+            {
+                totals.keys.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Gives back what this log counted in the totals (it is being forgotten).
+    fn release(&mut self, totals: &Totals) {
+        self.clear_history(totals);
+        totals.keys.fetch_sub(self.keys.len(), Ordering::Relaxed);
+        self.keys.clear();
+        self.key_ages.clear();
     }
 
     /// The offset of the oldest retained event, or `top + 1` when nothing is retained.
@@ -109,10 +200,25 @@ impl TopicLog {
     }
 }
 
+/// Which cap a write needs room under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// One more topic log.
+    Topic,
+    /// This many more bytes of history.
+    Bytes(usize),
+    /// One more idempotency key.
+    Key,
+}
+
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     retention: RetentionConfig,
     topics: Mutex<HashMap<Topic, Arc<Mutex<TopicLog>>>>,
+    totals: Totals,
+    /// Keys the epoch hash: epochs are unpredictable and differ after a restart.
+    secret: RandomState,
+    generations: Box<[AtomicU32]>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -129,14 +235,195 @@ impl MemoryBroker {
             hub,
             retention,
             topics: Mutex::new(HashMap::new()),
+            totals: Totals::default(),
+            secret: RandomState::new(),
+            generations: (0..GENERATION_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
-    fn log(&self, topic: &Topic) -> Arc<Mutex<TopicLog>> {
-        lock(&self.topics)
-            .entry(topic.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(TopicLog::new(Instant::now()))))
-            .clone()
+    fn generation(&self, topic: &Topic) -> &AtomicU32 {
+        let bucket = self.secret.hash_one(("bucket", topic)) as usize % GENERATION_BUCKETS;
+        &self.generations[bucket]
+    }
+
+    /// The epoch the next log of `topic` gets (and what a read of a topic without a log reports).
+    fn fresh_epoch(&self, topic: &Topic) -> String {
+        let generation = self.generation(topic).load(Ordering::Acquire);
+        format!(
+            "{:016x}",
+            self.secret.hash_one(("epoch", topic, generation))
+        )
+    }
+
+    /// The position a topic without a log reports.
+    fn empty_top(&self, topic: &Topic) -> StreamPosition {
+        StreamPosition {
+            offset: 0,
+            epoch: self.fresh_epoch(topic),
+        }
+    }
+
+    /// Forgets a log nobody else holds: its totals are given back and its topic's next log
+    /// starts a new epoch.
+    fn forget(&self, topic: &Topic, log: &Mutex<TopicLog>) {
+        lock(log).release(&self.totals);
+        self.generation(topic).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The log of `topic` when it has one; reads never create one.
+    fn existing(&self, topic: &Topic) -> Option<Arc<Mutex<TopicLog>>> {
+        lock(&self.topics).get(topic).cloned()
+    }
+
+    /// The log of `topic`, created for a write when the topic cap allows it (after evicting
+    /// idle logs if needed).
+    fn log_for_write(&self, topic: &Topic) -> Result<Arc<Mutex<TopicLog>>, BrokerError> {
+        let mut topics = lock(&self.topics);
+        if let Some(log) = topics.get(topic) {
+            return Ok(log.clone());
+        }
+        if topics.len() >= self.retention.max_topics {
+            self.make_room(&mut topics, Room::Topic);
+            if topics.len() >= self.retention.max_topics {
+                return Err(self.at_capacity(Room::Topic));
+            }
+        }
+        let log = Arc::new(Mutex::new(TopicLog::new(
+            self.fresh_epoch(topic),
+            Instant::now(),
+        )));
+        topics.insert(topic.clone(), log.clone());
+        Ok(log)
+    }
+
+    /// Makes room under the cap `room` names, beyond the need by a batch (1/64 of the cap) so
+    /// the scan over all logs is paid once per many writes: first by evicting the least
+    /// recently used logs nobody listens to or holds, then (for history bytes) by trimming
+    /// the oldest events of the least recently used logs that are not held. Logs in use by a
+    /// write right now are never touched.
+    fn make_room(&self, topics: &mut HashMap<Topic, Arc<Mutex<TopicLog>>>, room: Room) {
+        let retention = &self.retention;
+        let enough = |topics: &HashMap<Topic, Arc<Mutex<TopicLog>>>| match room {
+            Room::Topic => {
+                topics.len() + 1 + retention.max_topics / 64 <= retention.max_topics.max(1)
+            }
+            Room::Bytes(_) => enough_bytes(&self.totals, retention, room),
+            Room::Key => {
+                self.totals.keys.load(Ordering::Relaxed) + 1 + retention.max_idempotency_keys / 64
+                    <= retention.max_idempotency_keys.max(1)
+            }
+        };
+        // Candidates: logs only the map holds, least recently used first.
+        let mut candidates: Vec<(Instant, Topic, bool)> = topics
+            .iter()
+            .filter(|(_, log)| Arc::strong_count(log) == 1)
+            .map(|(topic, log)| {
+                let touched = lock(log).touched;
+                (touched, topic.clone(), self.hub.has_subscribers(topic))
+            })
+            .collect();
+        candidates.sort_unstable_by_key(|(touched, _, _)| *touched);
+        let mut evicted = 0u64;
+        for (_, topic, listened) in &candidates {
+            if enough(topics) {
+                break;
+            }
+            if *listened {
+                continue;
+            }
+            if let Some(log) = topics.remove(topic) {
+                self.forget(topic, &log);
+                evicted += 1;
+            }
+        }
+        self.totals
+            .evicted_topics
+            .fetch_add(evicted, Ordering::Relaxed);
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                ?room,
+                "evicted idle topic logs to stay within the broker's caps"
+            );
+        }
+        if !matches!(room, Room::Bytes(_)) {
+            return;
+        }
+        // Trimming history never disturbs a live subscriber: only a resume from the trimmed
+        // range answers `recovered = false`.
+        let mut trimmed = 0u64;
+        for (_, topic, _) in &candidates {
+            if enough(topics) {
+                break;
+            }
+            let Some(log) = topics.get(topic) else {
+                continue;
+            };
+            let mut log = lock(log);
+            while !enough_bytes(&self.totals, retention, room)
+                && log.pop_oldest(&self.totals).is_some()
+            {
+                trimmed += 1;
+            }
+        }
+        self.totals
+            .trimmed_events
+            .fetch_add(trimmed, Ordering::Relaxed);
+    }
+
+    fn at_capacity(&self, room: Room) -> BrokerError {
+        self.totals.refused.fetch_add(1, Ordering::Relaxed);
+        let r = &self.retention;
+        let message = match room {
+            Room::Topic => format!(
+                "the broker holds {} topics, its limit (retention.max_topics), and every one is in use; \
+                 retry shortly",
+                r.max_topics
+            ),
+            Room::Bytes(_) => format!(
+                "the broker's history holds {} bytes, its limit (retention.max_history_bytes), and none \
+                 can be freed; retry shortly",
+                r.max_history_bytes
+            ),
+            Room::Key => format!(
+                "the broker remembers {} idempotency keys, its limit (retention.max_idempotency_keys); \
+                 retry shortly or publish without an idempotency key",
+                r.max_idempotency_keys
+            ),
+        };
+        tracing::debug!(%message, "broker at capacity");
+        BrokerError::AtCapacity(message)
+    }
+
+    /// Makes room for one more key (if the publish carries a new one) and `bytes` more history
+    /// before a write locks its own log.
+    fn reserve(&self, bytes: usize, new_key: bool) -> Result<(), BrokerError> {
+        let r = &self.retention;
+        if new_key && self.totals.keys.load(Ordering::Relaxed) >= r.max_idempotency_keys {
+            self.make_room(&mut lock(&self.topics), Room::Key);
+            if self.totals.keys.load(Ordering::Relaxed) >= r.max_idempotency_keys {
+                return Err(self.at_capacity(Room::Key));
+            }
+        }
+        if self.totals.history_bytes.load(Ordering::Relaxed) + bytes > r.max_history_bytes {
+            self.make_room(&mut lock(&self.topics), Room::Bytes(bytes));
+            if self.totals.history_bytes.load(Ordering::Relaxed) + bytes > r.max_history_bytes {
+                return Err(self.at_capacity(Room::Bytes(bytes)));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the broker holds and how often its caps were reached.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            topics: lock(&self.topics).len() as u64,
+            history_bytes: self.totals.history_bytes.load(Ordering::Relaxed) as u64,
+            idempotency_keys: self.totals.keys.load(Ordering::Relaxed) as u64,
+            evicted_topics: self.totals.evicted_topics.load(Ordering::Relaxed),
+            trimmed_events: self.totals.trimmed_events.load(Ordering::Relaxed),
+            refused_at_capacity: self.totals.refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Trims every topic and forgets topics that are idle: nothing retained, no idempotency
@@ -151,17 +438,24 @@ impl MemoryBroker {
             if Arc::strong_count(log) > 1 {
                 return true;
             }
-            let mut log = lock(log);
-            log.trim(&self.retention, now);
-            let idle = log.history.is_empty()
-                && log.keys.is_empty()
-                && now.duration_since(log.touched) > self.retention.history_max_age;
-            !idle || self.hub.has_subscribers(topic)
+            let idle = {
+                let mut log = lock(log);
+                log.trim(&self.retention, now, &self.totals);
+                log.history.is_empty()
+                    && log.keys.is_empty()
+                    && now.duration_since(log.touched) > self.retention.history_max_age
+            };
+            let keep = !idle || self.hub.has_subscribers(topic);
+            if !keep {
+                self.forget(topic, log);
+            }
+            keep
         });
         before - topics.len()
     }
 
-    /// Runs [`MemoryBroker::sweep`] periodically until `shutdown` fires.
+    /// Runs [`MemoryBroker::sweep`] periodically until `shutdown` fires; reports when a cap
+    /// was reached since the last round.
     pub async fn run_sweeper(
         self: Arc<Self>,
         every: Duration,
@@ -169,6 +463,7 @@ impl MemoryBroker {
     ) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = self.stats();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -177,23 +472,63 @@ impl MemoryBroker {
                     if forgotten > 0 {
                         tracing::debug!(forgotten, "forgot idle topics");
                     }
+                    let stats = self.stats();
+                    if stats.evicted_topics > reported.evicted_topics
+                        || stats.trimmed_events > reported.trimmed_events
+                        || stats.refused_at_capacity > reported.refused_at_capacity
+                    {
+                        tracing::warn!(
+                            topics = stats.topics,
+                            history_bytes = stats.history_bytes,
+                            idempotency_keys = stats.idempotency_keys,
+                            evicted = stats.evicted_topics - reported.evicted_topics,
+                            trimmed = stats.trimmed_events - reported.trimmed_events,
+                            refused = stats.refused_at_capacity - reported.refused_at_capacity,
+                            "the broker reached its memory caps (retention.max_topics, \
+                             max_history_bytes, max_idempotency_keys)"
+                        );
+                    }
+                    reported = stats;
                 }
             }
         }
     }
 }
 
+fn enough_bytes(totals: &Totals, retention: &RetentionConfig, room: Room) -> bool {
+    let Room::Bytes(need) = room else { return true };
+    totals.history_bytes.load(Ordering::Relaxed) + need + retention.max_history_bytes / 64
+        <= retention.max_history_bytes
+}
+
+/// About what an event built from `draft` encodes to (its offset, id and time are not known
+/// yet): enough to make room before the log is locked.
+fn estimated_size(draft: &EventDraft) -> usize {
+    draft.data.as_ref().map_or(0, Message::encoded_len)
+        + draft.event_type.len()
+        + draft.publisher.len()
+        + draft.topic.as_str().len()
+        + 96
+}
+
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, draft: EventDraft) -> Result<Published, BrokerError> {
-        let log = self.log(&draft.topic);
+        let log = self.log_for_write(&draft.topic)?;
+        let key = draft
+            .idempotency_key
+            .clone()
+            .map(|key| (draft.publisher.clone(), key));
+        let known_key = key
+            .as_ref()
+            .is_some_and(|key| lock(&log).keys.contains_key(key));
+        if !known_key {
+            self.reserve(estimated_size(&draft), key.is_some())?;
+        }
         let mut log = lock(&log);
         let now = Instant::now();
         log.touched = now;
-        log.trim(&self.retention, now);
-        let key = draft
-            .idempotency_key
-            .map(|key| (draft.publisher.clone(), key));
+        log.trim(&self.retention, now, &self.totals);
         if let Some(key) = &key
             && let Some((_, first)) = log.keys.get(key)
         {
@@ -216,16 +551,15 @@ impl Broker for MemoryBroker {
             publisher: draft.publisher,
             body: None,
         }));
-        log.history.push_back((now, event.clone()));
-        log.trim(&self.retention, now);
+        log.push(now, event.clone(), &self.totals);
+        log.trim(&self.retention, now, &self.totals);
         let published = Published {
             position: log.position(),
             id,
             duplicate: false,
         };
         if let Some(key) = key {
-            log.key_ages.push_back((now, key.clone()));
-            log.keys.insert(key, (now, published.clone()));
+            log.remember(now, key, published.clone(), &self.totals);
         }
         // Delivered while the log is locked: hub order is offset order.
         self.hub.deliver(&draft.topic, HubItem::Event(event));
@@ -237,7 +571,16 @@ impl Broker for MemoryBroker {
             Ok(topic) => topic,
             Err(error) => return Err(BrokerError::Backend(format!("append: {error}"))),
         };
-        let log = self.log(&topic);
+        // The database holds the event: when the caps leave no room to cache it, it is still
+        // delivered, and readers of the uncached range read the database.
+        let log = match self.log_for_write(&topic) {
+            Ok(log) => self.reserve(event.encoded_len(), false).ok().map(|()| log),
+            Err(_) => None,
+        };
+        let Some(log) = log else {
+            self.hub.deliver(&topic, HubItem::Event(event));
+            return Ok(Appended::Delivered);
+        };
         let mut log = lock(&log);
         let now = Instant::now();
         log.touched = now;
@@ -247,11 +590,11 @@ impl Broker for MemoryBroker {
         if event.epoch != log.epoch || event.offset != log.top + 1 {
             // Start over at this event: the cache covers from here on.
             log.epoch.clone_from(&event.epoch);
-            log.history.clear();
+            log.clear_history(&self.totals);
         }
         log.top = event.offset;
-        log.history.push_back((now, event.clone()));
-        log.trim(&self.retention, now);
+        log.push(now, event.clone(), &self.totals);
+        log.trim(&self.retention, now, &self.totals);
         self.hub.deliver(&topic, HubItem::Event(event));
         Ok(Appended::Delivered)
     }
@@ -262,11 +605,24 @@ impl Broker for MemoryBroker {
         start: HistoryStart,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let log = self.log(topic);
+        let Some(log) = self.existing(topic) else {
+            // No log: nothing published here (or it was forgotten). Answer as an empty log of
+            // the epoch the next one will have, and keep nothing.
+            let top = self.empty_top(topic);
+            let covered = match start {
+                HistoryStart::Oldest => true,
+                HistoryStart::After(since) => since.epoch == top.epoch && since.offset == 0,
+            };
+            return Ok(HistoryPage {
+                events: Vec::new(),
+                top,
+                covered,
+            });
+        };
         let mut log = lock(&log);
         let now = Instant::now();
         log.touched = now;
-        log.trim(&self.retention, now);
+        log.trim(&self.retention, now, &self.totals);
         let top = log.position();
         let first = match start {
             HistoryStart::Oldest => log.oldest(),
@@ -302,5 +658,9 @@ impl Broker for MemoryBroker {
     async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError> {
         self.hub.deliver(topic, item);
         Ok(())
+    }
+
+    fn stats(&self) -> BrokerStats {
+        MemoryBroker::stats(self)
     }
 }

@@ -76,6 +76,27 @@ pub enum BrokerError {
     /// The backing store is unreachable or failed.
     #[error("broker backend failed: {0}")]
     Backend(String),
+    /// A global memory cap is reached and nothing could be freed for this write; the message
+    /// names the cap and its setting.
+    #[error("{0}")]
+    AtCapacity(String),
+}
+
+/// What a broker holds, and how often its global caps were reached (for observability).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Topic logs held.
+    pub topics: u64,
+    /// Encoded bytes of history held, all topics together.
+    pub history_bytes: u64,
+    /// Idempotency keys remembered, all topics together.
+    pub idempotency_keys: u64,
+    /// Logs evicted (least recently used, nobody listening) to stay within a cap.
+    pub evicted_topics: u64,
+    /// Events trimmed from histories to stay within the byte cap.
+    pub trimmed_events: u64,
+    /// Writes refused because a cap was reached and nothing could be freed.
+    pub refused_at_capacity: u64,
 }
 
 /// The contract every broker keeps.
@@ -88,11 +109,16 @@ pub enum BrokerError {
 ///   (until it is trimmed). A subscriber that registers with the hub *before* reading history
 ///   therefore misses nothing: every event is in the history it reads or arrives live after.
 /// - **Epochs.** A topic's epoch changes whenever its history or offsets were lost (restart of
-///   an in-memory broker, eviction of an idle topic). Offsets restart at 1 in a new epoch.
+///   an in-memory broker, eviction of an idle topic). Offsets restart at 1 in a new epoch. A
+///   topic nothing was published to reports offset 0 of the epoch its first publish will have.
+/// - **Reads keep nothing.** `history` of a topic never written to creates no state: any
+///   number of reads of distinct names costs the broker nothing it keeps.
+/// - **Global bounds.** What all topics hold together is bounded (topics, history bytes,
+///   idempotency keys). At a bound the broker frees what is safe to free (history is a cache
+///   window; logs nobody listens to can be evicted, which starts a new epoch) and refuses a
+///   publish only when nothing can be freed, with [`BrokerError::AtCapacity`].
 /// - **Retention.** History is bounded per topic by count and age; `history` reports
 ///   `covered = false` rather than skipping trimmed events.
-/// - **Idempotency.** A publish whose idempotency key was seen on the topic within the window
-///   returns the first `Published` (with `duplicate = true`) and delivers nothing.
 /// - **Idempotency.** A publish whose idempotency key was seen on the topic *from the same
 ///   publisher* within the window returns the first `Published` (with `duplicate = true`) and
 ///   delivers nothing.
@@ -124,4 +150,7 @@ pub trait Broker: Send + Sync + Debug + 'static {
     ) -> Result<HistoryPage, BrokerError>;
 
     async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError>;
+
+    /// What the broker holds and how often its bounds were reached.
+    fn stats(&self) -> BrokerStats;
 }

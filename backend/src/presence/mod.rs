@@ -10,7 +10,7 @@ pub mod memory;
 mod notifier;
 pub mod online;
 
-pub use notifier::{PresenceGuard, PresenceNotifier};
+pub use notifier::{Coalescing, PresenceGuard, PresenceNotifier};
 pub use online::{Online, OnlineChange, OnlineFeed};
 
 use std::fmt::Debug;
