@@ -26,7 +26,8 @@ fn number(signal: &Signal, field: &str) -> f64 {
 
 #[tokio::test]
 async fn signals_reach_current_subscribers_on_grpc_and_websocket_but_never_history_or_a_replay() {
-    let app = spawn_app().await;
+    // Only events and signals on these streams: presence diffs come on their own interval.
+    let app = spawn_app_with(|config| config.node.presence_events.clear()).await;
     let edge = spawn_edge(&app).await;
     let alice = app.client("alice", &[]).await;
     let bob = app.client("bob", &[]).await;
