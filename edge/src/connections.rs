@@ -3,8 +3,9 @@
 //! head and a handshake deadline for a new connection (its first request, and its WebSocket
 //! upgrade).
 //!
-//! The edge speaks HTTP/1.1 only (WebSocket and grpc-web); a connection's slot in the cap is
-//! held by its socket, so an upgraded WebSocket keeps its slot until the socket is dropped.
+//! The edge speaks HTTP/1.1 (WebSocket and grpc-web) and HTTP/2 with prior knowledge
+//! (grpc-web); a connection's slot in the cap is held by its socket, so an upgraded WebSocket
+//! keeps its slot until the socket is dropped.
 
 use std::{
     io,
@@ -19,9 +20,10 @@ use std::{
 };
 
 use axum::Router;
-use hyper::{body::Incoming, server::conn::http1};
+use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::{
@@ -130,8 +132,8 @@ async fn refuse(mut tcp: TcpStream, status: &'static str, body: String) {
     let _ = tokio::time::timeout(REFUSAL_GRACE, answer).await;
 }
 
-/// Serves one connection: HTTP/1.1 with upgrades, a header-read timeout on every request
-/// head, and the handshake deadline.
+/// Serves one connection: HTTP/1.1 with upgrades and a header-read timeout on every request
+/// head, or HTTP/2; either within the handshake deadline.
 async fn connection(
     io: Counted,
     peer: SocketAddr,
@@ -147,14 +149,14 @@ async fn connection(
             app.clone().oneshot(request)
         })
     };
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
     let mut conn = pin!(
-        builder
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-            .with_upgrades()
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
     );
     let mut handshake = pin!(tokio::time::sleep(limits.handshake_timeout));
     let mut handshaking = true;
