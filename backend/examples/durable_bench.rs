@@ -12,6 +12,11 @@
 //! and **latency** (one event per transaction at `--rate` events/s; time from the commit's
 //! start to the subscriber receiving it). Events are spread over `--topics` topics, each
 //! with `--subscribers-per-topic` gRPC subscribers.
+//!
+//! With `--path publish`, every event is one durable publish (`Store::publish`, what
+//! `Rooms/Publish` runs on a durable topic) instead of a domain transaction: `--writers`
+//! concurrent publishers in the throughput phase, one publish per tick in the latency phase,
+//! so concurrent publishes share group commits.
 
 use std::{
     sync::{
@@ -53,9 +58,46 @@ struct Args {
     /// Events per second in the latency phase (one per transaction).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// `transaction`: domain transactions of `--batch` events; `publish`: one durable
+    /// publish per event (group-committed).
+    #[arg(long, value_enum, default_value_t = WritePath::Transaction)]
+    path: WritePath,
     /// Length of the latency phase.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WritePath {
+    Transaction,
+    Publish,
+}
+
+/// Writes one event the way `--path` says.
+async fn write_one(
+    store: &herald_backend::store::Store,
+    path: WritePath,
+    topic: &Topic,
+    seq: u64,
+) -> Result<(), herald_backend::store::StoreError> {
+    let data = serde_json::json!({ "seq": seq });
+    match path {
+        WritePath::Transaction => {
+            let mut tx = store.begin().await?;
+            tx.emit(topic, "bench.durable", data)?;
+            tx.commit().await?;
+        }
+        WritePath::Publish => {
+            let event_type = herald_backend::event::EventType::parse("bench.durable")
+                .map_err(herald_backend::store::StoreError::Invalid)?;
+            let data = serde_json::from_value(data)
+                .map_err(|e| herald_backend::store::StoreError::Invalid(e.to_string()))?;
+            store
+                .publish("bench", topic, &event_type, Some(data), None)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -159,10 +201,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut writers = vec![];
+    let batches_before = store.publish_batches();
     for _ in 0..args.writers {
         let (store, topics, next) = (store.clone(), topics.clone(), next.clone());
-        let (events, batch) = (args.events, args.batch);
+        let (events, batch, path) = (args.events, args.batch, args.path);
         writers.push(tokio::spawn(async move {
+            if path == WritePath::Publish {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= events {
+                        return Ok(());
+                    }
+                    write_one(&store, path, &topics[seq as usize % topics.len()], seq).await?;
+                }
+            }
             loop {
                 let first = next.fetch_add(batch, Ordering::Relaxed);
                 if first >= events {
@@ -183,12 +235,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let committed = started.elapsed();
     wait_for(&delivered, args.events * fanout).await;
     let elapsed = started.elapsed();
+    let shape = match args.path {
+        WritePath::Transaction => format!("in transactions of {}", args.batch),
+        WritePath::Publish => format!(
+            "one publish each, {} group commits",
+            store.publish_batches() - batches_before
+        ),
+    };
     println!(
-        "{database}: throughput {:.0} durable events/s ({} events in transactions of {}, {} writers, \
+        "{database}: throughput {:.0} durable events/s ({} events {shape}, {} writers, \
          {} topics × {} subscribers; commits took {:.2}s, all delivered after {:.2}s)",
         args.events as f64 / elapsed.as_secs_f64(),
         args.events,
-        args.batch,
         args.writers,
         args.topics,
         args.subscribers_per_topic,
@@ -210,14 +268,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             topics[seq as usize % topics.len()].clone(),
             committed_at.clone(),
         );
+        let path = args.path;
         pending.spawn(async move {
-            let mut tx = store.begin().await?;
-            tx.emit(&topic, "bench.durable", serde_json::json!({ "seq": seq }))?;
-            // Measured from the start of the commit (it includes the commit itself): the
-            // relay may deliver before `commit` has returned here.
+            // Measured from the start of the write (it includes the commit itself): the
+            // relay may deliver before the write has returned here.
             committed_at[seq as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
-            tx.commit().await?;
-            Ok::<(), herald_backend::store::StoreError>(())
+            write_one(&store, path, &topic, seq).await
         });
         while pending.try_join_next().is_some() {}
     }

@@ -26,8 +26,12 @@ mod m20261201_000062_chat_conversation;
 mod m20261201_000063_chat_conv_member;
 mod m20261201_000064_chat_message;
 mod m20261201_000065_chat_reaction;
+mod m20261201_000070_outbox_autovacuum;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
+
+/// Migrations that change nothing on SQLite (PostgreSQL storage settings).
+pub const POSTGRES_ONLY: &[&str] = &["m20261201_000070_outbox_autovacuum"];
 
 /// The ordered list of migrations.
 #[derive(Debug)]
@@ -60,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000063_chat_conv_member::Migration),
             Box::new(m20261201_000064_chat_message::Migration),
             Box::new(m20261201_000065_chat_reaction::Migration),
+            Box::new(m20261201_000070_outbox_autovacuum::Migration),
         ]
     }
 }

@@ -3,5 +3,6 @@
 //! PostgreSQL-only scenarios (concurrent slow writers, a database outage).
 
 mod concurrency;
+mod group_commit;
 mod outage;
 mod schema;

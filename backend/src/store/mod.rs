@@ -53,7 +53,7 @@
 //!   [`StoreError::Unavailable`]; they become gRPC UNAVAILABLE with a retry hint.
 
 pub mod entity;
-mod keys;
+mod group;
 mod log;
 pub mod relay;
 mod retention;
@@ -61,7 +61,10 @@ mod snapshot;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -74,7 +77,7 @@ use sea_orm::{
     sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use serde::Deserialize;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     broker::Published,
@@ -111,6 +114,9 @@ pub struct StoreConfig {
     /// The slow safety sweep of the relay (it is otherwise woken by commits and NOTIFY).
     #[serde(with = "herald_proto::support::duration")]
     pub relay_sweep: Duration,
+    /// The most durable publishes (`Rooms/Publish` on durable topics) committed together in
+    /// one transaction: publishes queued while a commit runs share the next one.
+    pub publish_batch_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -123,6 +129,7 @@ impl Default for StoreConfig {
             health_interval: Duration::from_secs(1),
             relay_batch: 512,
             relay_sweep: Duration::from_secs(5),
+            publish_batch_max: 512,
         }
     }
 }
@@ -204,6 +211,10 @@ struct Inner {
     /// SQLite has one writer at a time: writers queue here, in order, instead of in SQLite's
     /// busy handler, whose sleeps would add milliseconds of latency.
     writer: Option<Arc<Semaphore>>,
+    /// Durable publishes waiting for their group commit ([`group`]).
+    publishes: mpsc::Sender<group::Request>,
+    /// Group commits of durable publishes so far.
+    publish_batches: AtomicU64,
 }
 
 impl Store {
@@ -220,18 +231,22 @@ impl Store {
         let epoch = durable_epoch(&db).await?;
         let writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Semaphore::new(1)));
-        Ok(Store {
-            inner: Arc::new(Inner {
-                writer,
-                db,
-                config,
-                relay_wake: Notify::new(),
-                health_nudge: Notify::new(),
-                ready: watch::Sender::new(true),
-                epoch,
-                lanes,
-            }),
-        })
+        let (publishes, queue) = mpsc::channel(group::QUEUE);
+        let batch_max = config.publish_batch_max;
+        let inner = Arc::new(Inner {
+            writer,
+            db,
+            config,
+            relay_wake: Notify::new(),
+            health_nudge: Notify::new(),
+            ready: watch::Sender::new(true),
+            epoch,
+            lanes,
+            publishes,
+            publish_batches: AtomicU64::new(0),
+        });
+        tokio::spawn(group::run(Arc::downgrade(&inner), queue, batch_max));
+        Ok(Store { inner })
     }
 
     /// The epoch of this database's durable topics.
@@ -371,9 +386,16 @@ impl Store {
         }
     }
 
-    /// Publishes one event through a transaction of its own (what `Rooms/Publish` does on a
-    /// durable topic). With a key, a retry by the same `publisher` on the same topic within
-    /// `topics.idempotency_window` returns the first position and writes nothing.
+    /// How many transactions have committed durable publishes ([`Store::publish`]) so far;
+    /// fewer than the publishes when concurrent ones shared a group commit.
+    pub fn publish_batches(&self) -> u64 {
+        self.inner.publish_batches.load(Ordering::Relaxed)
+    }
+
+    /// Publishes one event (what `Rooms/Publish` does on a durable topic). Concurrent
+    /// publishes are committed together ([`group`]); each answers with its own position once
+    /// its batch is durable. With a key, a retry by the same `publisher` on the same topic
+    /// within `topics.idempotency_window` returns the first position and writes nothing.
     pub async fn publish(
         &self,
         publisher: &str,
@@ -382,32 +404,32 @@ impl Store {
         data: Option<Struct>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Published, StoreError> {
-        let mut tx = self.begin_as(publisher).await?;
-        if let Some(key) = key
-            && let Some(first) = keys::find(tx.conn(), topic, publisher, key, self.epoch()).await?
-        {
-            tx.rollback().await?;
-            return Ok(first);
+        let busy = || {
+            StoreError::Unavailable(DbErr::Custom(
+                "too many durable publishes are waiting for the database".into(),
+            ))
+        };
+        let slot = tokio::time::timeout(
+            self.inner.config.write_retry_budget,
+            self.inner.publishes.reserve(),
+        )
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+        let (reply, answer) = oneshot::channel();
+        slot.send(group::Request {
+            publisher: publisher.to_owned(),
+            topic: topic.clone(),
+            event_type: event_type.clone(),
+            data,
+            key: key.cloned(),
+            reply,
+        });
+        let result = answer.await.map_err(|_| busy())?;
+        if let Err(error) = &result {
+            self.report(error);
         }
-        tx.emit_struct(topic, event_type.as_str(), data)?;
-        tx.flush().await?;
-        let published = tx
-            .events
-            .last()
-            .cloned()
-            .expect("one event was just written");
-        if let Some(key) = key
-            && !keys::claim(tx.conn(), topic, publisher, key, &published).await?
-        {
-            // A concurrent retry with the same key committed first: answer with its event.
-            tx.rollback().await?;
-            let conn = self.db();
-            return keys::find(conn, topic, publisher, key, self.epoch())
-                .await?
-                .ok_or_else(|| StoreError::Invalid("the idempotency key vanished".into()));
-        }
-        tx.commit().await?;
-        Ok(published)
+        result
     }
 }
 
@@ -452,6 +474,8 @@ pub struct DomainTx {
 
 #[derive(Debug)]
 struct PendingEvent {
+    /// Who published it, when not the transaction's publisher.
+    publisher: Option<String>,
     topic: Topic,
     event_type: String,
     data: String,
@@ -511,6 +535,22 @@ impl DomainTx {
         self.push(topic, event_type, data)
     }
 
+    /// [`DomainTx::emit_struct`] for an event published by `publisher` rather than the
+    /// transaction's publisher (a group commit carries many publishers' events).
+    fn emit_struct_as(
+        &mut self,
+        publisher: &str,
+        topic: &Topic,
+        event_type: &str,
+        data: Option<Struct>,
+    ) -> Result<(), StoreError> {
+        self.emit_struct(topic, event_type, data)?;
+        if let Some(event) = self.buffered.last_mut() {
+            event.publisher = Some(publisher.to_owned());
+        }
+        Ok(())
+    }
+
     /// Appends an event with a typed body: `typed` is an `Event` whose only set fields are its
     /// typed `body` (a domain's protobuf message); every other field is filled in here and at
     /// commit. Subscribers on every transport receive the body as part of the event.
@@ -543,6 +583,7 @@ impl DomainTx {
             )));
         }
         self.buffered.push(PendingEvent {
+            publisher: None,
             topic: topic.clone(),
             event_type: event_type.to_owned(),
             data: data.map_or_else(|| "{}".to_owned(), |data| data.to_string()),
@@ -634,7 +675,10 @@ impl DomainTx {
                     topic_seq: Set(offset),
                     event_type: Set(event.event_type.clone()),
                     data: Set(event.data.clone()),
-                    publisher: Set(self.publisher.clone()),
+                    publisher: Set(event
+                        .publisher
+                        .clone()
+                        .unwrap_or_else(|| self.publisher.clone())),
                     status: Set(outbox::Status::Pending),
                     created_at_ms: Set(now),
                     event_id: Set(Some(id)),
