@@ -23,7 +23,7 @@ mod migrate;
 mod serve;
 
 pub use config::Settings;
-pub use serve::{serve, serve_edge};
+pub use serve::{EdgeRuntime, serve, serve_edge};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -241,6 +241,12 @@ pub struct ServeArgs {
     /// Run the backend only, without the browser edge.
     #[arg(long)]
     pub no_edge: bool,
+
+    /// Worker threads of the edge's own runtime [default: one per CPU]. The edge runs apart
+    /// from the backend, so a saturated fan-out to sockets cannot queue the backend's
+    /// publishes and database work behind it.
+    #[arg(long, env = "HERALD_EDGE_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub edge_threads: Option<u16>,
 
     #[command(flatten)]
     pub edge_auth: EdgeAuthArgs,

@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
             Command::Serve(args) => {
                 cli::serve(
                     settings,
-                    !args.no_edge,
+                    (!args.no_edge).then_some(cli::EdgeRuntime {
+                        threads: args.edge_threads,
+                    }),
                     &args.edge_auth,
                     shutdown_on_signal(),
                 )

@@ -14,11 +14,23 @@ use crate::{CliError, EdgeAuthArgs, Settings};
 /// Pending connections the kernel queues per listener.
 const ACCEPT_BACKLOG: u32 = 4096;
 
-/// Binds both listeners, then runs the backend and (unless disabled) the edge until
+/// How `herald serve` runs its edge: on a runtime of its own, beside the backend's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EdgeRuntime {
+    /// Worker threads; `None`: one per CPU.
+    pub threads: Option<u16>,
+}
+
+/// Binds both listeners, then runs the backend and (unless `edge` is `None`) the edge until
 /// `shutdown`.
+///
+/// The edge gets its own Tokio runtime on its own threads. On one runtime, a saturated
+/// fan-out (tens of thousands of socket writes queued as tasks) sat in the same run queues as
+/// the backend's publishes and database work, and publish latency grew into seconds; as
+/// separate threads, the operating system shares the cores between the two.
 pub async fn serve(
     settings: Settings,
-    with_edge: bool,
+    edge: Option<EdgeRuntime>,
     edge_auth: &EdgeAuthArgs,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
@@ -30,10 +42,9 @@ pub async fn serve(
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| CliError::new(format!("gRPC listener: {e}")))?;
-    let http = if with_edge {
-        Some(bind(edge_config.http_addr, "--http-addr", false)?)
-    } else {
-        None
+    let http = match edge {
+        Some(runtime) => Some((bind(edge_config.http_addr, "--http-addr", false)?, runtime)),
+        None => None,
     };
     let backend = herald_backend::Backend::build(config.clone())
         .await
@@ -44,15 +55,16 @@ pub async fn serve(
     }
     let backend = tokio::spawn(backend.serve(grpc, shutdown.clone()));
     let edge = match http {
-        Some(http) => {
+        Some((http, runtime)) => {
             edge_config.backends = vec![format!("http://{grpc_addr}")];
             let token = service_token(&config, edge_auth)?;
-            Some(tokio::spawn(herald_edge::run(
+            Some(spawn_edge(
                 http,
+                runtime,
                 edge_config,
                 token,
                 shutdown.clone(),
-            )))
+            )?)
         }
         None => None,
     };
@@ -62,13 +74,53 @@ pub async fn serve(
         match edge.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(CliError::new(error)),
-            Err(error) => return Err(CliError::new(format!("the edge failed: {error}"))),
+            Err(_) => return Err(CliError::new("the edge's runtime stopped unexpectedly")),
         }
     }
     match backend_result {
         Ok(result) => result.map_err(CliError::new),
         Err(error) => Err(CliError::new(format!("the backend failed: {error}"))),
     }
+}
+
+/// Starts the edge on a runtime of its own (a thread that owns it); the answer arrives when the
+/// edge has stopped.
+fn spawn_edge(
+    http: TcpListener,
+    runtime: EdgeRuntime,
+    config: herald_edge::EdgeConfig,
+    token: herald_edge::ServiceToken,
+    shutdown: CancellationToken,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, CliError> {
+    let threads = runtime.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(2, usize::from),
+        usize::from,
+    );
+    let edge_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("herald-edge")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the edge's runtime: {e}")))?;
+    // A listener belongs to the runtime that registered it: hand it over as a std socket.
+    let http = http
+        .into_std()
+        .map_err(|e| CliError::new(format!("HTTP listener: {e}")))?;
+    let (done, stopped) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("herald-edge-main".into())
+        .spawn(move || {
+            let result = edge_runtime.block_on(async move {
+                let http =
+                    TcpListener::from_std(http).map_err(|e| format!("HTTP listener: {e}"))?;
+                herald_edge::run(http, config, token, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            let _ = done.send(result);
+        })
+        .map_err(|e| CliError::new(format!("cannot start the edge's thread: {e}")))?;
+    Ok(stopped)
 }
 
 /// Runs an edge alone in front of `settings.edge.backends`. The backend's part of the

@@ -689,10 +689,11 @@ impl DomainTx {
             .collect();
         let mut ids: Vec<OutboxId> = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            // Only the ids come back: the rows' data is what was just sent.
             let inserted = outbox::Entity::insert_many(chunk.iter().cloned())
-                .exec_with_returning(tx)
+                .exec_with_returning_keys(tx)
                 .await?;
-            ids.extend(inserted.into_iter().map(|row| row.id));
+            ids.extend(inserted);
         }
         // Each INSERT assigns ids in row order, and later statements higher ones.
         ids.sort_unstable();
