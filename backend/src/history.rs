@@ -121,16 +121,21 @@ pub struct PageRead {
 }
 
 impl PageRead {
+    /// Starts reading the page after `after`; with `through`, a reader that knows offsets
+    /// up to `through` are committed (see [`History::page_through`]).
     pub fn start(
         history: &History,
         topic: &Topic,
         after: StreamPosition,
         budget: PageBudget,
+        through: Option<u64>,
     ) -> PageRead {
         let (history, topic, from) = (history.clone(), topic.clone(), after.clone());
         PageRead {
             after,
-            task: tokio::spawn(async move { history.page(&topic, &from, budget).await }),
+            task: tokio::spawn(async move {
+                history.page_through(&topic, &from, budget, through).await
+            }),
         }
     }
 
@@ -276,7 +281,10 @@ impl History {
     /// trails the log by the relay's lag, so a cache page that ends short of `through` is read
     /// from the log instead. A subscriber needs no such bound (the live stream carries what the
     /// cache has not seen yet); a `History` call does, or it would answer a position past its
-    /// last event and the caller would skip the events in between.
+    /// last event and the caller would skip the events in between. Events committed after
+    /// `through` are left out, so the page and `through` describe one moment: a caller that
+    /// answers `through` as the position never hands out an event beyond it (a client
+    /// following from that position would receive such an event twice).
     pub async fn page_through(
         &self,
         topic: &Topic,
@@ -292,17 +300,18 @@ impl History {
         let lags = through.is_some_and(|through| cached.top.offset < through);
         if cached.covered && (full || !lags) {
             let mut events = cached.events;
+            let beyond = trim_to(&mut events, through);
             let trimmed = trim_to_bytes(&mut events, budget.bytes);
             self.stats.record(false, &events);
             return Ok(Page {
                 events,
-                reached_end: !full && !trimmed,
+                reached_end: (beyond || !full) && !trimmed,
             });
         }
         let Some(log) = self.log_of(topic) else {
             return Err(HistoryError::Gone(after.clone()));
         };
-        let events = log
+        let mut events = log
             .read(topic, after.offset, budget.events, budget.bytes)
             .await?;
         if let Some(first) = events.first()
@@ -317,13 +326,25 @@ impl History {
                 return Err(HistoryError::Gone(after.clone()));
             }
         }
+        let beyond = trim_to(&mut events, through);
         let bytes = self.stats.record(true, &events);
-        let reached_end = events.len() < budget.events && bytes < budget.bytes;
+        let reached_end = beyond || (events.len() < budget.events && bytes < budget.bytes);
         Ok(Page {
             events,
             reached_end,
         })
     }
+}
+
+/// Drops the events after offset `through`; true if it dropped any.
+fn trim_to(events: &mut Vec<Arc<SharedEvent>>, through: Option<u64>) -> bool {
+    let Some(through) = through else {
+        return false;
+    };
+    let keep = events.partition_point(|event| event.event().offset <= through);
+    let dropped = keep < events.len();
+    events.truncate(keep);
+    dropped
 }
 
 /// Keeps the longest prefix within `max_bytes` (at least one event); true if it cut any.
@@ -446,6 +467,28 @@ mod tests {
             "a full cache page needs no log read"
         );
         assert_eq!(history.stats().cache_pages(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_leaves_out_events_committed_after_its_bound() {
+        let broker = Arc::new(crate::broker::memory::MemoryBroker::new(
+            crate::hub::Hub::new(16),
+            crate::broker::memory::RetentionConfig::default(),
+        ));
+        let lanes = Arc::new(Lanes::new(&crate::lanes::TopicsConfig::default()).unwrap());
+        // The log has 5 events; the caller read the top when it was 3.
+        let history = History::new(broker, Some(Arc::new(FixedLog { top: 5 })), lanes);
+        let topic = Topic::parse("order:lag").unwrap();
+        let page = history
+            .page_through(&topic, &position(0, "db"), PageBudget::REPLAY, Some(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            offsets(&page),
+            vec![1, 2, 3],
+            "nothing beyond the answered top"
+        );
+        assert!(page.reached_end);
     }
 
     #[test]

@@ -187,6 +187,7 @@ impl EventStream {
             &self.topic,
             after,
             PageBudget::REPLAY,
+            None,
         ));
         Ok(())
     }
@@ -215,6 +216,7 @@ impl EventStream {
                     &self.topic,
                     after,
                     PageBudget::REPLAY,
+                    None,
                 ))
             }
             _ if page.reached_end => CatchUp::Live,

@@ -6,10 +6,10 @@ use herald_backend::{
     Config,
     auth::dev_key::{self, TokenClaims},
 };
+use herald_client::Update;
 use herald_proto::{
-    codes::close_code_of,
     v1::{
-        CloseCode, HistoryRequest, PublishRequest, StreamPosition, SubscribeRequest,
+        HistoryRequest, PublishRequest, StreamPosition, SubscribeResponse, Subscribed,
         rooms_client::RoomsClient, subscribe_response::Frame,
     },
     wkt::Struct,
@@ -94,6 +94,26 @@ impl Credentials {
         Ok(self.fixed.is_none())
     }
 
+    /// A Herald SDK client for `server` with these credentials: development tokens are
+    /// minted again before they expire.
+    pub(crate) fn sdk(&self, server: &str) -> Result<herald_client::Client, CliError> {
+        let client = match (&self.fixed, &self.dev_secret) {
+            (None, Some(secret)) => {
+                let (secret, sub, roles) = (secret.clone(), self.sub.clone(), self.roles.clone());
+                herald_client::Client::connect(
+                    server,
+                    herald_client::refreshing(move || {
+                        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                        let claims = TokenClaims::new(&sub, &roles, Duration::from_secs(3600));
+                        dev_key::sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+                    }),
+                )
+            }
+            _ => herald_client::Client::connect(server, self.current.clone()),
+        };
+        client.map_err(|e| CliError::new(format!("--server: {e}")))
+    }
+
     pub(crate) fn authorize<T>(&self, message: T) -> Result<Request<T>, CliError> {
         let mut request = Request::new(message);
         let value = format!("Bearer {}", self.current)
@@ -132,64 +152,38 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
 }
 
 pub(crate) async fn subscribe(args: SubscribeArgs, config: &Config) -> Result<(), CliError> {
-    let mut credentials = Credentials::new(&args.client, config)?;
-    let mut client = connect(&args.client.server).await?;
-    let mut since = args.since.as_deref().map(parse_position).transpose()?;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let request = credentials.authorize(SubscribeRequest {
-            topic: args.topic.clone(),
-            since: since.clone(),
-        })?;
-        let status = match client.subscribe(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(response)) => {
-                            match &response.frame {
-                                Some(Frame::Subscribed(s)) if !s.recovered && since.is_some() => {
-                                    eprintln!(
-                                        "history no longer covers --since; continuing from the current position"
-                                    );
-                                    since = s.position.clone();
-                                }
-                                Some(Frame::Subscribed(s)) if since.is_none() => {
-                                    since = s.position.clone()
-                                }
-                                Some(Frame::Event(event)) => {
-                                    since = Some(StreamPosition {
-                                        offset: event.offset,
-                                        epoch: event.epoch.clone(),
-                                    });
-                                    backoff = Duration::from_millis(200);
-                                }
-                                _ => {}
-                            }
-                            print_json(&response)?;
-                        }
-                        Ok(None) => return Ok(()),
-                        Err(status) => break status,
-                    }
-                }
-            }
-            Err(status) => status,
-        };
-        let reconnect = close_code_of(&status).is_some_and(CloseCode::should_reconnect)
-            || status.code() == tonic::Code::Unavailable;
-        if !reconnect {
-            return Err(status_error(&status));
-        }
-        if close_code_of(&status) == Some(CloseCode::TokenExpired) && !credentials.refresh()? {
-            return Err(status_error(&status));
-        }
-        eprintln!(
-            "stream ended ({}); resuming in {backoff:?}",
-            status.message()
-        );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let client = Credentials::new(&args.client, config)?.sdk(&args.client.server)?;
+    let mut feed = client.subscribe(&args.topic);
+    if let Some(since) = args.since.as_deref().map(parse_position).transpose()? {
+        feed = feed.since(since);
     }
+    while let Some(update) = feed.next().await {
+        let frame = match update.map_err(|e| CliError::new(e.to_string()))? {
+            Update::Subscribed { position, resumed } => {
+                if resumed {
+                    eprintln!("resumed with nothing missed");
+                }
+                Frame::Subscribed(Subscribed {
+                    position,
+                    recovered: true,
+                })
+            }
+            Update::Reload { position } => {
+                eprintln!(
+                    "history no longer covers where this subscription was; continuing from the current position"
+                );
+                Frame::Subscribed(Subscribed {
+                    position,
+                    recovered: false,
+                })
+            }
+            Update::Event(event) => Frame::Event(*event),
+            Update::Signal(signal) => Frame::Signal(signal),
+            Update::Presence(presence) => Frame::Presence(presence),
+        };
+        print_json(&SubscribeResponse { frame: Some(frame) })?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn publish(args: PublishArgs, config: &Config) -> Result<(), CliError> {

@@ -9,15 +9,16 @@ use std::{
 };
 
 use herald_backend::Config;
+use herald_client::Update;
 use herald_proto::{
     codes::close_code_of,
     v1::{
         CloseCode, DeploymentEvent, DeploymentLogs, DeploymentStage, DeploymentState,
         DeploymentStatus, DeploymentsAppendLogsResponse, DeploymentsCreateRequest,
         DeploymentsFinishRequest, DeploymentsGetRequest, DeploymentsReportRequest,
-        DeploymentsStartRequest, Event, LogChunk, LogStream, StreamPosition, SubscribeRequest,
+        DeploymentsStartRequest, Event, LogChunk, LogStream, StreamPosition,
         WatchDeploymentRequest, deployment_event, deployments_client::DeploymentsClient,
-        event::Body, log_chunk::Line, rooms_client::RoomsClient, subscribe_response::Frame,
+        event::Body, log_chunk::Line,
     },
 };
 use tonic::{Status, transport::Channel};
@@ -704,75 +705,30 @@ async fn watch_topic(
     args: &WatchArgs,
     config: &Config,
     topic: &str,
-    mut since: Option<StreamPosition>,
+    since: Option<StreamPosition>,
     printer: &mut Printer,
 ) -> Result<(), CliError> {
-    let mut credentials = Credentials::new(&args.client, config)?;
-    let mut client = RoomsClient::new(channel(&args.client.server).await?);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let request = credentials.authorize(SubscribeRequest {
-            topic: topic.to_owned(),
-            since: since.clone(),
-        })?;
-        let status = match client.subscribe(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(response)) => match response.frame {
-                            Some(Frame::Subscribed(subscribed)) => {
-                                if since.is_some() && !subscribed.recovered {
-                                    eprintln!("(history could not continue from --since)");
-                                }
-                                since = subscribed.position;
-                            }
-                            Some(Frame::Event(event)) => {
-                                since = Some(StreamPosition {
-                                    offset: event.offset,
-                                    epoch: event.epoch.clone(),
-                                });
-                                print_event(printer, event);
-                                backoff = Duration::from_millis(200);
-                            }
-                            Some(Frame::Signal(signal)) => {
-                                println!(
-                                    "{}",
-                                    printer.paint(
-                                        DIM,
-                                        &format!(
-                                            "~ {} {}",
-                                            signal.r#type,
-                                            crate::demo::describe_signal(&signal).unwrap_or_else(
-                                                || serde_json::to_string(&signal.data)
-                                                    .unwrap_or_default()
-                                            )
-                                        )
-                                    )
-                                );
-                            }
-                            _ => {}
-                        },
-                        Ok(None) => return Ok(()),
-                        Err(status) => break status,
-                    }
-                }
-            }
-            Err(status) => status,
-        };
-        if !reconnects(&status) {
-            return Err(status_error(&status));
-        }
-        if close_code_of(&status) == Some(CloseCode::TokenExpired) && !credentials.refresh()? {
-            return Err(status_error(&status));
-        }
-        eprintln!(
-            "stream ended ({}); resuming in {backoff:?}",
-            status.message()
-        );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let client = Credentials::new(&args.client, config)?.sdk(&args.client.server)?;
+    let mut feed = client.subscribe(topic);
+    if let Some(since) = since {
+        feed = feed.since(since);
     }
+    while let Some(update) = feed.next().await {
+        match update.map_err(|e| CliError::new(e.to_string()))? {
+            Update::Reload { .. } => eprintln!("(history could not continue from --since)"),
+            Update::Event(event) => print_event(printer, *event),
+            Update::Signal(signal) => {
+                let text = crate::demo::describe_signal(&signal)
+                    .unwrap_or_else(|| serde_json::to_string(&signal.data).unwrap_or_default());
+                println!(
+                    "{}",
+                    printer.paint(DIM, &format!("~ {} {text}", signal.r#type))
+                );
+            }
+            Update::Subscribed { .. } | Update::Presence(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn print_event(printer: &mut Printer, event: Event) {

@@ -171,6 +171,19 @@ impl TestApp {
         start(config, data_dir, "127.0.0.1:0", clock).await
     }
 
+    /// Like [`TestApp::restart`], on the same address: clients that reconnect by themselves
+    /// find the new process where the old one was.
+    pub async fn restart_in_place(self) -> TestApp {
+        let (config, data_dir, clock) = (
+            self.config.clone(),
+            self.data_dir.clone(),
+            self.clock.clone(),
+        );
+        let addr = self.addr.to_string();
+        self.shutdown().await.expect("the old app stops cleanly");
+        start(config, data_dir, &addr, clock).await
+    }
+
     /// A grpc.health.v1 client on its own connection.
     pub async fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(

@@ -431,6 +431,7 @@ impl FollowTask {
                 &self.topic,
                 from.clone(),
                 SOCKET_PAGE,
+                Some(self.cursor.last().offset),
             ),
         };
         let page = match read.await {
@@ -457,14 +458,27 @@ impl FollowTask {
             .and_then(|s| s.revocation.as_ref());
         let revoked = cut_at_revocation(&mut events, revocation);
         let end = events.last().map_or(from.offset, |event| event.offset);
-        let complete = revoked || page.reached_end || end >= self.cursor.last().offset;
+        // Complete only once the page reaches what this stream has forwarded by now: the
+        // socket's edge skips live events for a replaying subscriber, so a page that ended
+        // below them (read ahead, before they arrived) would lose them. Such a page is
+        // followed by another instead.
+        let complete = revoked || end >= self.cursor.last().offset;
         if let Some(attached) = self.subscribers.get_mut(&subscriber) {
             attached.replay_from = (!complete).then(|| StreamPosition {
                 offset: end,
                 epoch: from.epoch.clone(),
             });
             attached.read_ahead = attached.replay_from.clone().map(|next| {
-                PageRead::start(self.node.history_reader(), &self.topic, next, SOCKET_PAGE)
+                // Through what this stream has seen: committed, though perhaps not yet in
+                // the broker's cache (the stream opened at the database's top).
+                let through = Some(self.cursor.last().offset);
+                PageRead::start(
+                    self.node.history_reader(),
+                    &self.topic,
+                    next,
+                    SOCKET_PAGE,
+                    through,
+                )
             });
         }
         let replay = FollowReplay {
