@@ -210,6 +210,10 @@ export class HeraldClient {
         this.setState("reloaded");
       },
       live: () => {},
+      history: async (s, since) => {
+        const page = await this.rooms.history({ topic: s.topic, since, limit: 1000 });
+        return page.events;
+      },
     });
     this.topics.set(topic, sub);
     this.driver?.add(sub);

@@ -68,7 +68,13 @@ export class Sub implements Subscription {
   constructor(
     topic: string,
     private readonly options: SubscribeOptions,
-    private readonly hooks: { closed(sub: Sub): void; recoveryFailed(sub: Sub): void; live(sub: Sub): void },
+    private readonly hooks: {
+      closed(sub: Sub): void;
+      recoveryFailed(sub: Sub): void;
+      live(sub: Sub): void;
+      /** The retained events after `since` (Rooms/History), to fill a gap in delivery. */
+      history?(sub: Sub, since: Position): Promise<Event[]>;
+    },
   ) {
     this.topic = topic;
     const since = options.since;
@@ -120,7 +126,54 @@ export class Sub implements Subscription {
     if (verdict === "recovery-failed") this.recoveryFailed();
   }
 
+  /**
+   * Offsets are consecutive per epoch, so an event more than one past the cursor means the
+   * transport skipped some: the client fetches them from History and delivers them first
+   * (events arriving meanwhile are held and follow in order). No transport should skip, but
+   * the guarantee is the client's to keep.
+   */
   event(event: Event): void {
+    if (!this.active) return;
+    if (this.held) {
+      this.held.push(event);
+      return;
+    }
+    const last = this.cursor.position;
+    if (last && this.hooks.history && event.epoch === last.epoch && event.offset > last.offset + 1n) {
+      this.repair(last, event);
+      return;
+    }
+    this.deliver(event);
+  }
+
+  /** Events held while a gap is fetched. */
+  private held: Event[] | undefined;
+
+  private repair(last: Position, first: Event): void {
+    this.held = [first];
+    const history = this.hooks.history!;
+    void history(this, last)
+      .then(
+        (events) => {
+          for (const event of events) if (event.offset < first.offset) this.deliver(event);
+        },
+        () => {},
+      )
+      .finally(() => {
+        const held = (this.held ?? []).sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
+        this.held = undefined;
+        const position = this.cursor.position;
+        if (position && position.epoch === last.epoch && position.offset === last.offset) {
+          // History had nothing to fill it with: deliver what came, and say events are missing.
+          this.recoveryFailed();
+          for (const event of held) this.deliver(event);
+          return;
+        }
+        for (const event of held) this.event(event);
+      });
+  }
+
+  private deliver(event: Event): void {
     if (!this.active) return;
     const verdict = this.cursor.accept(event.offset, event.epoch);
     if (verdict === "duplicate") return;

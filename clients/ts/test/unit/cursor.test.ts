@@ -97,3 +97,51 @@ test("a handler that throws does not stop delivery", () => {
   }
   assert.deepEqual(seen, [1n, 2n]);
 });
+
+test("a gap in offsets is filled from History before later events are delivered, in order", async () => {
+  const seen: bigint[] = [];
+  const asked: bigint[] = [];
+  let release!: () => void;
+  const fetched = new Promise<void>((resolve) => (release = resolve));
+  const sub = new Sub(
+    "user:alice",
+    { onEvent: (e) => seen.push(e.offset) },
+    {
+      closed() {},
+      recoveryFailed() {},
+      live() {},
+      history: async (_sub, since) => {
+        asked.push(since.offset);
+        await fetched;
+        return [event(3), event(4), event(5), event(6)];
+      },
+    },
+  );
+  sub.subscribed(position(0), true, undefined);
+  sub.event(event(1));
+  sub.event(event(2));
+  sub.event(event(5)); // 3 and 4 were skipped by the transport
+  sub.event(event(6));
+  sub.event(event(7)); // held while History is asked
+  assert.deepEqual(seen, [1n, 2n]);
+  release();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(asked, [2n]);
+  assert.deepEqual(seen, [1n, 2n, 3n, 4n, 5n, 6n, 7n]);
+});
+
+test("a gap History cannot fill is reported as a failed recovery and delivery goes on", async () => {
+  const seen: bigint[] = [];
+  let failed = 0;
+  const sub = new Sub(
+    "room:lobby",
+    { onEvent: (e) => seen.push(e.offset), onRecoveryFailed: () => (failed += 1) },
+    { closed() {}, recoveryFailed() {}, live() {}, history: async () => [] },
+  );
+  sub.subscribed(position(0), true, undefined);
+  sub.event(event(1));
+  sub.event(event(9));
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(seen, [1n, 9n]);
+  assert.equal(failed, 1);
+});
