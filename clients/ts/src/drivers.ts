@@ -391,6 +391,8 @@ export class GrpcWebDriver implements Driver {
   readonly level = "grpc-web";
   private readonly rooms;
   private readonly streams = new Map<Sub, AbortController>();
+  /** Streams superseded by a refresh, kept until their successor is subscribed. */
+  private readonly retiring = new Map<AbortController, Sub>();
   private everStreamed = false;
   private failures = 0;
   private stopped = false;
@@ -410,8 +412,9 @@ export class GrpcWebDriver implements Driver {
 
   stop(): void {
     this.stopped = true;
-    for (const controller of this.streams.values()) controller.abort();
+    for (const controller of [...this.streams.values(), ...this.retiring.keys()]) controller.abort();
     this.streams.clear();
+    this.retiring.clear();
   }
 
   add(sub: Sub): void {
@@ -424,22 +427,37 @@ export class GrpcWebDriver implements Driver {
   remove(sub: Sub): void {
     this.streams.get(sub)?.abort();
     this.streams.delete(sub);
-  }
-
-  /**
-   * Each stream carries the token it started with, so streams are resumed with the new one
-   * (from their cursors: nothing is lost; an overlap is dropped as duplicates).
-   */
-  tokenRefreshed(): void {
-    for (const sub of [...this.streams.keys()]) {
-      this.remove(sub);
-      this.add(sub);
+    for (const [controller, of] of this.retiring) {
+      if (of !== sub) continue;
+      controller.abort();
+      this.retiring.delete(controller);
     }
   }
 
-  private async follow(sub: Sub, controller: AbortController): Promise<void> {
+  /**
+   * Each stream carries the token it started with: make before break. A new stream with the
+   * new token resumes from the cursor; once it is subscribed the old one is ended. Both may
+   * deliver the same events meanwhile; the cursor drops the second copy.
+   */
+  tokenRefreshed(): void {
+    if (this.stopped) return;
+    for (const [sub, old] of [...this.streams]) {
+      const next = new AbortController();
+      this.streams.set(sub, next);
+      this.retiring.set(old, sub);
+      void this.follow(sub, next, () => {
+        old.abort();
+        this.retiring.delete(old);
+      });
+    }
+  }
+
+  private async follow(sub: Sub, controller: AbortController, onSubscribed?: () => void): Promise<void> {
     const backoff = new Backoff(this.options.backoff);
     const signal = controller.signal;
+    // A stream superseded by a refresh runs on until its successor is subscribed, but is
+    // never retried.
+    const current = () => this.streams.get(sub) === controller;
     while (!signal.aborted && sub.active) {
       let subscribed = false;
       let verdict: Verdict = "reconnect";
@@ -458,6 +476,8 @@ export class GrpcWebDriver implements Driver {
               this.failures = 0;
               this.markUp();
               sub.subscribed(frame.value.position, frame.value.recovered, since);
+              onSubscribed?.();
+              onSubscribed = undefined;
               break;
             case "event":
               sub.event(frame.value);
@@ -478,6 +498,10 @@ export class GrpcWebDriver implements Driver {
         failure = new HeraldError(end.code, end.message, { ...end, cause: error });
       }
       if (signal.aborted || this.stopped) return;
+      if (!current()) {
+        this.retiring.delete(controller);
+        return;
+      }
       if (!subscribed) {
         this.failures += 1;
         if (!this.everStreamed && this.failures >= this.options.fallbackAfterFailures) {
