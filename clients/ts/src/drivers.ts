@@ -100,6 +100,7 @@ export class WsDriver implements Driver {
   private authenticated = false;
   private everConnected = false;
   private failures = 0;
+  private authRefusals = 0;
   private stopped = false;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
@@ -230,18 +231,25 @@ export class WsDriver implements Driver {
           const again = this.everConnected;
           this.everConnected = true;
           this.failures = 0;
+          this.authRefusals = 0;
           this.backoff.reset();
           for (const resolve of this.readyWaiters.splice(0)) resolve();
           this.host.up(this, again);
           for (const sub of this.host.subs()) this.subscribe(sub);
         },
         (error: HeraldError) => {
-          if (this.socket !== socket) return;
-          if (classifyErrorCode(error.code) === "terminal") {
+          const verdict = classifyErrorCode(error.code);
+          // A refused token is retried once with a fresh one from getToken(); refused again,
+          // the client stops and reports instead of knocking forever. (The edge's close 3500
+          // may already have been handled: count first.)
+          if (verdict === "refresh-token") this.authRefusals += 1;
+          if (this.stopped || error.code === "unavailable" || error.code === "cancelled") return;
+          if (verdict === "terminal" || this.authRefusals >= 2) {
             this.stopped = true;
             this.host.fatal(this, error);
+          } else if (verdict === "refresh-token") {
+            this.host.freshToken().catch(() => {});
           }
-          // unauthenticated is followed by close 3500; other errors by a reconnect
           socket.close(1000, `auth failed: ${error.code}`);
         },
       );
@@ -253,9 +261,9 @@ export class WsDriver implements Driver {
     if (this.stopped) return;
     for (const sub of this.host.subs()) sub.reconnecting();
     let verdict: Verdict = classifyCloseCode(event.code);
-    if (event.code === 3500) {
+    if (event.code === 3500 && this.authRefusals < 2) {
       // invalid token: a new token may fix it once; the same one would be refused again
-      verdict = wasAuthenticated || this.failures === 0 ? "refresh-token" : "terminal";
+      verdict = "refresh-token";
     }
     if (verdict === "terminal") {
       this.stopped = true;

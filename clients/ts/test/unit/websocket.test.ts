@@ -236,3 +236,37 @@ test("the token is refreshed on the open socket before its exp, from a new getTo
     herald.close();
   }
 });
+
+test("a token the edge refuses is retried once with a fresh one, then the client stops and reports", async () => {
+  edge = new FakeEdge();
+  const original = edge.receive.bind(edge);
+  edge.receive = (socket, frame) => {
+    if (frame.method === "auth") {
+      edge.frames.push(frame);
+      socket.push({ id: frame.id, error: { code: "unauthenticated", message: "bad signature" } });
+      socket.drop(3500, "invalid token");
+      return;
+    }
+    original(socket, frame);
+  };
+  let tokens = 0;
+  const herald = createClient({
+    url: "http://edge.test",
+    getToken: () => jwt(Math.floor(Date.now() / 1000) + 3600 + tokens++),
+    transport: "websocket",
+    WebSocket: FakeSocket,
+    backoff: { baseMs: 1, capMs: 2 },
+  });
+  try {
+    const errors: HeraldError[] = [];
+    const sub = herald.subscribe("user:alice", { onError: (e) => errors.push(e) });
+    await until(() => sub.state === "failed", "the subscription to fail");
+    assert.equal(errors[0]?.code, "unauthenticated");
+    assert.equal(herald.status.state, "closed");
+    const auths = edge.frames.filter((f) => f.method === "auth").map((f) => f.params?.["token"]);
+    assert.equal(auths.length, 2, "one retry");
+    assert.notEqual(auths[0], auths[1], "with a fresh token");
+  } finally {
+    herald.close();
+  }
+});
