@@ -90,3 +90,38 @@ test("a memory-lane room after a restart: recovered = false reports onRecoveryFa
   assert.equal(seen[3]![0], 1n, "the new epoch starts at offset 1");
   bob.close();
 });
+
+test("live() on a memory room runs its read again when the restarted server cannot resume it", { timeout: 60_000 }, async () => {
+  const topic = "room:ts-live-reload";
+  const token = await herald.token("reloader");
+  const carol = client(herald, () => token, { transport: "websocket" });
+  clients.push(carol);
+  let reads = 0;
+  let reloaded = 0;
+  const view = carol.live(
+    async () => {
+      reads += 1;
+      return carol.rooms.history({ topic, limit: 1000 });
+    },
+    topic,
+    {
+      initial: (page) => page.events.map((e) => Number(e.data?.["n"])),
+      apply: (ns: number[], event) => [...ns, Number(event.data?.["n"])],
+      onReload: () => (reloaded += 1),
+    },
+  );
+  await view.ready;
+  await publish(publisher, topic, 1, 3);
+  await until(() => view.state!.length === 3, "three events applied");
+
+  await herald.kill();
+  await herald.restart();
+  await until(() => reloaded === 1, "the reload");
+  assert.equal(reads, 2);
+  assert.deepEqual(view.state, [], "the new epoch's history is empty: the state is the new read");
+  await publish(publisher, topic, 4, 5);
+  await until(() => view.state!.length === 2, "the events after the reload");
+  assert.deepEqual(view.state, [4, 5]);
+  view.close();
+  carol.close();
+});

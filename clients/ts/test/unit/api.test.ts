@@ -10,6 +10,10 @@ import { createClient, Notifications, websocketUrlOf, type Event, type HeraldCli
 function typedUsage(herald: HeraldClient, apply: (s: unknown, e: Event) => unknown) {
   void herald.notifications.list({ limit: 20 });
   void herald.call(Notifications.method.list, { limit: 5 });
+  herald.live(() => herald.notifications.list({ limit: 20 }), "user:alice", {
+    initial: (page) => page.notifications,
+    apply: (list, event) => (event.body.case === "notificationCreated" ? [event.body.value.notification!, ...list] : list),
+  });
   void herald.reviews.listPending({ reviewerRole: "reviewer" });
   void herald.chat.listMessages({ conversationId: 7n });
   herald.live(async () => {
