@@ -121,7 +121,11 @@ export interface Live<S> {
   /** The current state (undefined before the read returned). */
   readonly state: S | undefined;
   readonly subscription: Subscription | undefined;
-  /** The ordered change feed: each applied event with the state after it. */
+  /**
+   * The ordered change feed: each applied event with the state after it, from the first
+   * `next()` on (before that, use `onChange`). A reader 10,000 changes behind gets a
+   * `resource_exhausted` error.
+   */
   changes(): AsyncIterableIterator<{ event: Event; state: S }>;
   close(): void;
 }
@@ -228,18 +232,27 @@ export class HeraldClient {
    */
   live<R, S = R>(read: PositionedRead<R>, topic: string, options: LiveOptions<R, S>): Live<S> {
     const initial = options.initial ?? ((response: R) => response as unknown as S);
-    const waiting: Array<(item: IteratorResult<{ event: Event; state: S }>) => void> = [];
+    const waiting: Array<{ resolve: (item: IteratorResult<{ event: Event; state: S }>) => void; reject: (error: unknown) => void }> = [];
     const queued: Array<{ event: Event; state: S }> = [];
     let feed: LiveFeed<S> | undefined;
     let subscription: Subscription | undefined;
     let done = false;
+    // The change feed queues only once someone iterates it, and at most MAX_QUEUED_CHANGES
+    // items: a reader that falls that far behind gets an error, like a slow consumer.
+    let iterating = false;
+    let overflow: HeraldError | undefined;
     const emit = (event: Event) => {
       if (!feed) return;
       const item = { event, state: feed.state };
       options.onChange?.(feed.state, event);
+      if (!iterating || overflow) return;
       const next = waiting.shift();
-      if (next) next({ value: item, done: false });
-      else queued.push(item);
+      if (next) next.resolve({ value: item, done: false });
+      else if (queued.length < MAX_QUEUED_CHANGES) queued.push(item);
+      else {
+        overflow = new HeraldError("resource_exhausted", `the change feed's reader fell ${MAX_QUEUED_CHANGES} changes behind; read faster, or use onChange`);
+        queued.length = 0;
+      }
     };
     const reload = async () => {
       if (!feed || feed.reloading) return;
@@ -273,14 +286,16 @@ export class HeraldClient {
     const close = () => {
       done = true;
       subscription?.unsubscribe();
-      for (const next of waiting.splice(0)) next({ value: undefined, done: true });
+      for (const next of waiting.splice(0)) next.resolve({ value: undefined, done: true });
     };
     const iterator: AsyncIterableIterator<{ event: Event; state: S }> = {
       next: () => {
+        iterating = true;
+        if (overflow) return Promise.reject(overflow);
         const item = queued.shift();
         if (item) return Promise.resolve({ value: item, done: false });
         if (done) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => waiting.push(resolve));
+        return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
       },
       return: () => {
         close();
@@ -517,6 +532,9 @@ export class HeraldClient {
     if (this.topics.size === 0) this.host.up(this.probe, false);
   }
 }
+
+/** The most changes `live().changes()` holds for a reader that is behind. */
+const MAX_QUEUED_CHANGES = 10_000;
 
 function rank(level: Level): number {
   return level === "websocket" ? 0 : level === "grpc-web" ? 1 : 2;
