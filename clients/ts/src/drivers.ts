@@ -602,6 +602,9 @@ export class PollDriver implements Driver {
           const top = await this.rooms.history({ topic: sub.topic, limit: 1 }, { headers, signal });
           sub.subscribed(top.position, true, undefined);
           this.markUp();
+          if (sub.since()) continue;
+          // no position in the answer: nothing to poll from yet; look again after a while
+          await sleep(idle.next(), signal);
           continue;
         }
         const page = await this.rooms.history({ topic: sub.topic, since, limit: PollDriver.PAGE }, { headers, signal });
