@@ -50,6 +50,9 @@ HERALD_TEST_DATABASE=postgres cargo test -p herald-e2e --test e2e
 step "grpc-web end-to-end tests with Connect-ES (tests/web: npm ci, buf generate, node --test)"
 (cd tests/web && npm ci --no-audit --no-fund && npx buf generate && node --test)
 
+step "TypeScript SDK (clients/ts: npm ci, build, unit and integration tests against herald serve)"
+(cd clients/ts && npm ci --no-audit --no-fund && npm run build && npm test)
+
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-60}"
 if [ "$fuzz_seconds" -gt 0 ]; then
     step "fuzzing: each target in fuzz/ for ${fuzz_seconds} s from its corpus (cargo fuzz, libFuzzer)"
