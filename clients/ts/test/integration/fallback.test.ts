@@ -1,25 +1,17 @@
 // The fallback ladder in "auto": WebSocket → grpc-web streaming → History polling, and back.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import type { ConnectionStatus, HeraldClient } from "../../src/index.js";
-import { client, publish, serviceClient, streamBlockingTransport, UNREACHABLE_WS } from "../support/clients.js";
-import { startHerald, until, type Herald } from "../support/herald.js";
+import { UNREACHABLE_WS, client, publish, serveForThisFile, streamBlockingTransport } from "../support/clients.js";
+import { until, type Herald } from "../support/herald.js";
 
 let herald: Herald;
 let publisher: HeraldClient;
-const clients: HeraldClient[] = [];
-
-before(async () => {
-  herald = await startHerald();
-  publisher = await serviceClient(herald);
-  clients.push(publisher);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await herald?.stop();
+const clients = serveForThisFile((started, client) => {
+  herald = started;
+  publisher = client;
 });
 
 const consecutive = (n: number) => Array.from({ length: n }, (_, i) => BigInt(i + 1));

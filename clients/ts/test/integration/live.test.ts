@@ -2,26 +2,18 @@
 // concurrent writers.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import type { Event, HeraldClient } from "../../src/index.js";
 import { NotificationType } from "../../src/index.js";
-import { client, serviceClient } from "../support/clients.js";
-import { startHerald, until, type Herald } from "../support/herald.js";
+import { client, serveForThisFile } from "../support/clients.js";
+import { until, type Herald } from "../support/herald.js";
 
 let herald: Herald;
 let service: HeraldClient;
-const clients: HeraldClient[] = [];
-
-before(async () => {
-  herald = await startHerald();
-  service = await serviceClient(herald);
-  clients.push(service);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await herald?.stop();
+const clients = serveForThisFile((started, client) => {
+  herald = started;
+  service = client;
 });
 
 interface Inbox {

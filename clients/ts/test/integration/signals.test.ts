@@ -1,22 +1,15 @@
 // Signals (typing, a courier's position) reach their own handler, on both transports.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import type { HeraldClient, Signal } from "../../src/index.js";
-import { client } from "../support/clients.js";
-import { startHerald, until, type Herald } from "../support/herald.js";
+import { client, serveForThisFile } from "../support/clients.js";
+import { until, type Herald } from "../support/herald.js";
 
 let herald: Herald;
-const clients: HeraldClient[] = [];
-
-before(async () => {
-  herald = await startHerald();
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await herald?.stop();
+const clients = serveForThisFile((started) => {
+  herald = started;
 });
 
 for (const transport of ["websocket", "grpc-web"] as const) {

@@ -1,26 +1,18 @@
 // Token refresh before expiry, with the subscriptions kept.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import type { ConnectionState, HeraldClient } from "../../src/index.js";
 import { tokenExpiry } from "../../src/index.js";
-import { client, publish, serviceClient } from "../support/clients.js";
-import { startHerald, until, type Herald } from "../support/herald.js";
+import { client, publish, serveForThisFile } from "../support/clients.js";
+import { until, type Herald } from "../support/herald.js";
 
 let herald: Herald;
 let publisher: HeraldClient;
-const clients: HeraldClient[] = [];
-
-before(async () => {
-  herald = await startHerald();
-  publisher = await serviceClient(herald);
-  clients.push(publisher);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await herald?.stop();
+const clients = serveForThisFile((started, client) => {
+  herald = started;
+  publisher = client;
 });
 
 for (const transport of ["websocket", "grpc-web"] as const) {

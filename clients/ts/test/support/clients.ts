@@ -7,7 +7,9 @@ import WebSocket from "ws";
 
 import { createClient, type ClientOptions, type HeraldClient } from "../../src/index.js";
 import type { WebSocketConstructor } from "../../src/drivers.js";
-import type { Herald } from "./herald.js";
+import { after, before } from "node:test";
+
+import { startHerald, type Herald } from "./herald.js";
 
 export const NodeWebSocket = WebSocket as unknown as WebSocketConstructor;
 
@@ -51,3 +53,23 @@ export function streamBlockingTransport(url: string, blocked: () => boolean) {
 
 /** An address nothing listens on (a closed port on 127.0.0.1). */
 export const UNREACHABLE_WS = "ws://127.0.0.1:9/ws";
+
+/**
+ * Starts one `herald serve` for the test file (`before`) with a service-role publisher, and
+ * closes every client in the returned list and stops the server after it (`after`).
+ */
+export function serveForThisFile(started: (herald: Herald, publisher: HeraldClient) => void): HeraldClient[] {
+  const clients: HeraldClient[] = [];
+  let herald: Herald | undefined;
+  before(async () => {
+    herald = await startHerald();
+    const publisher = await serviceClient(herald);
+    clients.push(publisher);
+    started(herald, publisher);
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await herald?.stop();
+  });
+  return clients;
+}
