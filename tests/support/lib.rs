@@ -8,9 +8,13 @@
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod baseline;
 pub mod edge;
+pub mod fault_proxy;
+pub mod history_checker;
 pub mod postgres;
 pub mod process;
+pub mod sdk;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
