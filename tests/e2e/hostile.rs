@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_e2e::{
     PATIENCE, TestApp,
+    baseline::Baseline,
     edge::{TestEdge, WsClient, spawn_edge_with},
     spawn_app,
 };
@@ -74,6 +75,7 @@ async fn hostile_websocket_messages_get_the_documented_error_frame_or_close_code
     let app = spawn_app().await;
     let edge = spawn_edge_with(&app, |_| {}).await;
     let mut watcher = control(&app, &edge).await;
+    let baseline = Baseline::of_edge(&edge).await;
     let alice = app.token("alice", &[]);
     let big = json!({ "topic": "room:a", "type": "x", "data": { "b": "x".repeat(70 * 1024) } });
     let rows = [
@@ -226,6 +228,7 @@ async fn hostile_websocket_messages_get_the_documented_error_frame_or_close_code
         }
     }
     control_receives(&app, &mut watcher).await;
+    baseline.assert_edge_returns(&edge).await;
 }
 
 /// Sends `head` on a raw connection to `addr`; the HTTP status of the answer, or `None` when
@@ -261,6 +264,7 @@ async fn hostile_websocket_upgrades_are_refused_without_harm_to_other_sockets() 
     })
     .await;
     let mut watcher = control(&app, &edge).await;
+    let baseline = Baseline::of_edge(&edge).await;
     let huge = format!("X-Huge: {}\r\n", "h".repeat(1024 * 1024));
     let many: String = (0..500).map(|n| format!("X-Many-{n}: v\r\n")).collect();
     let mut slow = upgrade_head(edge.addr, "");
@@ -286,6 +290,7 @@ async fn hostile_websocket_upgrades_are_refused_without_harm_to_other_sockets() 
         assert_eq!(answer, expected, "{case}");
     }
     control_receives(&app, &mut watcher).await;
+    baseline.assert_edge_returns(&edge).await;
 }
 
 /// Sends one raw gRPC message body to `path` and returns the call's `grpc-status`.
