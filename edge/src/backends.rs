@@ -68,6 +68,22 @@ impl Backends {
         connections_per_backend: usize,
         service_token: ServiceToken,
     ) -> Result<Backends, BackendError> {
+        Self::with_keepalive(
+            urls,
+            connections_per_backend,
+            service_token,
+            &ConnectionLimits::default(),
+        )
+    }
+
+    /// Like [`Backends::new`], with the keep-alive of `limits`
+    /// (`edge.connections.backend_keepalive_interval` and `_timeout`).
+    pub fn with_keepalive(
+        urls: &[String],
+        connections_per_backend: usize,
+        service_token: ServiceToken,
+        limits: &ConnectionLimits,
+    ) -> Result<Backends, BackendError> {
         if urls.is_empty() {
             return Err(BackendError::NoBackends);
         }
@@ -82,15 +98,14 @@ impl Backends {
                 })?
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(20))
+                .http2_keep_alive_interval(limits.backend_keepalive_interval)
+                .keep_alive_timeout(limits.backend_keepalive_timeout)
                 .initial_stream_window_size(Some(4 * 1024 * 1024))
                 .initial_connection_window_size(Some(16 * 1024 * 1024));
             for _ in 0..connections_per_backend.max(1) {
                 channels.push(endpoint.connect_lazy());
             }
         }
-        let limits = ConnectionLimits::default();
         Ok(Backends {
             channels,
             urls: firsts,
@@ -164,6 +179,12 @@ impl Backends {
             });
         }
         Ok(())
+    }
+
+    /// Streams held towards the backends now.
+    pub fn streams_held(&self) -> usize {
+        self.max_streams
+            .saturating_sub(self.streams.available_permits())
     }
 
     /// A place for one more stream towards the backends, held until dropped; refused

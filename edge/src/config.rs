@@ -127,6 +127,14 @@ pub struct ConnectionLimits {
     /// is answered DEADLINE_EXCEEDED when the backend does not answer within this long.
     #[serde(with = "herald_proto::support::duration")]
     pub backend_call_timeout: Duration,
+    /// How often the edge pings each backend connection while it has streams open, and how
+    /// long it waits for the answer before it takes the connection for dead and fails its
+    /// streams (the feeds reconnect and resume). A black-holed link is noticed within the
+    /// sum of the two.
+    #[serde(with = "herald_proto::support::duration")]
+    pub backend_keepalive_interval: Duration,
+    #[serde(with = "herald_proto::support::duration")]
+    pub backend_keepalive_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -140,6 +148,8 @@ impl Default for ConnectionLimits {
             max_per_user: 64,
             max_backend_streams: 8192,
             backend_call_timeout: Duration::from_secs(10),
+            backend_keepalive_interval: Duration::from_secs(20),
+            backend_keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -48,10 +48,10 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Slots::<IpAddr>::new(limits.max_per_ip);
     let connections = TaskTracker::new();
     loop {

@@ -42,4 +42,6 @@ pub(crate) struct EdgeContext {
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// Authenticated sockets per user (`edge.connections.max_per_user`).
     pub(crate) users: Arc<slots::Slots<String>>,
+    /// The connection cap's semaphore (`edge.connections.max_connections`), for `/statsz`.
+    pub(crate) connections: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }

@@ -54,10 +54,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
     let backends = Arc::new(
-        Backends::new(
+        Backends::with_keepalive(
             &config.backends,
             config.connections_per_backend,
             service_token,
+            &config.connections,
         )?
         .with_limits(&config.connections),
     );
@@ -69,16 +70,22 @@ pub async fn run(
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
         users: crate::slots::Slots::new(config.connections.max_per_user),
+        connections: std::sync::OnceLock::new(),
         config,
         shutdown: shutdown.clone(),
     });
     let sessions = TaskTracker::new();
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    ctx.connections
+        .set(connection_slots.clone())
+        .expect("set once, before serving");
     let grpc_web =
         tonic_web::GrpcWebLayer::new().layer(BackendProxy::new(backends, limits.body_read_timeout));
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/statsz", get(stats))
         .fallback_service(grpc_web)
         .layer(middleware::from_fn_with_state(ctx.clone(), check_origin))
         .with_state((ctx, sessions.clone()));
@@ -86,7 +93,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
-    connections::serve(listener, app, limits, shutdown, grace).await;
+    connections::serve(listener, app, limits, connection_slots, shutdown, grace).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
@@ -121,6 +128,29 @@ async fn upgrade(
             let (sink, stream) = socket.split();
             sessions.track_future(session::run(sink, stream, ctx, bearer))
         })
+}
+
+/// What the edge holds now, as JSON: open client connections, WebSocket sessions, topic
+/// feeds and streams towards the backends. For operators and for tests that check the edge
+/// returns to its baseline after abuse.
+async fn stats(State((ctx, sessions)): State<AppState>) -> Response {
+    let connections = ctx.connections.get().map_or(0, |slots| {
+        ctx.config
+            .connections
+            .max_connections
+            .saturating_sub(slots.available_permits())
+    });
+    let body = serde_json::json!({
+        "connections": connections,
+        "sessions": sessions.len(),
+        "feeds": ctx.feeds.topic_count(),
+        "backend_streams": ctx.backends.streams_held(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ready(State((ctx, _)): State<AppState>) -> Response {

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use herald_backend::{history::PageBudget, lanes::KindRetention, topic::Topic};
-use herald_e2e::{TestApp, edge::spawn_edge, range, spawn_app, spawn_app_with};
+use herald_e2e::{
+    TestApp, edge::spawn_edge, history_checker::HistoryChecker, range, spawn_app, spawn_app_with,
+};
 use herald_proto::v1::StreamPosition;
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
@@ -58,19 +60,26 @@ async fn a_durable_topic_resumes_across_a_restart_with_its_offsets_and_epoch_and
 
     let mut sub = service.resume("order:restart", first.clone()).await;
     assert!(sub.subscribed.recovered);
+    let checker = HistoryChecker::new();
+    for (n, offset) in (1..=4).zip(1..) {
+        checker.acked("order:restart", offset, &format!("n{n}"));
+    }
+    checker.expect("service", "order:restart", first.offset);
     let events: Vec<_> = [
         sub.next_event().await,
         sub.next_event().await,
         sub.next_event().await,
     ]
     .into();
-    assert_eq!(
-        events.iter().map(|e| e.offset).collect::<Vec<_>>(),
-        vec![2, 3, 4]
-    );
+    for event in &events {
+        checker.delivered_event("service", event);
+    }
     assert!(events.iter().all(|e| e.epoch == first.epoch));
-    service.publish("order:restart", 5).await;
-    assert_eq!(sub.next_event().await.offset, 5, "then live");
+    let fifth = service.publish("order:restart", 5).await;
+    checker.acked("order:restart", fifth.offset, "n5");
+    checker.delivered_event("service", &sub.next_event().await);
+    checker.assert_clean();
+    assert_eq!(checker.classify().ok, 4, "2, 3, 4, then live 5");
 
     let room_sub = service.resume("room:restart", room).await;
     assert!(

@@ -10,6 +10,8 @@ mod durable;
 mod durable_publish_bounds;
 mod edge;
 mod edge_replay;
+mod faults;
+mod hostile;
 mod lifecycle;
 mod notifications;
 mod orders;

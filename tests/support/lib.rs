@@ -8,9 +8,13 @@
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod baseline;
 pub mod edge;
+pub mod fault_proxy;
+pub mod history_checker;
 pub mod postgres;
 pub mod process;
+pub mod sdk;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -471,4 +475,18 @@ impl Subscription {
 /// `1..=n` as a vector, for comparing offsets.
 pub fn range(from: u64, to: u64) -> Vec<u64> {
     (from..=to).collect()
+}
+
+/// Polls `done` until it holds, failing after a generous deadline.
+pub async fn eventually(what: &str, done: impl Fn() -> bool) {
+    eventually_within(what, PATIENCE * 2, done).await;
+}
+
+/// Like [`eventually`], with a deadline of `patience`.
+pub async fn eventually_within(what: &str, patience: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

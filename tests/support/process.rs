@@ -80,6 +80,11 @@ pub async fn spawn_edge_process_with(
 }
 
 impl HeraldProcess {
+    /// The process id, to count its open file descriptors.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running process has an id")
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -101,9 +106,18 @@ pub struct ServeProcess {
 /// Starts `herald serve` on free ports with its data (and SQLite database) in `data_dir`,
 /// and waits until both the backend and the edge listen.
 pub async fn spawn_serve_process(data_dir: &std::path::Path) -> ServeProcess {
+    spawn_serve_process_at(data_dir, "127.0.0.1:0", "127.0.0.1:0").await
+}
+
+/// Starts `herald serve` on given addresses (to restart one where its clients expect it).
+pub async fn spawn_serve_process_at(
+    data_dir: &std::path::Path,
+    grpc_addr: &str,
+    http_addr: &str,
+) -> ServeProcess {
     let mut child = Command::new(herald_binary())
         .args(["--log-format", "json", "serve"])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", grpc_addr, "--http-addr", http_addr])
         .arg("--data-dir")
         .arg(data_dir)
         .env("HERALD_AUTH_HS256_SECRET", SECRET)
@@ -146,6 +160,11 @@ pub async fn spawn_serve_process(data_dir: &std::path::Path) -> ServeProcess {
 }
 
 impl ServeProcess {
+    /// The process id, to count its open file descriptors.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running process has an id")
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.http_addr)
     }

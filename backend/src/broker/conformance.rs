@@ -486,3 +486,56 @@ async fn finding_3_history_bytes_of_all_topics_stay_within_their_cap() {
         assert_eq!(stats.refused_at_capacity, 0, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_publisher_flooding_unique_keys_evicts_only_its_own_keys_within_its_share() {
+    for (name, make) in BROKERS {
+        let hub = Hub::new(16);
+        let broker = make(
+            hub.clone(),
+            RetentionConfig {
+                max_idempotency_keys_per_publisher: 10,
+                ..capped(usize::MAX, usize::MAX, 100)
+            },
+        );
+        let _listening = hub.subscribe(&topic()).unwrap();
+        let by = |publisher: &str, key: &str| EventDraft {
+            publisher: publisher.into(),
+            ..draft(&topic(), Some(key))
+        };
+        let first = broker.publish(by("alice", "order-1")).await.unwrap();
+        // Far more unique keys than the global cap, on the same topic and on others.
+        for i in 0..1000 {
+            let flood = EventDraft {
+                topic: room(i % 7),
+                ..by("mallory", &format!("flood-{i}"))
+            };
+            broker.publish(flood).await.unwrap();
+            broker
+                .publish(by("mallory", &format!("same-{i}")))
+                .await
+                .unwrap();
+            assert!(broker.stats().idempotency_keys <= 11, "{name}");
+        }
+        let retry = broker.publish(by("alice", "order-1")).await.unwrap();
+        assert!(retry.duplicate, "{name}: alice's key survived the flood");
+        assert_eq!(retry.position, first.position, "{name}");
+        assert!(broker.stats().evicted_keys >= 1990, "{name}");
+        assert_eq!(broker.stats().refused_at_capacity, 0, "{name}");
+        // The flooder's newest keys are still remembered; its oldest are not.
+        assert!(
+            broker
+                .publish(by("mallory", "same-999"))
+                .await
+                .unwrap()
+                .duplicate
+        );
+        assert!(
+            !broker
+                .publish(by("mallory", "same-0"))
+                .await
+                .unwrap()
+                .duplicate
+        );
+    }
+}

@@ -68,6 +68,10 @@ pub struct RetentionConfig {
     pub max_history_bytes: usize,
     /// The most idempotency keys remembered, all topics together.
     pub max_idempotency_keys: usize,
+    /// The most idempotency keys remembered for one publisher (token `sub`), all topics
+    /// together. A publisher at its share that publishes with a new key forgets its own
+    /// oldest key, so a flood of unique keys never pushes out other publishers' keys.
+    pub max_idempotency_keys_per_publisher: usize,
 }
 
 impl Default for RetentionConfig {
@@ -79,6 +83,7 @@ impl Default for RetentionConfig {
             max_topics: 100_000,
             max_history_bytes: 256 * 1024 * 1024,
             max_idempotency_keys: 1_000_000,
+            max_idempotency_keys_per_publisher: 100_000,
         }
     }
 }
@@ -95,6 +100,8 @@ struct Totals {
     evicted_topics: AtomicU64,
     trimmed_events: AtomicU64,
     refused: AtomicU64,
+    /// Keys forgotten because their publisher reached its share.
+    evicted_keys: AtomicU64,
 }
 
 struct TopicLog {
@@ -211,6 +218,9 @@ enum Room {
     Key,
 }
 
+/// Per publisher, its keys oldest first: when each was claimed, on which topic, the key.
+type PublisherKeys = HashMap<String, VecDeque<(Instant, Topic, String)>>;
+
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     retention: RetentionConfig,
@@ -219,6 +229,10 @@ pub struct MemoryBroker {
     /// Keys the epoch hash: epochs are unpredictable and differ after a restart.
     secret: RandomState,
     generations: Box<[AtomicU32]>,
+    /// Each publisher's keys, oldest first (`max_idempotency_keys_per_publisher`). An entry
+    /// may outlive its key (expired, or its log forgotten); such entries only count against
+    /// their publisher's own share until the window drops them.
+    publisher_keys: Mutex<PublisherKeys>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -238,7 +252,59 @@ impl MemoryBroker {
             totals: Totals::default(),
             secret: RandomState::new(),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            publisher_keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a new key against its publisher's share; at the share, forgets that
+    /// publisher's oldest key (never another publisher's). Called before the write locks its
+    /// own log, so the eviction may lock any log.
+    fn claim_publisher_share(&self, topic: &Topic, publisher: &str, key: &str) {
+        let now = Instant::now();
+        let window = self.retention.idempotency_window;
+        let share = self.retention.max_idempotency_keys_per_publisher.max(1);
+        let mut evicted = Vec::new();
+        {
+            let mut all = lock(&self.publisher_keys);
+            let queue = all.entry(publisher.to_owned()).or_default();
+            while queue
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) >= window)
+            {
+                queue.pop_front();
+            }
+            while queue.len() >= share {
+                if let Some(oldest) = queue.pop_front() {
+                    evicted.push(oldest);
+                }
+            }
+            queue.push_back((now, topic.clone(), key.to_owned()));
+        }
+        for (_, topic, key) in evicted {
+            if let Some(log) = self.existing(&topic)
+                && lock(&log)
+                    .keys
+                    .remove(&(publisher.to_owned(), key))
+                    .is_some()
+            {
+                self.totals.keys.fetch_sub(1, Ordering::Relaxed);
+                self.totals.evicted_keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops the per-publisher entries whose window has passed, and publishers left with none.
+    fn sweep_publisher_keys(&self, now: Instant) {
+        let window = self.retention.idempotency_window;
+        lock(&self.publisher_keys).retain(|_, queue| {
+            while queue
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) >= window)
+            {
+                queue.pop_front();
+            }
+            !queue.is_empty()
+        });
     }
 
     fn generation(&self, topic: &Topic) -> &AtomicU32 {
@@ -423,6 +489,7 @@ impl MemoryBroker {
             evicted_topics: self.totals.evicted_topics.load(Ordering::Relaxed),
             trimmed_events: self.totals.trimmed_events.load(Ordering::Relaxed),
             refused_at_capacity: self.totals.refused.load(Ordering::Relaxed),
+            evicted_keys: self.totals.evicted_keys.load(Ordering::Relaxed),
         }
     }
 
@@ -431,6 +498,7 @@ impl MemoryBroker {
     /// starts a new epoch.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
+        self.sweep_publisher_keys(now);
         let mut topics = lock(&self.topics);
         let before = topics.len();
         topics.retain(|topic, log| {
@@ -523,6 +591,9 @@ impl Broker for MemoryBroker {
             .as_ref()
             .is_some_and(|key| lock(&log).keys.contains_key(key));
         if !known_key {
+            if let Some((publisher, key)) = &key {
+                self.claim_publisher_share(&draft.topic, publisher, key);
+            }
             self.reserve(estimated_size(&draft), key.is_some())?;
         }
         let mut log = lock(&log);

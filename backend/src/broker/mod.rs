@@ -97,6 +97,9 @@ pub struct BrokerStats {
     pub trimmed_events: u64,
     /// Writes refused because a cap was reached and nothing could be freed.
     pub refused_at_capacity: u64,
+    /// Idempotency keys forgotten early because their publisher reached its share
+    /// (`retention.max_idempotency_keys_per_publisher`).
+    pub evicted_keys: u64,
 }
 
 /// The contract every broker keeps.
