@@ -84,6 +84,8 @@ export function bell(store: InboxStore, context: PanelContext): { element: HTMLE
 
   const setOpen = (next: boolean, focusBell = false) => {
     open = next;
+    // On narrow screens the dropdown is fixed to the viewport, just under the bell.
+    if (open) dropdown.style.setProperty("--bell-bottom", `${Math.round(button.getBoundingClientRect().bottom + 8)}px`);
     dropdown.hidden = !open;
     button.setAttribute("aria-expanded", String(open));
     if (open && (state.counts?.unseen ?? 0) > 0) act("Marking seen", () => store.markSeen());
