@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Herald's one test command: installs whatever the tests need and is missing on a fresh
-# Debian machine (Node.js for the proto linter, PostgreSQL for the database tests), then
-# lints and runs every test. The end-to-end suite runs twice: on SQLite, then on PostgreSQL.
+# Debian machine (Node.js for the proto linter, PostgreSQL for the database tests, Chromium
+# for the web console's browser tests), then lints and runs every test. The end-to-end suite
+# runs twice: on SQLite, then on PostgreSQL.
 #
 #   bash tests/run.sh            # everything
 #   HERALD_SKIP_LINT=1 bash tests/run.sh   # tests only
@@ -25,6 +26,8 @@ command -v npx >/dev/null || missing+=(nodejs npm)
 # The tests start their own throwaway PostgreSQL clusters with initdb and pg_ctl.
 pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
 [ -x "$pg_bindir/initdb" ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+# The web console's browser tests drive Debian's Chromium (playwright-core downloads no browser).
+[ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] || install_apt "${missing[@]}"
 
 if [ -z "${HERALD_SKIP_LINT:-}" ]; then
@@ -52,6 +55,19 @@ step "grpc-web end-to-end tests with Connect-ES (tests/web: npm ci, buf generate
 
 step "TypeScript SDK (clients/ts: npm ci, build, unit and integration tests against herald serve)"
 (cd clients/ts && npm ci --no-audit --no-fund && npm run build && npm test)
+
+step "web console (clients/web: npm ci, build, the committed dist/ is that build, browser tests in Chromium)"
+(
+    cd clients/web
+    npm ci --no-audit --no-fund
+    npm run build
+    if [ -n "$(git status --porcelain -- dist)" ]; then
+        git status --short -- dist >&2
+        echo "error: clients/web/dist is not the build of clients/web: run \`npm run build\` there and commit dist/" >&2
+        exit 1
+    fi
+    npm test
+)
 
 fuzz_seconds="${HERALD_FUZZ_SECONDS:-60}"
 if [ "$fuzz_seconds" -gt 0 ]; then

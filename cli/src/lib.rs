@@ -234,7 +234,7 @@ pub struct ServeArgs {
     )]
     pub hs256_secret: Option<String>,
 
-    /// Address of the browser edge (WebSocket /ws, grpc-web, /healthz, /readyz) [default: 127.0.0.1:8080]
+    /// Address of the browser edge (the web console at /, WebSocket /ws, grpc-web, /healthz, /readyz) [default: 127.0.0.1:8080]
     #[arg(long, env = "HERALD_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
 

@@ -52,6 +52,7 @@ pub async fn serve(
     // The dev key may have just been created: the edge signs its service tokens with it.
     if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
         config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
+        edge_config.dev_tokens = dev_tokens(&config);
     }
     let backend = tokio::spawn(backend.serve(grpc, shutdown.clone()));
     let edge = match http {
@@ -135,8 +136,13 @@ pub async fn serve_edge(
         backend: mut config,
         edge,
     } = settings;
+    let development = config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty();
     if config.auth.hs256_secret.is_none() && edge_auth.edge_service_token.is_none() {
         config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
+    }
+    let mut edge = edge;
+    if development {
+        edge.dev_tokens = dev_tokens(&config);
     }
     let http = bind(edge.http_addr, "--http-addr", reuse_port)?;
     let token = service_token(&config, edge_auth)?;
@@ -188,5 +194,20 @@ fn service_token(
         claims.iss.clone_from(&issuer);
         claims.aud.clone_from(&audience);
         dev_key::sign_hs256(&secret, &claims).unwrap_or_default()
+    }))
+}
+
+/// The console's development sign-in, signing with the development key (`config` holds it
+/// once loaded); `None` when it could not be read.
+fn dev_tokens(config: &Config) -> Option<herald_edge::DevTokens> {
+    let secret = config.auth.hs256_secret.clone()?;
+    let issuer = config.auth.issuer.clone();
+    let audience = config.auth.audience.clone();
+    Some(herald_edge::DevTokens::new(move |sub, roles, ttl| {
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let mut claims = TokenClaims::new(sub, &roles, ttl);
+        claims.iss.clone_from(&issuer);
+        claims.aud.clone_from(&audience);
+        dev_key::sign_hs256(&secret, &claims).map_err(|e| e.to_string())
     }))
 }

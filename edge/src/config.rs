@@ -22,6 +22,10 @@ pub struct EdgeConfig {
     pub shutdown_grace: Duration,
     pub limits: SocketLimits,
     pub connections: ConnectionLimits,
+    /// The web console's development sign-in (`/dev/token`). Never read from the file: the
+    /// process that starts the edge sets it when the server signs with its development key.
+    #[serde(skip)]
+    pub dev_tokens: Option<crate::console::DevTokens>,
 }
 
 impl Default for EdgeConfig {
@@ -34,6 +38,7 @@ impl Default for EdgeConfig {
             shutdown_grace: Duration::from_secs(5),
             limits: SocketLimits::default(),
             connections: ConnectionLimits::default(),
+            dev_tokens: None,
         }
     }
 }

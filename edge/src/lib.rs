@@ -9,13 +9,15 @@
 //! It holds no business rule: the backend authenticates and authorizes every socket's
 //! subscription and call with the socket's own token. `protocol` is the JSON frame format,
 //! `outbound` a socket's byte-bounded queue, `backends` the connections to the backends,
-//! [`EdgeConfig`] its settings (the `[edge]` table of the configuration file). The edge does
+//! [`EdgeConfig`] its settings (the `[edge]` table of the configuration file), `console` the
+//! embedded web console (clients/web) and its development sign-in. The edge does
 //! not depend on the backend crate: the `herald` binary (`cli/`) runs it alone (`herald edge`)
 //! or next to a backend (`herald serve`). Start with [`run`].
 
 pub mod backends;
 pub mod config;
 mod connections;
+pub mod console;
 pub mod feeds;
 pub mod grpc_web;
 pub mod outbound;
@@ -30,6 +32,7 @@ use std::sync::Arc;
 
 pub use backends::ServiceToken;
 pub use config::EdgeConfig;
+pub use console::DevTokens;
 pub use server::{EdgeError, run};
 
 /// What every session and handler shares.

@@ -1,5 +1,5 @@
-//! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the Origin allow-list,
-//! CORS for grpc-web, and graceful shutdown.
+//! The edge's HTTP server: `/ws`, grpc-web, `/healthz`, `/readyz`, the web console (`/`,
+//! `/assets/…`, `/dev/token`), the Origin allow-list, CORS for grpc-web, and graceful shutdown.
 
 use std::sync::{Arc, LazyLock};
 
@@ -81,7 +81,9 @@ pub async fn run(
         .expect("set once, before serving");
     let grpc_web =
         tonic_web::GrpcWebLayer::new().layer(BackendProxy::new(backends, limits.body_read_timeout));
+    let console = crate::console::routes(ctx.config.dev_tokens.clone());
     let app = Router::new()
+        .merge(console)
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
