@@ -18,6 +18,7 @@ pub mod config;
 mod connections;
 pub mod feeds;
 pub mod grpc_web;
+mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod ratelimit;
@@ -42,4 +43,6 @@ pub(crate) struct EdgeContext {
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// Authenticated sockets per user (`edge.connections.max_per_user`).
     pub(crate) users: Arc<slots::Slots<String>>,
+    /// This edge's metrics registry (`/metrics`).
+    pub(crate) metrics: Arc<metrics::EdgeMetrics>,
 }

@@ -64,7 +64,9 @@ pub async fn run(
     backends.check_brokers(BROKER_CHECK_PATIENCE).await?;
     let grace = config.shutdown_grace;
     let limits = config.connections.clone();
+    let metrics = crate::metrics::EdgeMetrics::new();
     let ctx = Arc::new(EdgeContext {
+        metrics: metrics.clone(),
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
@@ -78,6 +80,7 @@ pub async fn run(
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(scrape))
         .route("/readyz", get(ready))
         .fallback_service(grpc_web)
         .layer(middleware::from_fn_with_state(ctx.clone(), check_origin))
@@ -86,7 +89,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
-    connections::serve(listener, app, limits, shutdown, grace).await;
+    connections::serve(listener, app, limits, metrics, shutdown, grace).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
@@ -121,6 +124,17 @@ async fn upgrade(
             let (sink, stream) = socket.split();
             sessions.track_future(session::run(sink, stream, ctx, bearer))
         })
+}
+
+async fn scrape(State((ctx, _)): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn ready(State((ctx, _)): State<AppState>) -> Response {

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts a real backend on port 0 and talks to it over gRPC.
 
 mod abuse;
+mod admin;
 mod auth;
 mod broker_bounds;
 mod chat;
@@ -10,6 +11,7 @@ mod durable;
 mod durable_publish_bounds;
 mod edge;
 mod lifecycle;
+mod metrics;
 mod notifications;
 mod orders;
 mod outbox;

@@ -95,6 +95,9 @@ struct Totals {
     evicted_topics: AtomicU64,
     trimmed_events: AtomicU64,
     refused: AtomicU64,
+    /// Hub deliveries per lane: memory publishes, relayed durable events, broadcasts
+    /// (signals, presence) — [`crate::metrics::LANES`] order.
+    delivered: [AtomicU64; 3],
 }
 
 struct TopicLog {
@@ -415,6 +418,14 @@ impl MemoryBroker {
     }
 
     /// What the broker holds and how often its caps were reached.
+    /// Hub deliveries so far per lane ([`crate::metrics::LANES`] order).
+    pub fn deliveries(&self) -> [u64; 3] {
+        self.totals
+            .delivered
+            .each_ref()
+            .map(|count| count.load(Ordering::Relaxed))
+    }
+
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {
             topics: lock(&self.topics).len() as u64,
@@ -562,7 +573,8 @@ impl Broker for MemoryBroker {
             log.remember(now, key, published.clone(), &self.totals);
         }
         // Delivered while the log is locked: hub order is offset order.
-        self.hub.deliver(&draft.topic, HubItem::Event(event));
+        let delivered = self.hub.deliver(&draft.topic, HubItem::Event(event));
+        self.totals.delivered[0].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(published)
     }
 
@@ -578,7 +590,8 @@ impl Broker for MemoryBroker {
             Err(_) => None,
         };
         let Some(log) = log else {
-            self.hub.deliver(&topic, HubItem::Event(event));
+            let delivered = self.hub.deliver(&topic, HubItem::Event(event));
+            self.totals.delivered[1].fetch_add(delivered as u64, Ordering::Relaxed);
             return Ok(Appended::Delivered);
         };
         let mut log = lock(&log);
@@ -595,7 +608,8 @@ impl Broker for MemoryBroker {
         log.top = event.offset;
         log.push(now, event.clone(), &self.totals);
         log.trim(&self.retention, now, &self.totals);
-        self.hub.deliver(&topic, HubItem::Event(event));
+        let delivered = self.hub.deliver(&topic, HubItem::Event(event));
+        self.totals.delivered[1].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(Appended::Delivered)
     }
 
@@ -656,7 +670,8 @@ impl Broker for MemoryBroker {
     }
 
     async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError> {
-        self.hub.deliver(topic, item);
+        let delivered = self.hub.deliver(topic, item);
+        self.totals.delivered[2].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -58,6 +58,7 @@ async fn connect_with(configure: impl FnOnce(&mut EdgeConfig)) -> Peer {
         config,
         shutdown: shutdown.clone(),
         users: crate::slots::Slots::new(0),
+        metrics: crate::metrics::EdgeMetrics::new(),
     });
     let (to_session, inbound) = mpsc::channel(16);
     let (outbound, from_session) = mpsc::channel(16);
