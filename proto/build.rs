@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
     "herald/v1/chat.proto",
     "herald/v1/orders_events.proto",
     "herald/v1/orders.proto",
+    "herald/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

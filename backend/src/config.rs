@@ -26,6 +26,8 @@ use crate::{
 pub struct Config {
     /// Where the gRPC server listens.
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` (Prometheus text) is served over HTTP; off when absent.
+    pub metrics_addr: Option<SocketAddr>,
     /// Where the SQLite database and the development signing key live.
     pub data_dir: PathBuf,
     /// A `postgres://` or `sqlite://` URL; default: SQLite in the data directory.
@@ -58,6 +60,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: None,
             data_dir: PathBuf::from("herald-data"),
             database_url: None,
             shutdown_grace: Duration::from_secs(10),

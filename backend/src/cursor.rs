@@ -45,6 +45,8 @@ pub enum Ending {
     /// The subscriber's membership of the topic ended with the event just delivered (a
     /// removal, a leave): see [`crate::authz::Revocation`].
     Revoked,
+    /// An operator disconnected the user (`Admin/DisconnectUser`).
+    DisconnectedByAdmin,
 }
 
 impl Ending {
@@ -85,6 +87,11 @@ impl Ending {
                 Code::PermissionDenied,
                 CloseCode::PermissionDenied,
                 "you are no longer a member of this topic (the event before this end removed you)",
+            ),
+            Ending::DisconnectedByAdmin => (
+                Code::PermissionDenied,
+                CloseCode::DisconnectedByAdmin,
+                "disconnected by an administrator; do not reconnect automatically",
             ),
         }
     }

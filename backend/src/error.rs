@@ -87,6 +87,7 @@ impl From<Error> for Status {
                 with_code(Code::ResourceExhausted, message, CloseCode::Unavailable)
             }
             Error::Broker(error) => {
+                crate::metrics::broker_error();
                 tracing::error!(error = %error, "broker failed");
                 with_code(
                     Code::Unavailable,
@@ -109,6 +110,7 @@ impl From<Error> for Status {
                 store_status(StoreError::Unavailable(sea_orm::DbErr::Custom(cause)))
             }
             Error::Log(LogError::Failed(cause)) => {
+                crate::metrics::database_error();
                 tracing::error!(error = %cause, "event log failed");
                 Status::internal("internal database error")
             }
@@ -119,6 +121,7 @@ impl From<Error> for Status {
 fn store_status(error: StoreError) -> Status {
     match error {
         StoreError::Unavailable(cause) => {
+            crate::metrics::database_error();
             tracing::warn!(error = %cause, "database unavailable");
             let mut status = with_code(
                 Code::Unavailable,
@@ -136,6 +139,7 @@ fn store_status(error: StoreError) -> Status {
             with_code(Code::InvalidArgument, message, CloseCode::BadRequest)
         }
         StoreError::Database(cause) => {
+            crate::metrics::database_error();
             tracing::error!(error = %cause, "database failed");
             Status::internal("internal database error")
         }

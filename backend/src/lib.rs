@@ -30,11 +30,13 @@
 //! Start with [`server::run`]: it binds nothing itself; callers pass a listener (tests bind
 //! port 0) and a cancellation token for shutdown.
 
+pub mod admin_audit;
 pub mod auth;
 pub mod authz;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod cursor;
 pub mod domain;
 pub mod error;
@@ -43,6 +45,7 @@ pub mod grpc;
 pub mod history;
 pub mod hub;
 pub mod lanes;
+pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod publish;

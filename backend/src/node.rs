@@ -24,17 +24,20 @@ use herald_proto::{
 };
 use prost::Message;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Principal,
     authz::{Action, Denied, Policy},
     broker::{Broker, EventDraft, HistoryStart, Published},
+    connections::{Connections, Kill, Transport},
     cursor::LiveCursor,
     error::Error,
     event::{EventType, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, SharedEvent},
     history::{EventLog, History, HistoryError, PageBudget},
     hub::{Hub, HubItem, HubSubscription},
     lanes::Lanes,
+    metrics::{EPHEMERAL, Limit, Metrics},
     presence::{Coalescing, Online, Presence, PresenceNotifier},
     signals::{SignalBoard, SignalRate},
     subscription::{Attachment, EventStream, Replay},
@@ -125,12 +128,21 @@ pub struct Node {
     signals: SignalBoard,
     signal_rate: SignalRate,
     history_reads: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+    connections: Arc<Connections>,
 }
 
 impl Node {
     pub fn new(parts: NodeParts) -> Result<Arc<Node>, String> {
         let kinds = parts.config.presence_kinds()?;
         let topics = parts.lanes.config();
+        let metrics = Arc::new(Metrics::new());
+        let log = parts.log.map(|log| {
+            Arc::new(CountedLog {
+                inner: log,
+                metrics: metrics.clone(),
+            }) as Arc<dyn EventLog>
+        });
         Ok(Arc::new(Node {
             signals: SignalBoard::new(topics.max_kept_signals),
             signal_rate: SignalRate::new(topics.signal_rate, topics.signal_burst),
@@ -143,7 +155,9 @@ impl Node {
                     max_members: parts.config.presence_max_members,
                 },
             ),
-            history: History::new(parts.broker.clone(), parts.log, parts.lanes),
+            history: History::new(parts.broker.clone(), log, parts.lanes),
+            metrics,
+            connections: Connections::new(),
             history_reads: Arc::new(tokio::sync::Semaphore::new(
                 parts.config.max_concurrent_history,
             )),
@@ -152,6 +166,22 @@ impl Node {
             policy: parts.policy,
             config: parts.config,
         }))
+    }
+
+    /// Who has streams open on this node (see [`crate::connections`]).
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// A topic's presence, without a policy check (for `Admin/TopicInfo`, whose caller is
+    /// checked for the admin role).
+    pub async fn members(&self, topic: &Topic) -> Result<Vec<PresenceMember>, Error> {
+        Ok(self.presence.store().members(topic).await?)
+    }
+
+    /// This node's metrics registry (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Where history is read from (transports page replays through it).
@@ -214,6 +244,13 @@ impl Node {
 
         let attachment = self.attach(who, &topic, since, &live).await?;
         let expiry = Box::pin(tokio::time::sleep(who.time_left()));
+        let disconnect = CancellationToken::new();
+        let registration = self.connections.register(
+            &who.user_id,
+            &topic,
+            Transport::Grpc,
+            Kill::Stream(disconnect.clone()),
+        );
         Ok(EventStream::new(
             topic,
             attachment,
@@ -221,7 +258,8 @@ impl Node {
             self.hub.clone(),
             self.history.clone(),
             expiry,
-        ))
+        )
+        .with_disconnect(disconnect, registration))
     }
 
     /// Works out what a subscriber of `topic` resuming after `since` is replayed, and joins
@@ -242,6 +280,7 @@ impl Node {
             self.authorize(who, Action::Read, topic).await?;
         }
         let durable = self.lanes().is_durable(topic);
+        let resuming = since.is_some();
         let (subscribed, start, replay) = match since {
             None => {
                 let (top, _) = self
@@ -277,7 +316,14 @@ impl Node {
             None => Vec::new(),
         };
         let presence = self.presence.join(who, topic).await;
+        if resuming {
+            self.metrics.resumed(subscribed.recovered);
+        }
+        let counted = self
+            .metrics
+            .subscription(topic.kind(), self.lanes().lane(topic.kind()));
         Ok(Attachment {
+            counted,
             subscribed,
             signals,
             cursor: LiveCursor::new(start, durable),
@@ -338,6 +384,9 @@ impl Node {
                 idempotency_key: idempotency_key.map(|key| key.as_str().to_owned()),
             })
             .await?;
+        if !published.duplicate {
+            self.metrics.published(0);
+        }
         Ok(published)
     }
 
@@ -390,6 +439,7 @@ impl Node {
         }
         self.check_data_size(&data)?;
         if !self.signal_rate.allow(&who.user_id) {
+            self.metrics.limit_hit(Limit::SignalRate);
             let topics = self.lanes().config();
             return Err(Error::RateLimited(format!(
                 "too many signals: at most {} per second (bursts of {}) per sender \
@@ -448,6 +498,7 @@ impl Node {
         self.broker
             .broadcast(topic, HubItem::Signal(signal))
             .await?;
+        self.metrics.published(EPHEMERAL);
         Ok(time)
     }
 
@@ -476,6 +527,7 @@ impl Node {
             n => n,
         };
         let Ok(_reading) = self.history_reads.try_acquire() else {
+            self.metrics.limit_hit(Limit::ConcurrentHistory);
             return Err(Error::Busy(format!(
                 "too many History calls in progress (at most {}, node.max_concurrent_history); retry shortly",
                 self.config.max_concurrent_history
@@ -544,6 +596,34 @@ impl Node {
     /// Ends every subscription with a "shutting down" status and refuses new ones.
     pub fn shutdown(&self) {
         self.hub.shutdown();
+    }
+}
+
+/// The history of record, counting the pages read from it (`herald_catchup_pages_total`).
+#[derive(Debug)]
+struct CountedLog {
+    inner: Arc<dyn EventLog>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl EventLog for CountedLog {
+    async fn bounds(
+        &self,
+        topic: &Topic,
+    ) -> Result<crate::history::LogBounds, crate::history::LogError> {
+        self.inner.bounds(topic).await
+    }
+
+    async fn read(
+        &self,
+        topic: &Topic,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Arc<SharedEvent>>, crate::history::LogError> {
+        self.metrics.catchup_page();
+        self.inner.read(topic, after, limit, max_bytes).await
     }
 }
 

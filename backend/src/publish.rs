@@ -68,7 +68,7 @@ impl Publisher {
                 command.idempotency_key,
             )
             .await?;
-        Ok(self
+        let published = self
             .store
             .publish(
                 &who.user_id,
@@ -77,6 +77,10 @@ impl Publisher {
                 command.data,
                 key.as_ref(),
             )
-            .await?)
+            .await?;
+        if !published.duplicate {
+            self.node.metrics().published(1);
+        }
+        Ok(published)
     }
 }

@@ -4,9 +4,10 @@
 use std::{future::Future, sync::Arc};
 
 use herald_proto::server::{
-    auth_server::AuthServer, chat_server::ChatServer, deployments_server::DeploymentsServer,
-    edge_server::EdgeServer, notifications_server::NotificationsServer,
-    orders_server::OrdersServer, reviews_server::ReviewsServer, rooms_server::RoomsServer,
+    admin_server::AdminServer, auth_server::AuthServer, chat_server::ChatServer,
+    deployments_server::DeploymentsServer, edge_server::EdgeServer,
+    notifications_server::NotificationsServer, orders_server::OrdersServer,
+    reviews_server::ReviewsServer, rooms_server::RoomsServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -199,6 +200,18 @@ impl Backend {
             relay_faults,
         } = self;
         let tracker = tokio_util::task::TaskTracker::new();
+        if let Some(addr) = config.metrics_addr {
+            let listener = TcpListener::bind(addr).await.map_err(|source| {
+                ServeError::Config(format!("metrics_addr {addr}: cannot listen: {source}"))
+            })?;
+            let sources = crate::metrics::Sources {
+                node: node.clone(),
+                broker: broker.clone(),
+                store: store.clone(),
+                verifier: verifier.clone(),
+            };
+            tracker.spawn(crate::metrics::serve(listener, sources, shutdown.clone()));
+        }
         tracker.spawn(
             broker
                 .clone()
@@ -288,6 +301,14 @@ impl Backend {
         let orders = tonic::service::interceptor::InterceptedService::new(
             OrdersServer::new(OrdersService::new(orders))
                 .max_decoding_message_size(config.grpc.max_decode_bytes),
+            AuthInterceptor::new(verifier.clone()),
+        );
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            AdminServer::new(crate::grpc::admin::AdminService::new(
+                node.clone(),
+                store.clone(),
+            ))
+            .max_decoding_message_size(config.grpc.max_decode_bytes),
             AuthInterceptor::new(verifier),
         );
 
@@ -306,6 +327,8 @@ impl Backend {
             }
         };
         let server = tonic::transport::Server::builder()
+            // One span per RPC and stream: the method only (never metadata: tokens).
+            .trace_fn(|request| tracing::info_span!("rpc", method = request.uri().path()))
             .http2_keepalive_interval(Some(config.grpc.keepalive_interval))
             .http2_keepalive_timeout(Some(config.grpc.keepalive_timeout))
             .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
@@ -319,6 +342,7 @@ impl Backend {
             .add_service(reviews)
             .add_service(chat)
             .add_service(orders)
+            .add_service(admin)
             .serve_with_incoming_shutdown(accepted(listener), stop_node);
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();

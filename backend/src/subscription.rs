@@ -27,14 +27,17 @@ use herald_proto::{
     v1::{Signal, StreamPosition, SubscribeResponse, Subscribed, subscribe_response::Frame},
 };
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use crate::{
     authz::Revocation,
+    connections::Registration,
     cursor::{Ending, LiveCursor, Verdict},
     event::SharedEvent,
     history::{History, HistoryError, PageBudget, PageRead},
     hub::{CloseReason, Hub, HubItem, HubSubscription},
+    metrics::SubscriptionGauge,
     presence::PresenceGuard,
     topic::Topic,
 };
@@ -42,6 +45,8 @@ use crate::{
 /// Everything a new subscriber needs, from [`crate::node::Node::attach`].
 #[derive(Debug)]
 pub struct Attachment {
+    /// Counts the subscription in `herald_subscriptions` while held.
+    pub counted: SubscriptionGauge,
     /// The first frame for the subscriber.
     pub subscribed: Subscribed,
     /// The latest keyed signals within their TTL, to send right after `subscribed`.
@@ -94,6 +99,10 @@ pub struct EventStream {
     revoked: bool,
     done: bool,
     _presence: Option<PresenceGuard>,
+    counted: SubscriptionGauge,
+    /// Completes when an admin disconnects the user (gRPC streams only).
+    disconnected: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    _registration: Option<Registration>,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -142,7 +151,22 @@ impl EventStream {
             revoked: false,
             done: false,
             _presence: attachment.presence,
+            counted: attachment.counted,
+            disconnected: None,
+            _registration: None,
         }
+    }
+
+    /// Ends the stream with CLOSE_CODE_DISCONNECTED_BY_ADMIN once `token` is cancelled; the
+    /// registration lists it in `Admin/ListConnections` while it is open.
+    pub(crate) fn with_disconnect(
+        mut self,
+        token: CancellationToken,
+        registration: Registration,
+    ) -> EventStream {
+        self.disconnected = Some(Box::pin(token.cancelled_owned()));
+        self._registration = Some(registration);
+        self
     }
 
     /// Delivers `event` (the cursor said so), noting whether it ends the membership.
@@ -253,6 +277,11 @@ impl Stream for EventStream {
             if this.expiry.as_mut().poll(cx).is_ready() {
                 return this.end(Ending::TokenExpired);
             }
+            if let Some(disconnected) = &mut this.disconnected
+                && disconnected.as_mut().poll(cx).is_ready()
+            {
+                return this.end(Ending::DisconnectedByAdmin);
+            }
             match &this.catch_up {
                 CatchUp::Due => {
                     if let Err(ending) = this.start_read() {
@@ -283,7 +312,18 @@ impl Stream for EventStream {
             };
             match item {
                 HubItem::Event(event) => match this.cursor.accept(&event) {
-                    Verdict::Deliver => return this.deliver(&event),
+                    Verdict::Deliver => {
+                        // Live events only: a replayed one's age is the client's absence.
+                        if let Some(published) = event
+                            .event()
+                            .time
+                            .as_ref()
+                            .and_then(herald_proto::system_time)
+                        {
+                            this.counted.metrics().lag().observe_since(published);
+                        }
+                        return this.deliver(&event);
+                    }
                     Verdict::Skip => continue,
                     Verdict::Fill => this.catch_up = CatchUp::Due,
                     Verdict::End(ending) => return this.end(ending),

@@ -213,6 +213,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_GRPC_ADDR", value_name = "ADDR")]
     pub grpc_addr: Option<SocketAddr>,
 
+    /// Address of the backend's Prometheus `/metrics` [default: 127.0.0.1:9464 without --config; with one, its `metrics_addr`, off when unset]
+    #[arg(long, env = "HERALD_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub data: DataDirArg,
 
@@ -576,6 +580,10 @@ impl CliError {
     }
 }
 
+/// Where `herald serve` without a configuration file serves the backend's `/metrics`.
+pub const DEV_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
 /// The configuration in effect: defaults, then the file, then flags and environment.
 pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
     let mut settings = match &cli.config {
@@ -589,6 +597,22 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
     if let Command::Serve(args) = &cli.command {
         if let Some(addr) = args.grpc_addr {
             config.grpc_addr = addr;
+        }
+        match args.metrics_addr {
+            Some(addr) => config.metrics_addr = Some(addr),
+            // `herald serve` without a file is the development setup: metrics on, unless
+            // the port is taken (another local server), which only costs the metrics.
+            None if cli.config.is_none() => {
+                if std::net::TcpListener::bind(DEV_METRICS_ADDR).is_ok() {
+                    config.metrics_addr = Some(DEV_METRICS_ADDR);
+                } else {
+                    tracing::warn!(
+                        metrics_addr = %DEV_METRICS_ADDR,
+                        "the metrics port is in use: /metrics is off; pass --metrics-addr"
+                    );
+                }
+            }
+            None => {}
         }
         if let Some(url) = &args.database_url {
             config.database_url = Some(url.clone());

@@ -49,6 +49,7 @@ pub(crate) async fn serve(
     app: Router,
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
+    metrics: Arc<crate::metrics::EdgeMetrics>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -77,6 +78,7 @@ pub(crate) async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.limit_hit(crate::metrics::Limit::MaxConnections);
             let body = format!(
                 "the edge holds its limit of {} open connections (edge.connections.max_connections); retry later\n",
                 limits.max_connections
@@ -85,6 +87,7 @@ pub(crate) async fn serve(
             continue;
         };
         let Some(address_slot) = per_ip.try_acquire(&peer.ip()) else {
+            metrics.limit_hit(crate::metrics::Limit::MaxPerIp);
             let body = format!(
                 "this address holds its limit of {} open connections (edge.connections.max_per_ip)\n",
                 limits.max_per_ip

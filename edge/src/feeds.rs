@@ -377,7 +377,7 @@ impl Feed {
                     since: since.clone(),
                 };
             }
-            outgoing.push_back(attach_request(*id, &sub.token, since));
+            outgoing.push_back(attach_request(*id, &sub.token, since, sub.out.socket()));
         }
         outgoing
     }
@@ -448,8 +448,12 @@ impl Feed {
     fn queue_command(&mut self, command: Command) -> Option<FollowRequest> {
         match command {
             Command::Attach(request) => {
-                let attach =
-                    attach_request(request.subscriber, &request.token, request.since.clone());
+                let attach = attach_request(
+                    request.subscriber,
+                    &request.token,
+                    request.since.clone(),
+                    request.out.socket(),
+                );
                 self.subscribers.insert(
                     request.subscriber,
                     Subscriber {
@@ -591,10 +595,11 @@ impl Feed {
     /// A live event: encoded once, queued to every live subscriber still below it.
     fn on_event(&mut self, event: &Event) {
         let mut push = None;
+        let published = event.time.as_ref().and_then(herald_proto::system_time);
         for sub in self.subscribers.values_mut() {
             if sub.is_live() && sub.last < event.offset {
                 let frame = push.get_or_insert_with(|| protocol::event_push(event));
-                sub.out.push(OutItem::Text(frame.clone()));
+                sub.out.push(OutItem::Event(frame.clone(), published));
                 sub.last = event.offset;
             }
         }
@@ -635,6 +640,10 @@ impl Feed {
             }
         };
         end(&self.topic, detached.subscriber, &sub.out, frame);
+        if code == CloseCode::DisconnectedByAdmin {
+            // The user was disconnected everywhere: the socket closes too, with that code.
+            sub.out.disconnect();
+        }
     }
 
     /// Asks for a replaying subscriber's next page once its socket has drained this one.
@@ -694,12 +703,18 @@ fn end(topic: &Arc<str>, subscriber: u64, out: &Outbound, frame: String) {
     })));
 }
 
-fn attach_request(subscriber: u64, token: &str, since: Option<StreamPosition>) -> FollowRequest {
+fn attach_request(
+    subscriber: u64,
+    token: &str,
+    since: Option<StreamPosition>,
+    socket: u64,
+) -> FollowRequest {
     FollowRequest {
         action: Some(Action::Attach(FollowAttach {
             subscriber,
             token: token.to_owned(),
             since,
+            socket,
         })),
     }
 }

@@ -20,6 +20,7 @@ mod connections;
 pub mod console;
 pub mod feeds;
 pub mod grpc_web;
+mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod ratelimit;
@@ -47,4 +48,6 @@ pub(crate) struct EdgeContext {
     pub(crate) users: Arc<slots::Slots<String>>,
     /// The connection cap's semaphore (`edge.connections.max_connections`), for `/statsz`.
     pub(crate) connections: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// This edge's metrics registry (`/metrics`).
+    pub(crate) metrics: Arc<metrics::EdgeMetrics>,
 }

@@ -24,6 +24,8 @@ const IDLE_CAPACITY: usize = 16;
 pub enum OutItem {
     /// A text frame; cloning shares the bytes, so a push encoded once serves every socket.
     Text(Utf8Bytes),
+    /// A live event's push, with the event's publish time (for the delivery lag metric).
+    Event(Utf8Bytes, Option<std::time::SystemTime>),
     /// A frame that also ends one of the socket's subscriptions (an error reply to its
     /// `subscribe`, or an `unsubscribed` push).
     Ended(Box<Ended>),
@@ -39,7 +41,7 @@ pub struct Ended {
 impl OutItem {
     fn len(&self) -> usize {
         match self {
-            OutItem::Text(text) => text.as_str().len(),
+            OutItem::Text(text) | OutItem::Event(text, _) => text.as_str().len(),
             OutItem::Ended(ended) => ended.frame.as_str().len(),
         }
     }
@@ -59,7 +61,14 @@ struct Shared {
     /// queue is down to a quarter of its limit (one flag check per frame otherwise).
     drain_waiting: AtomicBool,
     drained: Notify,
+    /// The socket's id in this edge process (logs, `Admin/ListConnections`).
+    socket: u64,
+    /// An admin disconnected the socket's user: the session closes it (woken like `slow`).
+    disconnected: AtomicBool,
 }
+
+/// Socket ids, unique in this process.
+static NEXT_SOCKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Shared {
     /// Each critical section is one deque operation (see [`herald_proto::support::lock`]).
@@ -91,6 +100,8 @@ pub fn channel(max_bytes: usize) -> (Outbound, OutboundReceiver) {
         slow_notify: Notify::new(),
         drain_waiting: AtomicBool::new(false),
         drained: Notify::new(),
+        socket: NEXT_SOCKET.fetch_add(1, Ordering::Relaxed),
+        disconnected: AtomicBool::new(false),
     });
     (
         Outbound {
@@ -120,6 +131,19 @@ impl Outbound {
         drop(queue);
         shared.ready.notify_one();
         true
+    }
+
+    /// The socket's id in this edge process.
+    pub fn socket(&self) -> u64 {
+        self.shared.socket
+    }
+
+    /// An admin disconnected the socket's user: its session closes the socket with
+    /// CLOSE_CODE_DISCONNECTED_BY_ADMIN.
+    pub fn disconnect(&self) {
+        if !self.shared.disconnected.swap(true, Ordering::AcqRel) {
+            self.shared.slow_notify.notify_one();
+        }
     }
 
     pub fn text(&self, frame: impl Into<Utf8Bytes>) -> bool {
@@ -183,6 +207,16 @@ impl OutboundReceiver {
         SlowSignal(self.shared.clone())
     }
 
+    /// Whether an admin disconnected the socket's user (checked once `slow_signal` fires).
+    pub fn is_disconnected(&self) -> bool {
+        self.shared.disconnected.load(Ordering::Acquire)
+    }
+
+    /// The socket's id in this edge process.
+    pub fn socket(&self) -> u64 {
+        self.shared.socket
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued_bytes.load(Ordering::Relaxed)
     }
@@ -204,7 +238,7 @@ impl SlowSignal {
     pub async fn wait(&self) {
         loop {
             let notified = self.0.slow_notify.notified();
-            if self.0.slow.load(Ordering::Acquire) {
+            if self.0.slow.load(Ordering::Acquire) || self.0.disconnected.load(Ordering::Acquire) {
                 return;
             }
             notified.await;

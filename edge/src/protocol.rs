@@ -336,6 +336,7 @@ pub fn close_reason_name(code: CloseCode) -> &'static str {
         CloseCode::BadRequest => "bad_request",
         CloseCode::LimitExceeded => "limit_exceeded",
         CloseCode::RateLimited => "rate_limited",
+        CloseCode::DisconnectedByAdmin => "disconnected_by_admin",
     }
 }
 

@@ -65,7 +65,9 @@ pub async fn run(
     backends.check_brokers(BROKER_CHECK_PATIENCE).await?;
     let grace = config.shutdown_grace;
     let limits = config.connections.clone();
+    let metrics = crate::metrics::EdgeMetrics::new();
     let ctx = Arc::new(EdgeContext {
+        metrics: metrics.clone(),
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
@@ -86,6 +88,7 @@ pub async fn run(
         .merge(console)
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(scrape))
         .route("/readyz", get(ready))
         .route("/statsz", get(stats))
         .fallback_service(grpc_web)
@@ -95,7 +98,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
-    connections::serve(listener, app, limits, connection_slots, shutdown, grace).await;
+    connections::serve(listener, app, limits, connection_slots, metrics, shutdown, grace).await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
@@ -151,6 +154,17 @@ async fn stats(State((ctx, sessions)): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
+    )
+        .into_response()
+}
+
+async fn scrape(State((ctx, _)): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.metrics.render(),
     )
         .into_response()
 }

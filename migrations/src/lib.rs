@@ -27,6 +27,7 @@ mod m20261201_000063_chat_conv_member;
 mod m20261201_000064_chat_message;
 mod m20261201_000065_chat_reaction;
 mod m20261201_000070_outbox_autovacuum;
+mod m20261201_000090_admin_audit;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
@@ -65,6 +66,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000064_chat_message::Migration),
             Box::new(m20261201_000065_chat_reaction::Migration),
             Box::new(m20261201_000070_outbox_autovacuum::Migration),
+            Box::new(m20261201_000090_admin_audit::Migration),
         ]
     }
 }

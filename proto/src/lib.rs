@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod codes;
 pub mod encoded;
+pub mod metrics;
 pub mod support;
 
 // Typed event bodies make `Event` large; its oneof frames are built once per event and shared,
@@ -46,4 +47,11 @@ pub fn timestamp(time: std::time::SystemTime) -> wkt::Timestamp {
         seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// Converts a protobuf `Timestamp` back into a wall-clock time (`None` before 1970).
+pub fn system_time(timestamp: &wkt::Timestamp) -> Option<std::time::SystemTime> {
+    let seconds = u64::try_from(timestamp.seconds).ok()?;
+    let nanos = u32::try_from(timestamp.nanos).unwrap_or(0);
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
 }

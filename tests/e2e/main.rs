@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts a real backend on port 0 and talks to it over gRPC.
 
 mod abuse;
+mod admin;
 mod auth;
 mod broker_bounds;
 mod chat;
@@ -13,6 +14,7 @@ mod edge_replay;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod notifications;
 mod orders;
 mod outbox;

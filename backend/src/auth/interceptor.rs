@@ -21,19 +21,24 @@ impl AuthInterceptor {
 
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or(AuthError::Missing)?;
-        let header = header.to_str().map_err(|_| AuthError::NotBearer)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(AuthError::NotBearer)?;
-        let principal = self.verifier.verify(token.trim())?;
+        let token = bearer(&request).inspect_err(|error| self.verifier.count_failure(error))?;
+        let principal = self.verifier.verify(token)?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }
+}
+
+fn bearer(request: &Request<()>) -> Result<&str, AuthError> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .ok_or(AuthError::Missing)?;
+    let header = header.to_str().map_err(|_| AuthError::NotBearer)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or(AuthError::NotBearer)?;
+    Ok(token.trim())
 }
 
 /// The principal the interceptor stored. Its absence means the service was mounted without the

@@ -104,6 +104,23 @@ pub enum AuthError {
     WrongAudience,
 }
 
+impl AuthError {
+    /// The index of this refusal's reason in [`crate::metrics::AUTH_REASONS`].
+    pub fn reason(&self) -> usize {
+        match self {
+            AuthError::Missing | AuthError::NotBearer => 0,
+            AuthError::Malformed => 1,
+            AuthError::AlgorithmNotAllowed { .. } => 2,
+            AuthError::UnknownKey => 3,
+            AuthError::BadSignature => 4,
+            AuthError::Expired => 5,
+            AuthError::NotYetValid => 6,
+            AuthError::BadClaim(_) | AuthError::OutOfRange { .. } => 7,
+            AuthError::WrongIssuer | AuthError::WrongAudience => 8,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

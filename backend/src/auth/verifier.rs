@@ -95,6 +95,8 @@ pub struct TokenVerifier {
     audience: Option<String>,
     leeway: u64,
     accepted: String,
+    /// Refusals per reason ([`crate::metrics::AUTH_REASONS`] order).
+    failures: [std::sync::atomic::AtomicU64; crate::metrics::AUTH_REASONS.len()],
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -134,6 +136,7 @@ impl TokenVerifier {
             return Err(AuthConfigError::NoKeys);
         }
         Ok(TokenVerifier {
+            failures: Default::default(),
             hs256,
             by_kid,
             issuer: config.issuer.clone(),
@@ -145,7 +148,23 @@ impl TokenVerifier {
 
     /// Verifies a token. Claims a client controls are bounded here, once, so no later
     /// arithmetic (timers, timestamps, column sizes) can overflow on them.
+    /// Verifies `token`; a refusal is counted by its reason (`herald_auth_failures_total`).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.check(token)
+            .inspect_err(|error| self.count_failure(error))
+    }
+
+    /// Counts a refused token (the interceptor counts a missing one here too).
+    pub fn count_failure(&self, error: &AuthError) {
+        self.failures[error.reason()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Refusals so far per reason ([`crate::metrics::AUTH_REASONS`] order).
+    pub fn failures(&self) -> [u64; crate::metrics::AUTH_REASONS.len()] {
+        std::array::from_fn(|i| self.failures[i].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn check(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| match error.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => self.not_allowed(),
             _ => AuthError::Malformed,

@@ -102,6 +102,9 @@ struct Totals {
     refused: AtomicU64,
     /// Keys forgotten because their publisher reached its share.
     evicted_keys: AtomicU64,
+    /// Hub deliveries per lane: memory publishes, relayed durable events, broadcasts
+    /// (signals, presence) — [`crate::metrics::LANES`] order.
+    delivered: [AtomicU64; 3],
 }
 
 struct TopicLog {
@@ -481,6 +484,14 @@ impl MemoryBroker {
     }
 
     /// What the broker holds and how often its caps were reached.
+    /// Hub deliveries so far per lane ([`crate::metrics::LANES`] order).
+    pub fn deliveries(&self) -> [u64; 3] {
+        self.totals
+            .delivered
+            .each_ref()
+            .map(|count| count.load(Ordering::Relaxed))
+    }
+
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {
             topics: lock(&self.topics).len() as u64,
@@ -633,7 +644,8 @@ impl Broker for MemoryBroker {
             log.remember(now, key, published.clone(), &self.totals);
         }
         // Delivered while the log is locked: hub order is offset order.
-        self.hub.deliver(&draft.topic, HubItem::Event(event));
+        let delivered = self.hub.deliver(&draft.topic, HubItem::Event(event));
+        self.totals.delivered[0].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(published)
     }
 
@@ -649,7 +661,8 @@ impl Broker for MemoryBroker {
             Err(_) => None,
         };
         let Some(log) = log else {
-            self.hub.deliver(&topic, HubItem::Event(event));
+            let delivered = self.hub.deliver(&topic, HubItem::Event(event));
+            self.totals.delivered[1].fetch_add(delivered as u64, Ordering::Relaxed);
             return Ok(Appended::Delivered);
         };
         let mut log = lock(&log);
@@ -666,7 +679,8 @@ impl Broker for MemoryBroker {
         log.top = event.offset;
         log.push(now, event.clone(), &self.totals);
         log.trim(&self.retention, now, &self.totals);
-        self.hub.deliver(&topic, HubItem::Event(event));
+        let delivered = self.hub.deliver(&topic, HubItem::Event(event));
+        self.totals.delivered[1].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(Appended::Delivered)
     }
 
@@ -727,7 +741,8 @@ impl Broker for MemoryBroker {
     }
 
     async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError> {
-        self.hub.deliver(topic, item);
+        let delivered = self.hub.deliver(topic, item);
+        self.totals.delivered[2].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(())
     }
 

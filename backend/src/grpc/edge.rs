@@ -36,11 +36,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     auth::{Principal, TokenVerifier, interceptor::principal},
     authz::{Action as PolicyAction, Revocation},
+    connections::{Kill, Registration, Transport},
     cursor::{Ending, LiveCursor, Verdict},
     error::Error,
     event::SharedEvent,
     history::{HistoryError, PageBudget, PageRead},
     hub::{HubItem, HubSubscription},
+    metrics::{FollowGauge, SubscriptionGauge},
     node::{Node, history_error},
     presence::PresenceGuard,
     subscription::Replay,
@@ -149,8 +151,12 @@ impl Edge for EdgeService {
             tx,
             subscribers: HashMap::new(),
             expiries: DelayQueue::new(),
+            _counted: self.node.metrics().follow_stream(),
+            edge: Arc::from(edge.user_id.as_str()),
+            disconnects: mpsc::unbounded_channel(),
         };
-        tokio::spawn(task.run(inbound));
+        let span = tracing::info_span!("follow", kind = task.topic.kind().as_str());
+        tokio::spawn(tracing::Instrument::instrument(task.run(inbound), span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -166,6 +172,9 @@ struct Attached {
     /// membership.
     revocation: Option<Revocation>,
     _presence: Option<PresenceGuard>,
+    _counted: SubscriptionGauge,
+    /// Lists the socket in `Admin/ListConnections`; `DisconnectUser` detaches it.
+    _registration: Registration,
 }
 
 struct FollowTask {
@@ -179,6 +188,11 @@ struct FollowTask {
     tx: mpsc::Sender<Result<FollowResponse, Status>>,
     subscribers: HashMap<u64, Attached>,
     expiries: DelayQueue<u64>,
+    _counted: FollowGauge,
+    /// The edge's principal, for `Admin/ListConnections`.
+    edge: Arc<str>,
+    /// Subscribers an admin disconnected, to detach.
+    disconnects: (mpsc::UnboundedSender<u64>, mpsc::UnboundedReceiver<u64>),
 }
 
 /// Why the follow task stops.
@@ -212,6 +226,12 @@ impl FollowTask {
             item = live.receiver().recv() => self.forward(item).await,
             Some(expired) = self.expiries.next() => {
                 self.detach_with(expired.into_inner(), Ending::TokenExpired).await
+            }
+            Some(subscriber) = self.disconnects.1.recv() => {
+                if let Some(gone) = self.subscribers.get(&subscriber) {
+                    self.expiries.remove(&gone.expiry);
+                }
+                self.detach_with(subscriber, Ending::DisconnectedByAdmin).await
             }
             request = inbound.message() => match request {
                 Ok(Some(request)) => self.handle(request).await,
@@ -294,7 +314,12 @@ impl FollowTask {
         match request.action {
             Some(Action::Attach(attach)) => {
                 match self
-                    .attach(attach.subscriber, &attach.token, attach.since)
+                    .attach(
+                        attach.subscriber,
+                        &attach.token,
+                        attach.since,
+                        attach.socket,
+                    )
                     .await
                 {
                     Ok(()) => Ok(()),
@@ -343,6 +368,7 @@ impl FollowTask {
         subscriber: u64,
         token: &str,
         since: Option<StreamPosition>,
+        socket: u64,
     ) -> Result<(), Error> {
         if self.subscribers.contains_key(&subscriber) {
             return Err(Error::invalid(format!(
@@ -361,6 +387,18 @@ impl FollowTask {
             .insert(subscriber, who.time_left().min(MAX_EXPIRY));
         let replaying = !matches!(attachment.replay, Replay::Nothing);
         let revocation = attachment.revocation;
+        let registration = self.node.connections().register(
+            &who.user_id,
+            &self.topic,
+            Transport::Edge {
+                edge: self.edge.clone(),
+                socket,
+            },
+            Kill::Follow {
+                tx: self.disconnects.0.clone(),
+                subscriber,
+            },
+        );
         self.subscribers.insert(
             subscriber,
             Attached {
@@ -371,6 +409,8 @@ impl FollowTask {
                 read_ahead: None,
                 revocation: revocation.clone(),
                 _presence: attachment.presence,
+                _counted: attachment.counted,
+                _registration: registration,
             },
         );
         let attached = FollowAttached {

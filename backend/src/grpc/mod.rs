@@ -3,6 +3,7 @@
 //!
 //! [`Node`]: crate::node::Node
 
+pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod deployments;

@@ -39,7 +39,8 @@ fn parse_topic(topic: &str) -> Result<Topic, Status> {
 impl Rooms for RoomsService {
     type SubscribeStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic))]
+    // The topic's kind only: a topic name can carry a user id (`user:…`).
+    #[tracing::instrument(skip_all, fields(kind = herald_proto::metrics::kind_label(&request.get_ref().topic)))]
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,

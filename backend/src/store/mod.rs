@@ -215,6 +215,16 @@ struct Inner {
     publishes: mpsc::Sender<group::Request>,
     /// Group commits of durable publishes so far.
     publish_batches: AtomicU64,
+    /// Relay passes that published rows, and the rows (for `/metrics`).
+    relay_batches: AtomicU64,
+    relayed_events: AtomicU64,
+}
+
+/// What the outbox relay has done so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayStats {
+    pub batches: u64,
+    pub events: u64,
 }
 
 impl Store {
@@ -244,9 +254,45 @@ impl Store {
             lanes,
             publishes,
             publish_batches: AtomicU64::new(0),
+            relay_batches: AtomicU64::new(0),
+            relayed_events: AtomicU64::new(0),
         });
         tokio::spawn(group::run(Arc::downgrade(&inner), queue, batch_max));
         Ok(Store { inner })
+    }
+
+    /// What the relay has published so far.
+    pub fn relay_stats(&self) -> RelayStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        RelayStats {
+            batches: self.inner.relay_batches.load(Relaxed),
+            events: self.inner.relayed_events.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn count_relayed(&self, events: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.relay_batches.fetch_add(1, Relaxed);
+        self.inner.relayed_events.fetch_add(events as u64, Relaxed);
+    }
+
+    /// How many outbox rows wait for the relay, and when the oldest was committed (one
+    /// indexed query: `status, id`).
+    pub async fn outbox_backlog(&self) -> Result<(u64, Option<SystemTime>), StoreError> {
+        use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
+        let (count, oldest): (i64, Option<i64>) = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::Id.count(), "pending")
+            .column_as(outbox::Column::CreatedAtMs.min(), "oldest")
+            .filter(outbox::Column::Status.eq(outbox::Status::Pending))
+            .into_tuple()
+            .one(self.db())
+            .await?
+            .unwrap_or((0, None));
+        let oldest = oldest
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        Ok((u64::try_from(count).unwrap_or_default(), oldest))
     }
 
     /// The epoch of this database's durable topics.

@@ -284,6 +284,8 @@ impl Relay {
                 already += 1;
             }
         }
+        // Counted once handed over, before the mark (a row seen published is counted).
+        self.store.count_relayed(ids.len());
         #[cfg(feature = "test-util")]
         self.faults
             .check(&self.faults.kill_before_mark, "before mark")?;

@@ -103,6 +103,8 @@ pub(crate) enum CloseReason {
     InvalidUtf8,
     #[error("limit exceeded: the user holds {0} sockets (edge.connections.max_per_user)")]
     TooManySockets(usize),
+    #[error("disconnected by an administrator")]
+    DisconnectedByAdmin,
 }
 
 impl CloseReason {
@@ -116,6 +118,7 @@ impl CloseReason {
             CloseReason::InvalidToken => CloseCode::InvalidToken,
             CloseReason::BackendUnavailable => CloseCode::Unavailable,
             CloseReason::TooManySockets(_) => CloseCode::LimitExceeded,
+            CloseReason::DisconnectedByAdmin => CloseCode::DisconnectedByAdmin,
             CloseReason::FrameTooBig { .. } => return WireCloseCode::MessageTooBig,
             CloseReason::ProtocolViolation(_) => return WireCloseCode::ProtocolError,
             CloseReason::InvalidUtf8 => return WireCloseCode::InvalidPayload,

@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     EdgeContext,
     config::SocketLimits,
+    metrics::{AuthFailure, ConnectionGauge, Limit, Push},
     outbound::{self, OutItem, OutboundReceiver},
     ratelimit::TokenBucket,
 };
@@ -56,15 +57,53 @@ pub(crate) async fn run<S, R, E>(
     E: StdError + 'static,
 {
     let (mut session, mut out_rx) = Session::new(sink, ctx);
+    // One span per socket: its id on this edge, never its token or user.
+    let span = tracing::info_span!(
+        "socket",
+        connection = out_rx.socket(),
+        transport = "websocket"
+    );
+    tracing::Instrument::instrument(
+        async move {
+            session_body(&mut session, &mut stream, &mut out_rx, bearer).await;
+        },
+        span,
+    )
+    .await;
+}
+
+async fn session_body<S, R, E>(
+    session: &mut Session<S>,
+    stream: &mut R,
+    out_rx: &mut OutboundReceiver,
+    bearer: Option<String>,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: StdError + 'static,
+{
+    let metrics = session.ctx.metrics.clone();
     let mut end = match bearer {
         Some(token) => session.authenticate_bearer(token).await,
         None => Ok(()),
     };
     if end.is_ok() {
-        end = session.serve(&mut stream, &mut out_rx).await;
+        end = session.serve(stream, out_rx).await;
     }
     match end {
-        Err(End::Close(reason)) => session.close(reason, &mut stream, &mut out_rx).await,
+        Err(End::Close(reason)) => {
+            match &reason {
+                CloseReason::SlowConsumer => metrics.slow_consumer(),
+                CloseReason::AuthTimeout => metrics.auth_failed(AuthFailure::Timeout),
+                CloseReason::InvalidToken => metrics.auth_failed(AuthFailure::Refused),
+                CloseReason::RateAbuse => metrics.limit_hit(Limit::RateAbuse),
+                CloseReason::FrameTooBig { .. } => metrics.limit_hit(Limit::MaxFrameBytes),
+                CloseReason::BackendUnavailable => metrics.backend_error(),
+                CloseReason::DisconnectedByAdmin => metrics.admin_disconnect(),
+                _ => {}
+            }
+            session.close(reason, stream, out_rx).await
+        }
         Err(End::PeerClosed) => session.answer_close().await,
         _ => {}
     }
@@ -154,6 +193,8 @@ struct Session<S> {
     user_slot: Option<crate::slots::Slot<String>>,
     /// Attach, detach and refresh go to the feeds in the order the socket asked for them.
     feed_commands: FeedCommands,
+    /// Counts the socket in `herald_edge_connections` while it is open.
+    counted: ConnectionGauge,
 }
 
 /// What a session asks of the topic feeds.
@@ -250,6 +291,7 @@ impl<S> Session<S> {
             held: Vec::new(),
             user_slot: None,
             feed_commands,
+            counted: ctx.metrics.connection(),
             ctx,
         };
         (session, out_rx)
@@ -257,6 +299,16 @@ impl<S> Session<S> {
 
     /// Queues an error frame answering request `id`.
     fn refuse(&self, id: Option<u64>, error: RequestError) {
+        let limit = match &error {
+            RequestError::RateLimited => Some(Limit::Rate),
+            RequestError::TooManySubscriptions(_) => Some(Limit::MaxSubscriptions),
+            RequestError::TooManyCalls(_) => Some(Limit::MaxCallsInFlight),
+            RequestError::TooManySockets(_) => Some(Limit::MaxPerUser),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            self.ctx.metrics.limit_hit(limit);
+        }
         self.reply(error.frame(id));
     }
 
@@ -300,7 +352,14 @@ impl<S: Sink<Message> + Unpin> Session<S> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
-                () = slow.wait() => return Err(CloseReason::SlowConsumer.into()),
+                () = slow.wait() => {
+                    return Err(if out_rx.is_disconnected() {
+                        CloseReason::DisconnectedByAdmin
+                    } else {
+                        CloseReason::SlowConsumer
+                    }
+                    .into());
+                }
                 item = out_rx.recv() => self.write_in_time(item, out_rx).await?,
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.complete(done)?;
@@ -418,6 +477,10 @@ impl<S: Sink<Message> + Unpin> Session<S> {
     async fn feed_one(&mut self, item: OutItem) -> Result<(), S::Error> {
         let text = match item {
             OutItem::Text(text) => text,
+            OutItem::Event(text, published) => {
+                self.ctx.metrics.delivered(Push::Event, published);
+                text
+            }
             OutItem::Ended(ended) => {
                 if self.subscriptions.get(&ended.topic) == Some(&ended.subscriber) {
                     self.subscriptions.remove(&ended.topic);

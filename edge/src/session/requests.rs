@@ -162,6 +162,7 @@ impl<S> Session<S> {
             return Err(RequestError::NotAuthenticated);
         };
         let subscriber = self.ctx.feeds.next_subscriber();
+        self.ctx.metrics.subscribed(&topic);
         self.subscriptions.insert(topic.clone(), subscriber);
         let request = AttachRequest {
             topic,
@@ -331,6 +332,7 @@ impl<S> Session<S> {
             }
         }
         self.auth = Some(Auth { token });
+        self.counted.authenticated();
         self.authenticating = false;
         self.heartbeat.authenticated();
         if let Some(id) = id {

@@ -59,6 +59,7 @@ async fn connect_with(configure: impl FnOnce(&mut EdgeConfig)) -> Peer {
         shutdown: shutdown.clone(),
         users: crate::slots::Slots::new(0),
         connections: std::sync::OnceLock::new(),
+        metrics: crate::metrics::EdgeMetrics::new(),
     });
     let (to_session, inbound) = mpsc::channel(16);
     let (outbound, from_session) = mpsc::channel(16);
