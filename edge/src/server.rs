@@ -98,7 +98,16 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(http_addr = %addr, "herald edge listening");
     }
-    connections::serve(listener, app, limits, connection_slots, metrics, shutdown, grace).await;
+    connections::serve(
+        listener,
+        app,
+        limits,
+        connection_slots,
+        metrics,
+        shutdown,
+        grace,
+    )
+    .await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!("some sockets did not close within the grace period");
