@@ -63,7 +63,7 @@ step "web console (clients/web: npm ci, build, the committed dist/ is that build
     npm run build
     if [ -n "$(git status --porcelain -- dist)" ]; then
         git status --short -- dist >&2
-        echo "error: clients/web/dist is not the build of clients/web: run \`npm run build\` there and commit dist/" >&2
+        echo "error: clients/web/dist is not the build of clients/web (its sources, the TypeScript SDK or a .proto changed): run \`npm run build\` in clients/ts, then in clients/web, and commit clients/web/dist" >&2
         exit 1
     fi
     npm test
