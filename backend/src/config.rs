@@ -94,6 +94,12 @@ pub struct GrpcConfig {
     /// How long a ping may go unanswered before the connection is closed.
     #[serde(with = "herald_proto::support::duration")]
     pub keepalive_timeout: Duration,
+    /// Calls that change stored state (sending a message, placing an order, marking read…)
+    /// one user may make per minute over every connection, sustained; services are not
+    /// limited. 0 for no limit. See `grpc::write_rate` for which methods count.
+    pub user_writes_per_minute: u32,
+    /// Such calls one user may make in a burst.
+    pub user_write_burst: u32,
 }
 
 impl Default for GrpcConfig {
@@ -103,6 +109,8 @@ impl Default for GrpcConfig {
             max_concurrent_streams: 10_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            user_writes_per_minute: 100,
+            user_write_burst: 100,
         }
     }
 }

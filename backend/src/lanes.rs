@@ -78,6 +78,12 @@ pub struct TopicsConfig {
     pub signal_burst: u32,
     /// The most keyed signals kept in memory on this node, over all topics.
     pub max_kept_signals: usize,
+    /// Publishes (`Rooms/Publish`, the edge's `publish`) one topic takes per second on this
+    /// node, sustained, from every publisher together: what one hot topic may cost its
+    /// subscribers. 0 for no limit.
+    pub publish_rate: u32,
+    /// Publishes one topic takes in a burst.
+    pub publish_burst: u32,
 }
 
 impl Default for TopicsConfig {
@@ -95,6 +101,8 @@ impl Default for TopicsConfig {
             signal_rate: 20,
             signal_burst: 40,
             max_kept_signals: 100_000,
+            publish_rate: 2_000,
+            publish_burst: 4_000,
         }
     }
 }

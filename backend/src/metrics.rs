@@ -62,12 +62,18 @@ pub enum Limit {
     ConcurrentHistory = 1,
     /// `broker.*` caps: a write refused because the memory broker is full.
     BrokerCapacity = 2,
+    /// `topics.publish_rate`: publishes per topic per second.
+    PublishRate = 3,
+    /// `grpc.user_writes_per_minute`: a user's write calls.
+    UserWriteRate = 4,
 }
 
-const LIMIT_NAMES: [&str; 3] = [
+const LIMIT_NAMES: [&str; 5] = [
     "topics.signal_rate",
     "node.max_concurrent_history",
     "broker.capacity",
+    "topics.publish_rate",
+    "grpc.user_writes_per_minute",
 ];
 
 /// Where an error came from, as label values.

@@ -19,6 +19,7 @@
 use std::{sync::Arc, time::SystemTime};
 
 use herald_proto::{
+    rate::RateTable,
     v1::{PresenceMember, Signal, StreamPosition, Subscribed},
     wkt::{Struct, Timestamp},
 };
@@ -39,7 +40,7 @@ use crate::{
     lanes::Lanes,
     metrics::{EPHEMERAL, Limit, Metrics},
     presence::{Coalescing, Online, Presence, PresenceNotifier},
-    signals::{SignalBoard, SignalRate},
+    signals::SignalBoard,
     subscription::{Attachment, EventStream, Replay},
     topic::{Topic, TopicKind},
 };
@@ -126,7 +127,9 @@ pub struct Node {
     config: NodeConfig,
     history: History,
     signals: SignalBoard,
-    signal_rate: SignalRate,
+    signal_rate: RateTable<String>,
+    /// `None` when `topics.publish_rate` is 0.
+    publish_rate: Option<RateTable<Topic>>,
     history_reads: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     connections: Arc<Connections>,
@@ -145,7 +148,9 @@ impl Node {
         });
         Ok(Arc::new(Node {
             signals: SignalBoard::new(topics.max_kept_signals),
-            signal_rate: SignalRate::new(topics.signal_rate, topics.signal_burst),
+            signal_rate: RateTable::new(topics.signal_burst, f64::from(topics.signal_rate.max(1))),
+            publish_rate: (topics.publish_rate > 0)
+                .then(|| RateTable::new(topics.publish_burst, f64::from(topics.publish_rate))),
             presence: PresenceNotifier::new(
                 parts.broker.clone(),
                 parts.presence,
@@ -403,6 +408,17 @@ impl Node {
         let event_type = EventType::parse(event_type).map_err(Error::InvalidArgument)?;
         self.check_data_size(data)?;
         let key = IdempotencyKey::parse(idempotency_key).map_err(Error::InvalidArgument)?;
+        if let Some(rate) = &self.publish_rate
+            && !rate.allow(topic)
+        {
+            self.metrics.limit_hit(Limit::PublishRate);
+            let topics = self.lanes().config();
+            return Err(Error::RateLimited(format!(
+                "`{topic}` takes at most {} publishes per second (bursts of {}) on this node \
+                 (topics.publish_rate, topics.publish_burst); slow down and retry",
+                topics.publish_rate, topics.publish_burst
+            )));
+        }
         Ok((event_type, key))
     }
 

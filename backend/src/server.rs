@@ -26,7 +26,7 @@ use crate::{
     grpc::{
         auth::AuthService, chat::ChatService, deployments::DeploymentsService, edge::EdgeService,
         inbox::NotificationsService, orders::OrdersService, reviews::ReviewsService,
-        rooms::RoomsService,
+        rooms::RoomsService, write_rate::UserWrites,
     },
     hub::Hub,
     lanes::Lanes,
@@ -256,6 +256,11 @@ impl Backend {
             .build_v1()
             .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
+        let writes = UserWrites::new(
+            config.grpc.user_writes_per_minute,
+            config.grpc.user_write_burst,
+            node.metrics().clone(),
+        );
         let publisher = Publisher::new(node.clone(), store.clone());
         let rooms = RoomsServer::new(RoomsService::new(node.clone(), publisher))
             .max_decoding_message_size(config.grpc.max_decode_bytes);
@@ -276,7 +281,7 @@ impl Backend {
         )))
         .max_decoding_message_size(config.grpc.max_decode_bytes);
         let deployments = tonic::service::interceptor::InterceptedService::new(
-            deployments,
+            writes.limit(deployments),
             AuthInterceptor::new(verifier.clone()),
         );
         let auth = tonic::service::interceptor::InterceptedService::new(
@@ -284,31 +289,41 @@ impl Backend {
             AuthInterceptor::new(verifier.clone()),
         );
         let notifications = tonic::service::interceptor::InterceptedService::new(
-            NotificationsServer::new(NotificationsService::new(inbox))
-                .max_decoding_message_size(config.grpc.max_decode_bytes),
+            writes.limit(
+                NotificationsServer::new(NotificationsService::new(inbox))
+                    .max_decoding_message_size(config.grpc.max_decode_bytes),
+            ),
             AuthInterceptor::new(verifier.clone()),
         );
         let reviews = tonic::service::interceptor::InterceptedService::new(
-            ReviewsServer::new(ReviewsService::new(reviews))
-                .max_decoding_message_size(config.grpc.max_decode_bytes),
+            writes.limit(
+                ReviewsServer::new(ReviewsService::new(reviews))
+                    .max_decoding_message_size(config.grpc.max_decode_bytes),
+            ),
             AuthInterceptor::new(verifier.clone()),
         );
         let chat = tonic::service::interceptor::InterceptedService::new(
-            ChatServer::new(ChatService::new(chat))
-                .max_decoding_message_size(config.grpc.max_decode_bytes),
+            writes.limit(
+                ChatServer::new(ChatService::new(chat))
+                    .max_decoding_message_size(config.grpc.max_decode_bytes),
+            ),
             AuthInterceptor::new(verifier.clone()),
         );
         let orders = tonic::service::interceptor::InterceptedService::new(
-            OrdersServer::new(OrdersService::new(orders))
-                .max_decoding_message_size(config.grpc.max_decode_bytes),
+            writes.limit(
+                OrdersServer::new(OrdersService::new(orders))
+                    .max_decoding_message_size(config.grpc.max_decode_bytes),
+            ),
             AuthInterceptor::new(verifier.clone()),
         );
         let admin = tonic::service::interceptor::InterceptedService::new(
-            AdminServer::new(crate::grpc::admin::AdminService::new(
-                node.clone(),
-                store.clone(),
-            ))
-            .max_decoding_message_size(config.grpc.max_decode_bytes),
+            writes.limit(
+                AdminServer::new(crate::grpc::admin::AdminService::new(
+                    node.clone(),
+                    store.clone(),
+                ))
+                .max_decoding_message_size(config.grpc.max_decode_bytes),
+            ),
             AuthInterceptor::new(verifier),
         );
 

@@ -5,7 +5,8 @@
 //!   new subscriber sees the courier's last position at once. At most `max_kept` entries over
 //!   all topics; when full, the oldest entry of the topic being written, or else a new key,
 //!   is refused silently: a signal is at-most-once by contract.
-//! - [`SignalRate`]: a token bucket per sender, so one client cannot flood a topic.
+//! - the per-sender rate (`topics.signal_rate`), a [`RateTable`](herald_proto::rate::RateTable)
+//!   the node keeps, so one client cannot flood a topic.
 
 use std::{
     collections::HashMap,
@@ -103,59 +104,6 @@ impl Board {
     }
 }
 
-/// A token bucket per sender: `rate` signals per second sustained, `burst` at once.
-#[derive(Debug)]
-pub struct SignalRate {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Senders tracked at most before full (idle) buckets are forgotten.
-const TRACKED_SENDERS: usize = 10_000;
-
-impl SignalRate {
-    pub fn new(rate: u32, burst: u32) -> SignalRate {
-        SignalRate {
-            rate: f64::from(rate.max(1)),
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `sender`; false when its bucket is empty.
-    pub fn allow(&self, sender: &str) -> bool {
-        let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() >= TRACKED_SENDERS && !buckets.contains_key(sender) {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| refill(b, now, rate, burst) < burst);
-        }
-        let bucket = buckets.entry(sender.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        if refill(bucket, now, self.rate, self.burst) < 1.0 {
-            return false;
-        }
-        bucket.tokens -= 1.0;
-        true
-    }
-}
-
-fn refill(bucket: &mut Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
-    let elapsed = now.duration_since(bucket.at).as_secs_f64();
-    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-    bucket.at = now;
-    bucket.tokens
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,18 +157,5 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         board.keep(&topic(), signal("c", 1.0), ttl);
         assert_eq!(board.latest(&topic(), ttl).len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_sender_gets_its_burst_then_its_rate() {
-        let rate = SignalRate::new(2, 3);
-        for _ in 0..3 {
-            assert!(rate.allow("alice"));
-        }
-        assert!(!rate.allow("alice"));
-        assert!(rate.allow("bob"), "buckets are per sender");
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(rate.allow("alice"));
-        assert!(!rate.allow("alice"));
     }
 }

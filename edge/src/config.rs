@@ -104,6 +104,12 @@ pub struct ConnectionLimits {
     /// Open client connections (WebSockets included) per edge process; one more is answered
     /// `503` and closed.
     pub max_connections: usize,
+    /// New connections accepted per second, after a burst of `accept_burst`; 0 for no limit.
+    /// Above it the edge accepts more slowly rather than refusing: a reconnect storm waits in
+    /// the kernel's listen backlog (and in the clients' SYN retries beyond it) instead of
+    /// spending every core on handshakes and authentications at once.
+    pub accept_rate: u32,
+    pub accept_burst: u32,
     /// A request's head (request line and headers) must arrive within this long of the edge
     /// starting to wait for it, or the connection is closed without an answer. It also ends
     /// an idle keep-alive connection.
@@ -146,6 +152,8 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 10_000,
+            accept_rate: 5_000,
+            accept_burst: 10_000,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

@@ -1,7 +1,7 @@
 //! The edge's client connections, accepted here (not by `axum::serve`) so that each one is
-//! bounded: a cap on open connections per process and per client address, a header-read timeout on every request
-//! head and a handshake deadline for a new connection (its first request, and its WebSocket
-//! upgrade).
+//! bounded: a cap on open connections per process and per client address, a pace for new
+//! connections (`accept_rate`), a header-read timeout on every request head and a handshake
+//! deadline for a new connection (its first request, and its WebSocket upgrade).
 //!
 //! The edge speaks HTTP/1.1 (WebSocket and grpc-web) and HTTP/2 with prior knowledge
 //! (grpc-web); a connection's slot in the cap is held by its socket, so an upgraded WebSocket
@@ -34,6 +34,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
 
+use herald_proto::rate::TokenBucket;
+
 use crate::{
     config::ConnectionLimits,
     slots::{Slot, Slots},
@@ -54,8 +56,24 @@ pub(crate) async fn serve(
     grace: Duration,
 ) {
     let per_ip = Slots::<IpAddr>::new(limits.max_per_ip);
+    let mut accept_rate = (limits.accept_rate > 0)
+        .then(|| TokenBucket::new(limits.accept_burst, f64::from(limits.accept_rate)));
     let connections = TaskTracker::new();
-    loop {
+    'accept: loop {
+        if let Some(rate) = accept_rate.as_mut() {
+            let mut waited = false;
+            while !rate.try_take() {
+                if !waited {
+                    metrics.limit_hit(crate::metrics::Limit::AcceptRate);
+                    waited = true;
+                }
+                let wait = rate.wait().unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'accept,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,

@@ -23,7 +23,6 @@ pub mod grpc_web;
 mod metrics;
 pub mod outbound;
 pub mod protocol;
-pub mod ratelimit;
 mod server;
 mod session;
 mod slots;

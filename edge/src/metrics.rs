@@ -25,9 +25,11 @@ pub(crate) enum Limit {
     MaxConnections = 5,
     MaxPerIp = 6,
     MaxFrameBytes = 7,
+    /// Counted once per accept that waited for the rate's next token.
+    AcceptRate = 8,
 }
 
-const LIMIT_NAMES: [&str; 8] = [
+const LIMIT_NAMES: [&str; 9] = [
     "edge.limits.rate_per_second",
     "edge.limits.rate_abuse_limit",
     "edge.limits.max_subscriptions",
@@ -36,6 +38,7 @@ const LIMIT_NAMES: [&str; 8] = [
     "edge.connections.max_connections",
     "edge.connections.max_per_ip",
     "edge.limits.max_frame_bytes",
+    "edge.connections.accept_rate",
 ];
 
 /// Why a socket's auth failed.

@@ -6,8 +6,8 @@
 //! edge's generic JSON transcoding.
 //!
 //! Next to the generated code: [`codes`], the rules of the close-code table (which codes
-//! reconnect, the trailers that carry them), and [`support`], the duration and lock helpers
-//! every Herald crate shares.
+//! reconnect, the trailers that carry them), [`rate`], the token buckets, and [`support`], the
+//! duration and lock helpers every Herald crate shares.
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -15,6 +15,7 @@ pub mod codec;
 pub mod codes;
 pub mod encoded;
 pub mod metrics;
+pub mod rate;
 pub mod support;
 
 // Typed event bodies make `Event` large; its oneof frames are built once per event and shared,

@@ -1240,6 +1240,33 @@ async fn finding_16_auth_with_id_0_gets_its_reply() {
     assert_eq!(reply["result"], json!({}), "{reply}");
 }
 
+#[tokio::test]
+async fn finding_16_herald_edge_runs_with_only_a_service_token_and_holds_no_signing_secret() {
+    let app = spawn_app().await;
+    let service_token = app.token("edge-1", &["service"]);
+    let edge =
+        herald_e2e::process::spawn_edge_process_with_service_token(&[app.addr], &service_token)
+            .await;
+    // Users authenticate, subscribe and receive through it: the backend verifies their tokens.
+    let mut alice = WsClient::connect(&edge.ws_url()).await;
+    let reply = alice
+        .request("auth", json!({ "token": app.token("alice", &[]) }))
+        .await;
+    assert_eq!(reply["result"]["userId"], "alice", "{reply}");
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:lobby" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    app.client("bob", &[]).await.publish("room:lobby", 1).await;
+    assert_eq!(alice.offsets(1).await, vec![1]);
+    // With no key it cannot mint development tokens.
+    let answer = herald_e2e::edge::http_get(edge.addr, "/dev/token").await;
+    assert!(
+        answer.contains(r#""available":false"#),
+        "the development sign-in is off: {answer}"
+    );
+}
+
 /// Who the backend lists in `topic`'s presence.
 async fn present(socket: &mut WsClient, topic: &str) -> Vec<String> {
     let reply = socket

@@ -19,6 +19,7 @@ mod notifications;
 mod orders;
 mod outbox;
 mod presence;
+mod rates;
 mod resume;
 mod reviews;
 mod sdk;

@@ -24,19 +24,7 @@ pub struct Baseline {
 
 /// `GET /statsz` of an edge, as JSON.
 pub async fn edge_stats(addr: SocketAddr) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET /statsz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send the request");
-    let mut response = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
-        .await
-        .expect("a response in time")
-        .expect("read the response");
-    let text = String::from_utf8_lossy(&response);
+    let text = crate::edge::http_get(addr, "/statsz").await;
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|_| panic!("/statsz is JSON: {text}"))
 }

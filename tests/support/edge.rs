@@ -264,8 +264,9 @@ impl WsClient {
     }
 }
 
-/// GETs `path` from `addr` with a bare HTTP/1.1 request and returns the status code.
-pub async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+/// GETs `path` from `addr` with a bare HTTP/1.1 request (`connection: close`) and returns the
+/// whole answer: status line, headers and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -278,7 +279,12 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> u16 {
         .await
         .expect("a response in time")
         .expect("read the response");
-    let text = String::from_utf8_lossy(&response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// GETs `path` from `addr` and returns the status code.
+pub async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let text = http_get(addr, path).await;
     text.split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())

@@ -36,19 +36,44 @@ pub async fn spawn_edge_process(backends: &[SocketAddr]) -> HeraldProcess {
     spawn_edge_process_with(backends, "127.0.0.1:0", &[]).await
 }
 
-/// Starts `herald edge` on `http_addr` with extra flags.
+/// Starts `herald edge` on `http_addr` with extra flags; it signs its own service tokens with
+/// the test secret.
 pub async fn spawn_edge_process_with(
     backends: &[SocketAddr],
     http_addr: &str,
     flags: &[&str],
 ) -> HeraldProcess {
+    start_edge(backends, http_addr, flags, Some(SECRET)).await
+}
+
+/// Starts `herald edge` holding only `--edge-service-token`: no signing secret at all, the way
+/// an edge runs in production.
+pub async fn spawn_edge_process_with_service_token(
+    backends: &[SocketAddr],
+    service_token: &str,
+) -> HeraldProcess {
+    let flags = ["--edge-service-token", service_token];
+    start_edge(backends, "127.0.0.1:0", &flags, None).await
+}
+
+async fn start_edge(
+    backends: &[SocketAddr],
+    http_addr: &str,
+    flags: &[&str],
+    secret: Option<&str>,
+) -> HeraldProcess {
     let backends: Vec<String> = backends.iter().map(|a| format!("http://{a}")).collect();
-    let mut child = Command::new(herald_binary())
+    let mut command = Command::new(herald_binary());
+    command
         .args(["--log-format", "json", "edge", "--http-addr", http_addr])
         .args(flags)
         .arg("--backend")
         .arg(backends.join(","))
-        .env("HERALD_AUTH_HS256_SECRET", SECRET)
+        .env_remove("HERALD_AUTH_HS256_SECRET");
+    if let Some(secret) = secret {
+        command.env("HERALD_AUTH_HS256_SECRET", secret);
+    }
+    let mut child = command
         .env("HERALD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -182,8 +182,16 @@ impl TopicLog {
             }
             self.pop_oldest(totals);
         }
+        self.expire_keys(now, retention.idempotency_window, totals);
+    }
+
+    /// Forgets the keys older than `window`, oldest first, and returns how many entries it
+    /// looked at: what expired plus the one that stopped it, never the keys still live.
+    fn expire_keys(&mut self, now: Instant, window: Duration, totals: &Totals) -> usize {
+        let mut examined = 0;
         while let Some((at, _)) = self.key_ages.front() {
-            if now.duration_since(*at) < retention.idempotency_window {
+            examined += 1;
+            if now.duration_since(*at) < window {
                 break;
             }
             if let Some((_, key)) = self.key_ages.pop_front()
@@ -192,6 +200,7 @@ impl TopicLog {
                 totals.keys.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        examined
     }
 
     /// Gives back what this log counted in the totals (it is being forgotten).
@@ -748,5 +757,58 @@ impl Broker for MemoryBroker {
 
     fn stats(&self) -> BrokerStats {
         MemoryBroker::stats(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(offset: u64) -> Published {
+        Published {
+            position: StreamPosition {
+                offset,
+                epoch: "e".into(),
+            },
+            id: offset.to_string(),
+            duplicate: false,
+        }
+    }
+
+    /// Finding 8 of the hardening review: expiry once cost O(keys) under the topic's lock on
+    /// every publish and read. It now costs what expires.
+    #[tokio::test(start_paused = true)]
+    async fn finding_8_expiry_looks_at_what_expires_not_at_every_live_key() {
+        let totals = Totals::default();
+        let window = Duration::from_secs(300);
+        let mut log = TopicLog::new("e".into(), Instant::now());
+        for n in 0..10 {
+            log.remember(
+                Instant::now(),
+                ("old".into(), n.to_string()),
+                published(n),
+                &totals,
+            );
+        }
+        tokio::time::advance(Duration::from_secs(200)).await;
+        for n in 10..100_010 {
+            log.remember(
+                Instant::now(),
+                ("live".into(), n.to_string()),
+                published(n),
+                &totals,
+            );
+        }
+        tokio::time::advance(Duration::from_secs(150)).await;
+
+        let examined = log.expire_keys(Instant::now(), window, &totals);
+        assert_eq!(examined, 11, "the 10 expired keys and the first live one");
+        assert_eq!(log.keys.len(), 100_000);
+        assert_eq!(totals.keys.load(Ordering::Relaxed), 100_000);
+        assert_eq!(
+            log.expire_keys(Instant::now(), window, &totals),
+            1,
+            "with nothing expired, one look"
+        );
     }
 }

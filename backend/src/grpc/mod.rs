@@ -12,3 +12,4 @@ pub mod inbox;
 pub mod orders;
 pub mod reviews;
 pub mod rooms;
+pub mod write_rate;

@@ -7,7 +7,7 @@
 use std::{error::Error as StdError, sync::Arc};
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes};
-use herald_proto::v1::CloseCode;
+use herald_proto::{codes::close_code_of, v1::CloseCode};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tonic::{Code, Status};
 
@@ -63,6 +63,13 @@ impl RequestError {
             }
             RequestError::AlreadySubscribed(_) => Code::AlreadyExists,
             RequestError::NotSubscribed(_) => Code::NotFound,
+            // A backend rate (signals, a user's writes, a topic's publishes) reads like the
+            // edge's own: the client backs off the same way.
+            RequestError::Backend(status)
+                if close_code_of(status) == Some(CloseCode::RateLimited) =>
+            {
+                return protocol::RATE_LIMITED;
+            }
             RequestError::Backend(status) => status.code(),
         };
         protocol::status_code_name(code)
@@ -230,6 +237,17 @@ mod tests {
 
     use super::*;
 
+    /// What the backend answers over one of its rates: RESOURCE_EXHAUSTED carrying close code
+    /// RATE_LIMITED in its trailers.
+    fn rate_limited_by_the_backend() -> Status {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            herald_proto::codes::CLOSE_CODE_TRAILER,
+            tonic::metadata::AsciiMetadataValue::from_static(CloseCode::RateLimited.as_str_name()),
+        );
+        Status::with_metadata(Code::ResourceExhausted, "too many writes", metadata)
+    }
+
     #[test]
     fn each_refusal_has_its_documented_code() {
         let cases = [
@@ -250,6 +268,14 @@ mod tests {
             (RequestError::NotSubscribed("room:a".into()), "not_found"),
             (RequestError::TooManySubscriptions(3), "resource_exhausted"),
             (RequestError::TooManyCalls(16), "resource_exhausted"),
+            (
+                RequestError::Backend(rate_limited_by_the_backend()),
+                "rate_limited",
+            ),
+            (
+                RequestError::Backend(Status::resource_exhausted("full")),
+                "resource_exhausted",
+            ),
             (
                 RequestError::Backend(Status::permission_denied("no")),
                 "permission_denied",

@@ -25,6 +25,7 @@ use std::{
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, stream::FuturesUnordered};
+use herald_proto::rate::TokenBucket;
 use tokio::time::{Instant, Sleep};
 
 use crate::{
@@ -32,7 +33,6 @@ use crate::{
     config::SocketLimits,
     metrics::{AuthFailure, ConnectionGauge, Limit, Push},
     outbound::{self, OutItem, OutboundReceiver},
-    ratelimit::TokenBucket,
 };
 use error::{CloseReason, RequestError, SessionClose};
 use requests::{Auth, Pending};
@@ -282,7 +282,7 @@ impl<S> Session<S> {
             out,
             auth: None,
             subscriptions: HashMap::new(),
-            bucket: TokenBucket::new(limits.rate_burst, limits.rate_per_second),
+            bucket: TokenBucket::new(limits.rate_burst, f64::from(limits.rate_per_second)),
             strikes: 0,
             pending: FuturesUnordered::new(),
             calls_in_flight: 0,
