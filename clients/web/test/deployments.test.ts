@@ -183,6 +183,26 @@ describe("the deployment monitor", () => {
     await screenshot(page, "console-deployments-failed.png");
   });
 
+  test("the list works from the keyboard: Tab to a deployment, Enter follows it", async () => {
+    const { page } = browser;
+    const first = page.locator('[data-testid="deploy-row"][data-id="1"]');
+    await first.focus();
+    await page.keyboard.press("Enter");
+    await deploymentState(page, "SUCCESS", 1n);
+    assert.equal(await page.locator('[data-testid="deploy-row"][data-id="1"]').getAttribute("aria-pressed"), "true");
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="log-line"]').length === 300, undefined, LONG);
+    // The list is drawn again on every refresh; the focus stays on the row.
+    await page.evaluate(() => {
+      (document.activeElement as HTMLElement & { drawnBefore?: boolean }).drawnBefore = true;
+      document.querySelector<HTMLElement>('[data-testid="deploy-refresh"]')!.click();
+    });
+    await page.waitForFunction(() => !(document.querySelector('[data-testid="deploy-row"][data-id="1"]') as (Element & { drawnBefore?: boolean }) | null)?.drawnBefore, undefined, LONG);
+    assert.equal(await page.evaluate(() => (document.activeElement as HTMLElement | null)?.dataset["id"]), "1");
+    // The log is focusable, so it scrolls from the keyboard.
+    await page.getByTestId("deploy-log").focus();
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("data-testid")), "deploy-log");
+  });
+
   test("on a phone-sized screen the monitor fits the width", async () => {
     const phone = await openBrowser({ width: 390, height: 844 });
     try {

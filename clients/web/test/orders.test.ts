@@ -102,6 +102,28 @@ describe("the order tracker", () => {
     await page.emulateMedia({ colorScheme: "light" });
   });
 
+  test("the customer sees her own order, whole; a courier sees his delivery without the map", async () => {
+    const customer = await openBrowser();
+    try {
+      await signInAsDev(customer.page, herald.url, "carol");
+      await customer.page.getByTestId("order-state").and(customer.page.locator('[data-status="DELIVERED"]')).waitFor(LONG);
+      assert.equal(await customer.page.getByTestId("order-row").count(), 1);
+      await customer.page.waitForFunction(() => document.querySelectorAll('[data-testid="order-timeline"] li time').length === 6, undefined, LONG);
+      assert.equal(await customer.page.getByTestId("alerts").textContent(), "");
+    } finally {
+      await customer.close();
+    }
+    const courier = await openBrowser();
+    try {
+      await signInAsDev(courier.page, herald.url, "kim", ["courier"]);
+      await courier.page.getByTestId("order-state").and(courier.page.locator('[data-status="DELIVERED"]')).waitFor(LONG);
+      assert.equal(await courier.page.getByTestId("order-map").count(), 0);
+      assert.equal(await courier.page.getByTestId("alerts").textContent(), "", "no refused subscription");
+    } finally {
+      await courier.close();
+    }
+  });
+
   test("a page opened later is greeted by the courier's last position and says how long ago it was seen", async () => {
     const later = await openBrowser({ width: 390, height: 844 });
     try {

@@ -102,6 +102,12 @@ export function deploymentsPanel(context: PanelContext): Panel {
   const liveStatus = (d: Deployment): DeploymentStatus | undefined => (store && store.id === d.id ? (store.view?.status ?? d.status) : d.status);
 
   const renderList = () => {
+    // The rows are drawn anew: keep the keyboard focus on the row that had it.
+    const focused = list.contains(document.activeElement) ? (document.activeElement as HTMLElement).dataset["id"] : undefined;
+    draw();
+    if (focused) list.querySelector<HTMLElement>(`[data-id="${focused}"]`)?.focus();
+  };
+  const draw = () => {
     if (rows.length === 0) {
       replaceChildren(list, h("li", { class: "empty" }, filter.value ? `No deployments of ${filter.value}.` : "No deployments yet."));
       return;

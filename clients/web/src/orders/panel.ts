@@ -1,8 +1,8 @@
 // The order tracker: the orders the signed-in user may see (admins and services all of them,
 // couriers those assigned to them, customers their own), and the selected order's status
-// timeline with the courier moving on a map the page draws. Admins' and couriers' lists are
-// live on their feed (`role:admin`, `user:<courier>`, from List's feed position); a customer
-// has no feed topic, so their list is read again every few seconds. The selected order is
+// timeline with the courier moving on a map the page draws. An admin's list is live on the
+// admins' feed (`role:admin`, from List's feed position); everyone else's is read again every
+// few seconds. The selected order is
 // pushed: its durable events and the courier's location signals on `order:<id>`.
 
 import { OrderStatus, type Event, type Order, type OrdersListResponse } from "@herald/client";
@@ -61,7 +61,10 @@ function applyFeed(orders: Order[], event: Event): Order[] {
 export function ordersPanel(context: PanelContext): Panel {
   const { herald, identity } = context;
   const roles = identity.roles;
-  const feedTopic = roles.includes("admin") || roles.includes("service") ? "role:admin" : roles.includes("courier") ? `user:${identity.sub}` : undefined;
+  // A courier's feed is `user:<courier>`, which the inbox already follows (one subscription per
+  // topic per client), so a courier's list is read again like a customer's.
+  const feedTopic = roles.includes("admin") ? "role:admin" : undefined;
+  const isCourierOnly = !feedTopic && roles.includes("courier");
 
   const list = h("ul", { class: "order-list", "aria-label": "Orders", "data-testid": "order-list" });
   const listStatus = h("p", { class: "muted", role: "status" }, "Loading…");
@@ -81,6 +84,12 @@ export function ordersPanel(context: PanelContext): Panel {
   let disposed = false;
 
   const renderList = () => {
+    // The rows are drawn anew: keep the keyboard focus on the row that had it.
+    const focused = list.contains(document.activeElement) ? (document.activeElement as HTMLElement).dataset["id"] : undefined;
+    draw();
+    if (focused) list.querySelector<HTMLElement>(`[data-id="${focused}"]`)?.focus();
+  };
+  const draw = () => {
     listStatus.textContent = plural(orders.length, "order");
     if (orders.length === 0) {
       replaceChildren(list, h("li", { class: "empty" }, "No orders yet."));
@@ -127,6 +136,7 @@ export function ordersPanel(context: PanelContext): Panel {
     if (disposed) return;
     orders = next;
     follow();
+    if (isCourierOnly && selected !== undefined) courierDetail(selected);
   };
 
   const readList = (): Promise<OrdersListResponse> => herald.orders.list({ pageSize: 30 });
@@ -221,12 +231,31 @@ export function ordersPanel(context: PanelContext): Panel {
     }
   };
 
+  // order:<id> carries payments and the courier's own position: couriers may not subscribe
+  // to it (they follow their deliveries with Orders/Watch in the courier app), so they see the
+  // order as their feed keeps it.
+  const courierDetail = (id: bigint) => {
+    const order = orders.find((o) => o.id === id);
+    replaceChildren(
+      detail,
+      h("div", { class: "order-head" }, h("h3", { class: "order-title", "data-testid": "order-title" }, `Order ${id}`), order ? h("span", { class: `state-pill order-${OrderStatus[order.status]?.toLowerCase()}`, "data-testid": "order-state", "data-status": OrderStatus[order.status] ?? "" }, orderStatusLabel(order.status)) : null),
+      order ? h("p", { class: "order-summary" }, `${order.items.map((i) => `${i.quantity} × ${i.name}`).join(", ")} · to ${order.deliveryAddress}`) : null,
+      h("p", { class: "muted" }, "The timeline and the map are for the order's customer and the shop."),
+    );
+  };
+
   const select = (id: bigint) => {
-    if (selected === id && store) return;
+    if (selected === id && (store || isCourierOnly)) return;
     offStore?.();
     store?.close();
+    store = undefined;
     selected = id;
     lastStatus = undefined;
+    if (isCourierOnly) {
+      courierDetail(id);
+      renderList();
+      return;
+    }
     replaceChildren(
       detail,
       h("div", { class: "order-head" }, title, pill),
