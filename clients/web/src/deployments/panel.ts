@@ -151,7 +151,19 @@ export function deploymentsPanel(context: PanelContext): Panel {
     if (newest && !pinned && newest.id !== selected) select(newest.id);
     else renderList();
   };
-  const reload = () => loadList().catch((error) => context.report("Listing deployments", error));
+  // A refresh that keeps failing (the server is away, a bad filter) is reported once, not
+  // every few seconds; the next success clears it.
+  let failing = false;
+  const reload = () =>
+    loadList().then(
+      () => {
+        failing = false;
+      },
+      (error) => {
+        if (!failing) context.report("Listing deployments", error);
+        failing = true;
+      },
+    );
 
   refresh.addEventListener("click", () => void reload());
   filter.addEventListener("change", () => {

@@ -160,10 +160,19 @@ export function ordersPanel(context: PanelContext): Panel {
     live.ready.then(setOrders, (error) => context.report("Listing orders", error));
     feed = live;
   } else {
+    // A refresh that keeps failing is reported once; the next success clears it.
+    let failing = false;
     const reload = () =>
-      readList()
-        .then((page) => setOrders(page.orders.flatMap((entry) => (entry.order ? [entry.order] : []))))
-        .catch((error) => context.report("Listing orders", error));
+      readList().then(
+        (page) => {
+          failing = false;
+          setOrders(page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])));
+        },
+        (error) => {
+          if (!failing) context.report("Listing orders", error);
+          failing = true;
+        },
+      );
     void reload();
     timer = setInterval(() => {
       if (!document.hidden) void reload();
