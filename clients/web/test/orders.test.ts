@@ -134,6 +134,7 @@ describe("the order tracker", () => {
       await later.page.waitForFunction(() => document.querySelector('[data-testid="courier-marker"]')?.getAttribute("cx"), undefined, LONG);
       await later.page.clock.fastForward(40_000);
       await later.page.getByTestId("courier-freshness").filter({ hasText: /^Last seen \d+ s ago$/ }).waitFor(LONG);
+      await later.page.getByTestId("announce").filter({ hasText: /^The courier was last seen \d+ s ago$/ }).waitFor(LONG);
       const scrollWidth = await later.page.evaluate(() => document.documentElement.scrollWidth);
       assert.ok(scrollWidth <= 390, `the page scrolls sideways (${scrollWidth} px)`);
       await later.page.getByTestId("order-map").scrollIntoViewIfNeeded();

@@ -186,7 +186,8 @@ export function ordersPanel(context: PanelContext): Panel {
   const summary = h("p", { class: "order-summary" });
   const notes = h("ul", { class: "order-notes", "aria-label": "Courier and payments" });
   const map = courierMap();
-  const freshness = h("p", { class: "map-freshness", "data-testid": "courier-freshness", "aria-live": "polite" });
+  // Not a live region (it ticks every second); going stale is announced once instead.
+  const freshness = h("p", { class: "map-freshness", "data-testid": "courier-freshness" });
 
   let lastStatus: OrderStatus | undefined;
   const renderFreshness = (track: CourierTrack, status: OrderStatus) => {
@@ -198,6 +199,7 @@ export function ordersPanel(context: PanelContext): Panel {
     }
     const now = Date.now();
     const stale = track.stale || now - last.receivedAt >= STALE_AFTER_MS;
+    if (stale && freshness.dataset["stale"] === "false") context.announce(`The courier was last seen ${secondsAgo(last.receivedAt, now)}`);
     freshness.dataset["stale"] = String(stale);
     freshness.textContent = stale ? `Last seen ${secondsAgo(last.receivedAt, now)}` : terminal(status) ? `Last position ${secondsAgo(last.receivedAt, now)}` : `Live · updated ${secondsAgo(last.receivedAt, now)}`;
   };
