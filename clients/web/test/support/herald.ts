@@ -13,11 +13,15 @@ import { promisify } from "node:util";
 
 // test-build/test/support → the repository root
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../../..");
-const HERALD = process.env["HERALD_BIN"] ?? path.join(REPO_ROOT, "target/debug/herald");
+export const HERALD = process.env["HERALD_BIN"] ?? path.join(REPO_ROOT, "target/debug/herald");
 const STARTUP_TIMEOUT_MS = 30_000;
 
 export interface Herald {
   readonly url: string;
+  /** The backend's gRPC address (`http://127.0.0.1:PORT`), for `herald demo … --server`. */
+  readonly grpcUrl: string;
+  /** The server's data directory (its development key signs the demos' tokens). */
+  readonly dataDir: string;
   /** A token signed with the key the server verifies with. */
   token(sub: string, roles?: string[]): Promise<string>;
   stop(): Promise<void>;
@@ -82,6 +86,8 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
   }
   return {
     url: `http://${http!}`,
+    grpcUrl: `http://${grpc!}`,
+    dataDir,
     async token(sub, roles = []) {
       const key = options.hs256Secret ? ["--secret", options.hs256Secret] : ["--data-dir", dataDir];
       const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
