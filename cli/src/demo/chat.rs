@@ -11,14 +11,14 @@ use herald_proto::v1::{
     ChatDeleteMessageRequest, ChatEditMessageRequest, ChatListMessagesRequest,
     ChatListMyConversationsRequest, ChatMarkReadRequest, ChatMessage, ChatReactRequest,
     ChatRemoveMemberRequest, ChatSendMessageRequest, ChatSetTypingRequest, StreamPosition,
-    SubscribeRequest, SubscribeResponse, chat_client::ChatClient,
-    chat_create_conversation_request::With, presence_change, rooms_client::RoomsClient,
-    subscribe_response::Frame,
+    chat_client::ChatClient, chat_create_conversation_request::With, presence_change,
 };
 use tokio::sync::watch;
-use tonic::{Streaming, transport::Channel};
+use tonic::transport::Channel;
 
-use super::{Actor, Stage, describe, status_error};
+use herald_client::Update;
+
+use super::{Actor, Stage, describe, next_update, status_error, subscribe};
 use crate::{ChatDemoArgs, CliError};
 
 struct Scene {
@@ -98,72 +98,67 @@ impl Scene {
     }
 }
 
-/// Subscribes as `who` and returns the stream after its `subscribed` frame.
+/// Subscribes as `who` and returns the subscription once it is live.
 async fn open(
-    channel: &Channel,
+    stage: &Stage,
     who: &Actor,
     topic: &str,
-) -> Result<Streaming<SubscribeResponse>, CliError> {
-    let request = who.request(SubscribeRequest {
-        topic: topic.to_owned(),
-        since: None,
-    })?;
-    let mut stream = RoomsClient::new(channel.clone())
-        .subscribe(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .map_err(status_error)?
-        .and_then(|f| f.frame)
-    {
-        Some(Frame::Subscribed(_)) => Ok(stream),
+) -> Result<herald_client::Subscription, CliError> {
+    let mut feed = subscribe(stage, who, topic);
+    match next_update(&who.name, &mut feed).await? {
+        Update::Subscribed { .. } => Ok(feed),
         other => Err(CliError::new(format!(
             "expected `subscribed`, got {other:?}"
         ))),
     }
 }
 
-/// Prints everything of the stream as `label` sees it: events, typing and presence.
-fn screen(label: String, mut stream: Streaming<SubscribeResponse>) -> watch::Receiver<u64> {
+/// Prints everything of the subscription as `label` sees it: events, typing and presence.
+fn screen(label: String, mut feed: herald_client::Subscription) -> watch::Receiver<u64> {
     let (shown, receiver) = watch::channel(0);
     tokio::spawn(async move {
-        loop {
-            match stream.message().await {
-                Ok(Some(response)) => match response.frame {
-                    Some(Frame::Event(event)) => {
-                        println!("   {label} ← #{} {}", event.offset, describe(&event));
-                        shown.send_replace(event.offset);
+        while let Some(Ok(update)) = feed.next().await {
+            match update {
+                Update::Event(event) => {
+                    println!("   {label} ← #{} {}", event.offset, describe(&event));
+                    shown.send_replace(event.offset);
+                }
+                Update::Signal(signal) => {
+                    let data =
+                        serde_json::to_value(signal.data.unwrap_or_default()).unwrap_or_default();
+                    let line = match signal.r#type.as_str() {
+                        "chat.typing" if data["typing"] == true => {
+                            format!("{} is typing…", signal.publisher)
+                        }
+                        "chat.typing" => format!(
+                            "{} stopped typing ({})",
+                            signal.publisher,
+                            data["reason"].as_str().unwrap_or("stopped")
+                        ),
+                        other => format!("{other} {data}"),
+                    };
+                    println!("   {label} ~ {line}");
+                }
+                Update::Presence(change) => {
+                    let (joined, left) = match change.kind() {
+                        presence_change::Kind::Join => {
+                            (change.member.into_iter().collect(), vec![])
+                        }
+                        presence_change::Kind::Leave => {
+                            (vec![], change.member.into_iter().collect())
+                        }
+                        _ => (change.joins, change.leaves),
+                    };
+                    for (members, verb) in [(joined, "opened"), (left, "closed")] {
+                        for member in members {
+                            println!("   {label} ~ {} {verb} the conversation", member.user_id);
+                        }
                     }
-                    Some(Frame::Signal(signal)) => {
-                        let data = serde_json::to_value(signal.data.unwrap_or_default())
-                            .unwrap_or_default();
-                        let line = match signal.r#type.as_str() {
-                            "chat.typing" if data["typing"] == true => {
-                                format!("{} is typing…", signal.publisher)
-                            }
-                            "chat.typing" => format!(
-                                "{} stopped typing ({})",
-                                signal.publisher,
-                                data["reason"].as_str().unwrap_or("stopped")
-                            ),
-                            other => format!("{other} {data}"),
-                        };
-                        println!("   {label} ~ {line}");
-                    }
-                    Some(Frame::Presence(change)) => {
-                        let verb = match change.kind() {
-                            presence_change::Kind::Join => "opened",
-                            _ => "closed",
-                        };
-                        let who = change.member.map(|m| m.user_id).unwrap_or_default();
-                        println!("   {label} ~ {who} {verb} the conversation");
-                    }
-                    _ => {}
-                },
-                Ok(None) | Err(_) => return,
+                }
+                Update::Subscribed { resumed: true, .. } => {
+                    println!("   {label}: reconnected, nothing missed");
+                }
+                Update::Subscribed { .. } | Update::Reload { .. } => {}
             }
         }
     });
@@ -211,7 +206,7 @@ pub(crate) async fn run(args: ChatDemoArgs, config: &Config) -> Result<(), CliEr
         conversation.id
     );
     let topic = format!("conv:{}", conversation.id);
-    let ana_stream = open(&stage.channel, &ana, &topic).await?;
+    let ana_stream = open(&stage, &ana, &topic).await?;
     let shown = screen("ana's screen".into(), ana_stream);
     let mut scene = Scene {
         stage,
@@ -227,8 +222,8 @@ pub(crate) async fn run(args: ChatDemoArgs, config: &Config) -> Result<(), CliEr
         .stage
         .step("ben and cleo open the conversation (they are online now)")
         .await;
-    let _ben_stream = open(&scene.stage.channel, &scene.ben, &topic).await?;
-    let mut cleo_stream = open(&scene.stage.channel, &scene.cleo, &topic).await?;
+    let _ben_stream = open(&scene.stage, &scene.ben, &topic).await?;
+    let mut cleo_stream = open(&scene.stage, &scene.cleo, &topic).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     scene.stage.step("ben types, then sends").await;
@@ -318,18 +313,17 @@ pub(crate) async fn run(args: ChatDemoArgs, config: &Config) -> Result<(), CliEr
     let mut earlier = 0;
     let mut last = None;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), cleo_stream.message()).await {
-            Ok(Ok(Some(response))) => {
-                if let Some(Frame::Event(event)) = response.frame {
-                    earlier += usize::from(last.is_some());
-                    last = Some(event);
-                }
+        match tokio::time::timeout(Duration::from_secs(10), cleo_stream.next()).await {
+            Ok(Some(Ok(Update::Event(event)))) => {
+                earlier += usize::from(last.is_some());
+                last = Some(event);
             }
-            Ok(Ok(None)) => {
+            Ok(Some(Ok(_))) => {}
+            Ok(None) => {
                 println!("   cleo's screen: the stream finished");
                 break;
             }
-            Ok(Err(status)) => {
+            Ok(Some(Err(error))) => {
                 if let Some(event) = &last {
                     println!(
                         "   cleo's screen ← ({earlier} earlier events) #{} {}",
@@ -337,11 +331,13 @@ pub(crate) async fn run(args: ChatDemoArgs, config: &Config) -> Result<(), CliEr
                         describe(event)
                     );
                 }
-                println!(
-                    "   cleo's screen: ended with {:?}: {}",
-                    status.code(),
-                    status.message()
-                );
+                let reason = match &error {
+                    herald_client::Error::Status(status) => {
+                        format!("{:?}: {}", status.code(), status.message())
+                    }
+                    other => other.to_string(),
+                };
+                println!("   cleo's screen: ended with {reason}");
                 break;
             }
             Err(_) => return Err(CliError::new("cleo's stream did not end within 10 s")),

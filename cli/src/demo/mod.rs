@@ -14,11 +14,9 @@ use herald_backend::{
     Config,
     auth::dev_key::{self, TokenClaims},
 };
-use herald_proto::v1::{
-    Event, StreamPosition, SubscribeRequest, SubscribeResponse, event::Body,
-    subscribe_response::Frame,
-};
-use tonic::{Request, Status, Streaming, transport::Channel};
+use herald_client::Update;
+use herald_proto::v1::{Event, StreamPosition, event::Body};
+use tonic::{Request, Status, transport::Channel};
 
 use crate::{CliError, DemoCommon};
 
@@ -115,10 +113,11 @@ fn status_error(status: Status) -> CliError {
     CliError::new(format!("{:?}: {}", status.code(), status.message()))
 }
 
-/// A subscription whose events are printed, step by step, under a label.
+/// A subscription whose events are printed, step by step, under a label. It is the SDK's
+/// [`herald_client::Subscription`], so a demo survives the server restarting under it.
 struct Watcher {
     label: String,
-    stream: Streaming<SubscribeResponse>,
+    feed: herald_client::Subscription,
     last: u64,
 }
 
@@ -131,23 +130,10 @@ impl Watcher {
         topic: &str,
         since: StreamPosition,
     ) -> Result<Watcher, CliError> {
-        let mut client = herald_proto::v1::rooms_client::RoomsClient::new(stage.channel.clone());
-        let request = who.request(SubscribeRequest {
-            topic: topic.to_owned(),
-            since: Some(since.clone()),
-        })?;
-        let mut stream = client
-            .subscribe(request)
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        match stream
-            .message()
-            .await
-            .map_err(status_error)?
-            .and_then(|f| f.frame)
-        {
-            Some(Frame::Subscribed(_)) => {}
+        let mut feed = subscribe(stage, who, topic).since(since.clone());
+        let label = label.to_owned();
+        match next_update(&label, &mut feed).await? {
+            Update::Subscribed { .. } => {}
             other => {
                 return Err(CliError::new(format!(
                     "expected `subscribed`, got {other:?}"
@@ -156,8 +142,8 @@ impl Watcher {
         }
         println!("   {label} watches {topic} from offset {}", since.offset);
         Ok(Watcher {
-            label: label.to_owned(),
-            stream,
+            label,
+            feed,
             last: since.offset,
         })
     }
@@ -166,18 +152,38 @@ impl Watcher {
     async fn show_until(&mut self, position: &StreamPosition) -> Result<Vec<Event>, CliError> {
         let mut events = vec![];
         while self.last < position.offset {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.stream.message())
-                .await
-                .map_err(|_| CliError::new(format!("{}: no event within 10 s", self.label)))?
-                .map_err(status_error)?;
-            let Some(Frame::Event(event)) = message.and_then(|m| m.frame) else {
-                continue;
-            };
-            self.last = event.offset;
-            println!("   {} ← #{} {}", self.label, event.offset, describe(&event));
-            events.push(event);
+            match next_update(&self.label, &mut self.feed).await? {
+                Update::Event(event) => {
+                    self.last = event.offset;
+                    println!("   {} ← #{} {}", self.label, event.offset, describe(&event));
+                    events.push(*event);
+                }
+                Update::Reload { position } => {
+                    println!("   {}: history could not continue; reloading", self.label);
+                    self.last = position.map_or(self.last, |p| p.offset);
+                }
+                _ => {}
+            }
         }
         Ok(events)
+    }
+}
+
+/// `who`'s subscription to `topic` through the SDK, on the demo's connection.
+fn subscribe(stage: &Stage, who: &Actor, topic: &str) -> herald_client::Subscription {
+    herald_client::Client::with_channel(stage.channel.clone(), who.token.clone()).subscribe(topic)
+}
+
+/// The next update of `feed`, within 10 s; an error when it ended.
+async fn next_update(
+    label: &str,
+    feed: &mut herald_client::Subscription,
+) -> Result<Update, CliError> {
+    match tokio::time::timeout(Duration::from_secs(10), feed.next()).await {
+        Err(_) => Err(CliError::new(format!("{label}: nothing within 10 s"))),
+        Ok(None) => Err(CliError::new(format!("{label}: the subscription ended"))),
+        Ok(Some(Err(error))) => Err(CliError::new(format!("{label}: {error}"))),
+        Ok(Some(Ok(update))) => Ok(update),
     }
 }
 
