@@ -7,10 +7,12 @@ import { createClient, HeraldError, type HeraldClient } from "@herald/client";
 import { connectionIndicator } from "./connection.js";
 import { h, replaceChildren } from "./dom.js";
 import { notificationsPanel } from "./inbox/panel.js";
+import { chatPanel } from "./chat/panel.js";
+import { reviewsPanel } from "./reviews/panel.js";
 import type { Panel, PanelContext, PanelFactory } from "./panels.js";
 import { devStatus, identityOf, loadSignIn, saveSignIn, tokenFor, type Identity, type SignIn } from "./session.js";
 
-const PANELS: PanelFactory[] = [notificationsPanel];
+const PANELS: PanelFactory[] = [notificationsPanel, reviewsPanel, chatPanel];
 
 /** Roles offered by the development sign-in (any other can be typed). */
 const DEV_ROLES = ["admin", "reviewer", "courier"];

@@ -20,6 +20,10 @@ export interface Herald {
   readonly url: string;
   /** A token signed with the key the server verifies with. */
   token(sub: string, roles?: string[]): Promise<string>;
+  /** Stops the process (SIGTERM), keeping the data directory; `startServer` starts it again. */
+  stopServer(): Promise<void>;
+  /** Starts `herald serve` again on the same data directory and the same HTTP address. */
+  startServer(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -31,8 +35,32 @@ export interface StartOptions {
 export async function startHerald(options: StartOptions = {}): Promise<Herald> {
   if (!existsSync(HERALD)) throw new Error(`${HERALD} is missing: run \`cargo build --bin herald\` in ${REPO_ROOT} first`);
   const dataDir = await mkdtemp(path.join(tmpdir(), "herald-web-"));
-  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"];
-  if (options.hs256Secret) args.push("--hs256-secret", options.hs256Secret);
+  const extra = options.hs256Secret ? ["--hs256-secret", options.hs256Secret] : [];
+  let serve = await launch(dataDir, "127.0.0.1:0", extra);
+  const http = serve.http;
+  return {
+    url: `http://${http}`,
+    async token(sub, roles = []) {
+      const key = options.hs256Secret ? ["--secret", options.hs256Secret] : ["--data-dir", dataDir];
+      const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
+      return stdout.trim();
+    },
+    async stopServer() {
+      await serve.end();
+    },
+    async startServer() {
+      serve = await launch(dataDir, http, extra);
+    },
+    async stop() {
+      await serve.end();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One `herald serve` process on `dataDir`, its edge on `httpAddr`; resolves once it listens. */
+async function launch(dataDir: string, httpAddr: string, extra: string[]): Promise<{ http: string; end(): Promise<void> }> {
+  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--log-format", "json", ...extra];
   const child = spawn(HERALD, args, { stdio: ["ignore", "ignore", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL");
   process.on("exit", killOnExit);
@@ -80,16 +108,5 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
   } finally {
     clearTimeout(timer);
   }
-  return {
-    url: `http://${http!}`,
-    async token(sub, roles = []) {
-      const key = options.hs256Secret ? ["--secret", options.hs256Secret] : ["--data-dir", dataDir];
-      const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
-      return stdout.trim();
-    },
-    async stop() {
-      await end();
-      await rm(dataDir, { recursive: true, force: true });
-    },
-  };
+  return { http: http!, end };
 }
