@@ -18,11 +18,13 @@ const NO_REASON = "No reason given";
 export function reviewsPanel(context: PanelContext): Panel {
   const me = context.identity.sub;
   const roles = reviewerRoles(context.identity.roles);
+  // Without a role there is no queue to show: no button, no section.
+  if (roles.length === 0) return { id: "reviews", title: "Review queue", dispose() {} };
   const store = new ReviewStore(context.herald, roles, (error) => context.report("The review queue", error));
 
   const badge = h("span", { class: "badge", "data-testid": "reviews-count", "aria-hidden": "true", hidden: true });
   const button = h("button", { type: "button", class: "reviews-button", "data-testid": "reviews", "aria-controls": "panel-reviews" }, "Reviews", badge);
-  const body = h("div", { class: "panel-body" }, h("p", {}, roles.length ? "Loading…" : "You hold no role that reviews requests."));
+  const body = h("div", { class: "panel-body" }, h("p", {}, "Loading…"));
   const title = h("h2", { id: "panel-reviews-title", tabindex: "-1" }, "Review queue");
   const section = h("section", { id: "panel-reviews", class: "panel reviews-panel", "aria-labelledby": "panel-reviews-title", "data-testid": "panel-reviews" }, title, body);
 
@@ -57,7 +59,6 @@ export function reviewsPanel(context: PanelContext): Panel {
     badge.hidden = waiting === 0;
     badge.dataset["count"] = String(waiting);
     button.setAttribute("aria-label", waiting === 0 ? "Review queue, nothing waiting" : `Review queue, ${plural(waiting, "request")} waiting`);
-    if (!roles.length) return;
     if (!store.loaded && queues.length === 0) return;
     const many = queues.length > 1;
     replaceChildren(

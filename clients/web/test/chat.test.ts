@@ -1,0 +1,155 @@
+// The chat panel in a real browser against a real `herald serve`: two users in one
+// conversation see each other type, their messages, reactions, read receipts and presence;
+// and the page rides out a restart of the server with no message missing or doubled, and no
+// reload.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { createClient, type HeraldClient } from "@herald/client";
+import type { Page } from "playwright-core";
+import { openBrowser, screenshot, type Browser } from "./support/browser.js";
+import { startHerald, type Herald } from "./support/herald.js";
+
+const LONG = { timeout: 20_000 };
+
+async function signIn(page: Page, url: string, user: string): Promise<void> {
+  await page.goto(url);
+  const form = page.getByTestId("dev-sign-in");
+  await form.getByLabel("User id").fill(user);
+  await form.getByRole("button", { name: "Sign in" }).click();
+  await page.getByTestId("signed-in-as").filter({ hasText: user }).waitFor();
+  await page.getByTestId("connection").filter({ hasText: "Connected" }).waitFor();
+}
+
+/** The texts of the conversation's messages on the page, oldest first. */
+const texts = (page: Page) => page.getByTestId("message-text").allTextContents();
+
+async function waitForTexts(page: Page, expected: string[]): Promise<void> {
+  await page.waitForFunction(
+    (expected) => {
+      const shown = Array.from(document.querySelectorAll('[data-testid="message-text"]')).map((e) => e.textContent);
+      return shown.length === expected.length && shown.every((t, i) => t === expected[i]) && document.querySelectorAll('[data-testid="pending-message"]').length === 0;
+    },
+    expected,
+    LONG,
+  );
+}
+
+async function connection(page: Page, label: string): Promise<void> {
+  await page.getByTestId("connection").filter({ hasText: label }).waitFor(LONG);
+}
+
+describe("the chat panel", () => {
+  let herald: Herald;
+  let alice: Browser;
+  let bob: Browser;
+  let cleo: HeraldClient;
+  let conversationId: bigint;
+  const sent: string[] = [];
+
+  before(async () => {
+    herald = await startHerald();
+    // Alice's group with Bob and Cleo, and its conversation, made through the SDK as Alice.
+    const aliceToken = await herald.token("alice");
+    const setup = createClient({ url: herald.url, getToken: () => aliceToken, transport: "grpc-web" });
+    const { group } = await setup.chat.createGroup({ name: "Ops", memberIds: ["bob", "cleo"] });
+    const { conversation } = await setup.chat.createConversation({ with: { case: "groupId", value: group!.id }, title: "Release" });
+    conversationId = conversation!.id;
+    setup.close();
+    const cleoToken = await herald.token("cleo");
+    cleo = createClient({ url: herald.url, getToken: () => cleoToken, transport: "grpc-web" });
+    [alice, bob] = await Promise.all([openBrowser({ width: 1100, height: 900 }), openBrowser({ width: 1100, height: 900 })]);
+    await Promise.all([signIn(alice.page, herald.url, "alice"), signIn(bob.page, herald.url, "bob")]);
+  });
+
+  after(async () => {
+    await alice?.close();
+    await bob?.close();
+    cleo?.close();
+    await herald?.stop();
+  });
+
+  test("a message typed in one page appears in the other: typing first, then the message, then a read receipt", async () => {
+    for (const { page } of [alice, bob]) {
+      await page.getByTestId("chat-title").filter({ hasText: "Ops · Release" }).waitFor(LONG);
+      await page.getByText("No messages yet: say hello.").waitFor(LONG);
+    }
+    // Each sees the other online.
+    await bob.page.locator('[data-testid="person"][data-user="alice"][data-online="true"]').waitFor(LONG);
+    await alice.page.locator('[data-testid="person"][data-user="bob"][data-online="true"]').waitFor(LONG);
+
+    const composer = alice.page.getByLabel("Message to Ops · Release");
+    await composer.click();
+    await composer.pressSequentially("Hello Bob, the release is at 5", { delay: 20 });
+    // Bob sees Alice typing before there is any message.
+    await bob.page.getByTestId("typing").filter({ hasText: "alice is typing…" }).waitFor(LONG);
+    assert.deepEqual(await texts(bob.page), []);
+
+    await composer.press("Enter");
+    sent.push("Hello Bob, the release is at 5");
+    await waitForTexts(bob.page, sent);
+    await bob.page.waitForFunction(() => document.querySelector('[data-testid="typing"]')?.textContent === "", undefined, LONG);
+    // Bob's page had the message on screen: it marked it read, and Alice sees the receipt.
+    await alice.page.getByTestId("receipt").filter({ hasText: "Seen by bob" }).waitFor(LONG);
+    await waitForTexts(alice.page, sent);
+
+    // Bob answers and reacts; Alice sees both.
+    const bobComposer = bob.page.getByLabel("Message to Ops · Release");
+    await bobComposer.fill("Thanks, I will be there");
+    await bobComposer.press("Enter");
+    sent.push("Thanks, I will be there");
+    await bob.page.getByTestId("message").first().getByRole("button", { name: "React with 👍" }).click();
+    await waitForTexts(alice.page, sent);
+    await alice.page.locator('[data-testid="message"]').first().locator('[data-testid="reaction"][data-emoji="👍"][data-count="1"]').waitFor(LONG);
+    await bob.page.locator('[data-testid="message"]').first().locator('[data-testid="reaction"][data-emoji="👍"][aria-pressed="true"]').waitFor(LONG);
+    await bob.page.getByTestId("receipt").filter({ hasText: "Seen by alice" }).waitFor(LONG);
+    assert.doesNotMatch((await alice.page.getByTestId("panel-chat").textContent()) ?? "", /[{}"]/, "no raw JSON");
+    await alice.page.getByTestId("panel-chat").scrollIntoViewIfNeeded();
+    await screenshot(alice.page, "console-chat.png", "docs/console-chat.png");
+
+    // The server agrees: two messages, the 👍 on the first.
+    const { messages } = await cleo.chat.listMessages({ conversationId });
+    assert.deepEqual(messages.map((m) => m.text).reverse(), sent);
+    assert.deepEqual(messages[1]!.reactions.map((r) => [r.emoji, r.count]), [["👍", 1]]);
+  });
+
+  test("the page survives a restart of herald serve: reconnecting, then every message exactly once, no reload", async () => {
+    for (const { page } of [alice, bob]) await page.evaluate(() => ((window as unknown as { stayed: boolean }).stayed = true));
+
+    await herald.stopServer();
+    await Promise.all([connection(alice.page, "Reconnecting"), connection(bob.page, "Reconnecting")]);
+    await screenshot(alice.page, "console-chat-reconnecting.png");
+
+    // Sent while the server is away: it waits in the page and goes out once it is back.
+    const composer = alice.page.getByLabel("Message to Ops · Release");
+    await composer.fill("Sent while the server was away");
+    await composer.press("Enter");
+    await alice.page.getByTestId("pending-message").filter({ hasText: "sending…" }).waitFor(LONG);
+
+    await herald.startServer();
+    // Cleo writes at once, likely before the pages are back: they get it by resuming.
+    await cleo.chat.sendMessage({ conversationId, text: "Cleo, right after the restart", clientMessageId: "cleo-1" });
+    sent.push("Sent while the server was away", "Cleo, right after the restart");
+    // The two messages may be committed in either order; the pages show the server's order.
+    await Promise.all([connection(alice.page, "Resumed"), connection(bob.page, "Resumed")]);
+    const order = async () => (await cleo.chat.listMessages({ conversationId })).messages.map((m) => m.text).reverse();
+    await alice.page.waitForFunction(() => document.querySelectorAll('[data-testid="pending-message"]').length === 0, undefined, LONG);
+    let expected = await order();
+    assert.deepEqual([...expected].sort(), [...sent].sort());
+    await Promise.all([waitForTexts(alice.page, expected), waitForTexts(bob.page, expected)]);
+
+    const bobComposer = bob.page.getByLabel("Message to Ops · Release");
+    await bobComposer.fill("And after it");
+    await bobComposer.press("Enter");
+    expected = [...expected, "And after it"];
+    await Promise.all([waitForTexts(alice.page, expected), waitForTexts(bob.page, expected)]);
+    assert.deepEqual(await order(), expected);
+
+    for (const { page } of [alice, bob]) {
+      assert.equal(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed), true, "the page was not reloaded");
+      assert.notEqual(await page.getByTestId("connection").getAttribute("data-state"), "reloaded");
+      assert.deepEqual(await texts(page), expected, "no message missing or doubled");
+    }
+    await screenshot(alice.page, "console-chat-after-restart.png");
+  });
+});
