@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { createClient, type HeraldClient } from "@herald/client";
 import type { Page } from "playwright-core";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
+import { lowContrastTexts } from "./support/contrast.js";
 import { startHerald, type Herald } from "./support/herald.js";
 
 const LONG = { timeout: 20_000 };
@@ -113,6 +114,35 @@ describe("the chat panel", () => {
     assert.deepEqual(messages[1]!.reactions.map((r) => [r.emoji, r.count]), [["👍", 1]]);
   });
 
+  test("the chat meets WCAG AA contrast in both schemes and fits a phone's width", async () => {
+    for (const colorScheme of ["light", "dark"] as const) {
+      await alice.page.emulateMedia({ colorScheme });
+      const { checked, failures } = await alice.page.evaluate(lowContrastTexts);
+      assert.ok(checked > 20, `only ${checked} texts were checked`);
+      assert.deepEqual(failures, [], colorScheme);
+    }
+    await alice.page.emulateMedia({ colorScheme: "light" });
+
+    const phone = await openBrowser({ width: 390, height: 844 });
+    try {
+      await signIn(phone.page, herald.url, "cleo");
+      await waitForTexts(phone.page, sent);
+      const scrollWidth = await phone.page.evaluate(() => document.documentElement.scrollWidth);
+      assert.ok(scrollWidth <= 390, `the page scrolls sideways (${scrollWidth} px)`);
+      const composer = phone.page.getByLabel("Message to Ops · Release");
+      await composer.fill("On my phone: see you at 5");
+      await composer.press("Enter");
+      sent.push("On my phone: see you at 5");
+      await waitForTexts(alice.page, sent);
+      await alice.page.locator('[data-testid="person"][data-user="cleo"][data-online="true"]').waitFor(LONG);
+      await screenshot(phone.page, "console-chat-phone.png");
+    } finally {
+      await phone.close();
+    }
+    // Cleo closed the page: she goes offline for the others.
+    await alice.page.locator('[data-testid="person"][data-user="cleo"][data-online="false"]').waitFor(LONG);
+  });
+
   test("the page survives a restart of herald serve: reconnecting, then every message exactly once, no reload", async () => {
     for (const { page } of [alice, bob]) await page.evaluate(() => ((window as unknown as { stayed: boolean }).stayed = true));
 
@@ -151,5 +181,24 @@ describe("the chat panel", () => {
       assert.deepEqual(await texts(page), expected, "no message missing or doubled");
     }
     await screenshot(alice.page, "console-chat-after-restart.png");
+  });
+
+  test("after a kill -9 of herald serve too: the pages resume and nothing acknowledged is lost or doubled", async () => {
+    const before = await texts(alice.page);
+    await herald.stopServer("SIGKILL");
+    await Promise.all([connection(alice.page, "Reconnecting"), connection(bob.page, "Reconnecting")]);
+    const composer = bob.page.getByLabel("Message to Ops · Release");
+    await composer.fill("Written during the crash");
+    await composer.press("Enter");
+    await bob.page.getByTestId("pending-message").waitFor(LONG);
+    await herald.startServer();
+    await Promise.all([connection(alice.page, "Resumed"), connection(bob.page, "Resumed")]);
+    const expected = [...before, "Written during the crash"];
+    await Promise.all([waitForTexts(alice.page, expected), waitForTexts(bob.page, expected)]);
+    const { messages } = await cleo.chat.listMessages({ conversationId });
+    assert.deepEqual(messages.map((m) => m.text).reverse(), expected);
+    for (const { page } of [alice, bob]) {
+      assert.equal(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed), true, "the page was not reloaded");
+    }
   });
 });

@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { createClient, type HeraldClient } from "@herald/client";
 import type { Page } from "playwright-core";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
+import { lowContrastTexts } from "./support/contrast.js";
 import { startHerald, type Herald } from "./support/herald.js";
 
 async function signIn(page: Page, url: string, user: string, roles: string[]): Promise<void> {
@@ -112,5 +113,34 @@ describe("the review queue", () => {
     await alice.page.getByText("Your own request: another reviewer decides it.").waitFor();
     await bob.page.getByRole("button", { name: "Approve Alice Again" }).click();
     await Promise.all([reviewBadge(bob.page, 0), requestsShown(alice.page, 0)]);
+  });
+
+  test("the queue works from the keyboard and meets WCAG AA contrast in both schemes, reject form open", async () => {
+    await submit("Katherine Johnson", { details: { portfolio: "https://example.com/kj", references: ["NASA", "NACA"], verified: true } });
+    await reviewBadge(bob.page, 1);
+    const { page } = bob;
+    // The header button takes the focus to the queue.
+    await page.getByTestId("reviews").focus();
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.activeElement?.id === "panel-reviews-title");
+    await page.getByRole("button", { name: "Reject Katherine Johnson" }).focus();
+    await page.keyboard.press("Enter");
+    const reason = page.getByLabel("Reason (optional, the applicant sees it)");
+    await reason.waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.tagName), "TEXTAREA");
+    assert.match((await page.getByTestId("review").locator(".review-details").textContent()) ?? "", /ReferencesNASA, NACA.*Verifiedyes/);
+    for (const colorScheme of ["light", "dark"] as const) {
+      await page.emulateMedia({ colorScheme });
+      const { checked, failures } = await page.evaluate(lowContrastTexts);
+      assert.ok(checked > 15, `only ${checked} texts were checked`);
+      assert.deepEqual(failures, [], colorScheme);
+    }
+    await page.emulateMedia({ colorScheme: "light" });
+    // Escape closes the form without rejecting.
+    await page.keyboard.press("Escape");
+    await page.getByRole("button", { name: "Approve Katherine Johnson" }).waitFor();
+    await reviewBadge(bob.page, 1);
+    await page.getByRole("button", { name: "Approve Katherine Johnson" }).click();
+    await reviewBadge(bob.page, 0);
   });
 });

@@ -20,8 +20,8 @@ export interface Herald {
   readonly url: string;
   /** A token signed with the key the server verifies with. */
   token(sub: string, roles?: string[]): Promise<string>;
-  /** Stops the process (SIGTERM), keeping the data directory; `startServer` starts it again. */
-  stopServer(): Promise<void>;
+  /** Stops the process (SIGTERM, or `signal`), keeping the data directory; `startServer` starts it again. */
+  stopServer(signal?: NodeJS.Signals): Promise<void>;
   /** Starts `herald serve` again on the same data directory and the same HTTP address. */
   startServer(): Promise<void>;
   stop(): Promise<void>;
@@ -45,8 +45,8 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
       const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
       return stdout.trim();
     },
-    async stopServer() {
-      await serve.end();
+    async stopServer(signal) {
+      await serve.end(signal);
     },
     async startServer() {
       serve = await launch(dataDir, http, extra);
@@ -59,7 +59,7 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
 }
 
 /** One `herald serve` process on `dataDir`, its edge on `httpAddr`; resolves once it listens. */
-async function launch(dataDir: string, httpAddr: string, extra: string[]): Promise<{ http: string; end(): Promise<void> }> {
+async function launch(dataDir: string, httpAddr: string, extra: string[]): Promise<{ http: string; end(signal?: NodeJS.Signals): Promise<void> }> {
   const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--log-format", "json", ...extra];
   const child = spawn(HERALD, args, { stdio: ["ignore", "ignore", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL");
@@ -85,9 +85,9 @@ async function launch(dataDir: string, httpAddr: string, extra: string[]): Promi
     child.once("error", reject);
     void exited.then(() => reject(new Error("herald serve exited before listening")));
   });
-  const end = async () => {
+  const end = async (signal: NodeJS.Signals = "SIGTERM") => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
+      child.kill(signal);
       const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
       await exited;
       clearTimeout(timer);
