@@ -46,6 +46,7 @@ describe("the chat panel", () => {
   let bob: Browser;
   let cleo: HeraldClient;
   let conversationId: bigint;
+  let randomId: bigint;
   const sent: string[] = [];
 
   before(async () => {
@@ -56,6 +57,8 @@ describe("the chat panel", () => {
     const { group } = await setup.chat.createGroup({ name: "Ops", memberIds: ["bob", "cleo"] });
     const { conversation } = await setup.chat.createConversation({ with: { case: "groupId", value: group!.id }, title: "Release" });
     conversationId = conversation!.id;
+    const random = await setup.chat.createConversation({ with: { case: "groupId", value: group!.id }, title: "Random" });
+    randomId = random.conversation!.id;
     setup.close();
     const cleoToken = await herald.token("cleo");
     cleo = createClient({ url: herald.url, getToken: () => cleoToken, transport: "grpc-web" });
@@ -72,6 +75,7 @@ describe("the chat panel", () => {
 
   test("a message typed in one page appears in the other: typing first, then the message, then a read receipt", async () => {
     for (const { page } of [alice, bob]) {
+      await page.getByRole("button", { name: /^Ops · Release/ }).click();
       await page.getByTestId("chat-title").filter({ hasText: "Ops · Release" }).waitFor(LONG);
       await page.getByText("No messages yet: say hello.").waitFor(LONG);
     }
@@ -114,6 +118,23 @@ describe("the chat panel", () => {
     assert.deepEqual(messages[1]!.reactions.map((r) => [r.emoji, r.count]), [["👍", 1]]);
   });
 
+  test("another conversation's list entry follows it live: preview and unread count, cleared when opened", async () => {
+    await cleo.chat.sendMessage({ conversationId: randomId, text: "Anyone for lunch?" });
+    await cleo.chat.sendMessage({ conversationId: randomId, text: "The usual place" });
+    const entry = alice.page.locator(`[data-testid="conversation"][data-id="${randomId}"]`);
+    await alice.page.locator(`[data-testid="conversation"][data-id="${randomId}"][data-unread="2"]`).waitFor(LONG);
+    assert.match((await entry.textContent()) ?? "", /cleo: The usual place/);
+    // The list puts the most recently active first.
+    assert.equal(await alice.page.getByTestId("conversation").first().getAttribute("data-id"), String(randomId));
+    await entry.click();
+    await waitForTexts(alice.page, ["Anyone for lunch?", "The usual place"]);
+    await alice.page.locator(`[data-testid="conversation"][data-id="${randomId}"][data-unread="0"]`).waitFor(LONG);
+    // Bob's page, still on Release, counts them unread until he opens Random.
+    await bob.page.locator(`[data-testid="conversation"][data-id="${randomId}"][data-unread="2"]`).waitFor(LONG);
+    await alice.page.locator(`[data-testid="conversation"][data-id="${conversationId}"]`).click();
+    await waitForTexts(alice.page, sent);
+  });
+
   test("the chat meets WCAG AA contrast in both schemes and fits a phone's width", async () => {
     for (const colorScheme of ["light", "dark"] as const) {
       await alice.page.emulateMedia({ colorScheme });
@@ -126,6 +147,7 @@ describe("the chat panel", () => {
     const phone = await openBrowser({ width: 390, height: 844 });
     try {
       await signIn(phone.page, herald.url, "cleo");
+      await phone.page.getByRole("button", { name: /^Ops · Release/ }).click();
       await waitForTexts(phone.page, sent);
       const scrollWidth = await phone.page.evaluate(() => document.documentElement.scrollWidth);
       assert.ok(scrollWidth <= 390, `the page scrolls sideways (${scrollWidth} px)`);

@@ -91,15 +91,6 @@ export class Directory {
     return conversation.memberIds;
   }
 
-  /** Marks a conversation read on this page (its count comes back with the next read). */
-  clearUnread(conversationId: bigint): void {
-    const summary = this.conversations.find((c) => c.conversation?.id === conversationId);
-    if (!summary || summary.unread === 0) return;
-    this.totalUnread = Math.max(0, this.totalUnread - summary.unread);
-    summary.unread = 0;
-    this.emit();
-  }
-
   async presenceOf(topic: string): Promise<void> {
     try {
       const { members } = await this.herald.rooms.presence({ topic });

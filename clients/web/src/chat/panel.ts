@@ -5,7 +5,7 @@
 import "./chat.css";
 import { ChatConversationKind, type ChatConversationSummary, type ChatMessage } from "@herald/client";
 import { h, replaceChildren } from "../dom.js";
-import { ago, isoTime, plural } from "../format.js";
+import { ago, isoTime } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
 import { ConversationStore, retryable } from "./conversation.js";
 import { Directory } from "./directory.js";
@@ -14,6 +14,8 @@ import { Directory } from "./directory.js";
 const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉"];
 /** How often the composer re-announces typing (the server absorbs more than one per 2 s). */
 const TYPING_EVERY_MS = 1_500;
+/** The most recent conversations followed live in the background (previews, unread, typing). */
+const FOLLOWED = 20;
 
 export function chatPanel(context: PanelContext): Panel {
   const me = context.identity.sub;
@@ -68,8 +70,9 @@ export function chatPanel(context: PanelContext): Panel {
     h("div", { class: "chat-layout" }, nav, view),
   );
 
+  /** Followed conversations: the open one and the most recent others. */
+  const stores = new Map<bigint, { store: ConversationStore; off: () => void }>();
   let open: ConversationStore | undefined;
-  let offOpen: (() => void) | undefined;
   let openSummary: ChatConversationSummary | undefined;
   let typingSentAt = 0;
   let typingOn = false;
@@ -90,7 +93,7 @@ export function chatPanel(context: PanelContext): Panel {
   };
 
   const renderListItems = () => {
-    const items = directory.conversations;
+    const items = [...directory.conversations].sort((a, b) => activity(b) - activity(a));
     if (items.length === 0) {
       replaceChildren(list, h("p", { class: "muted" }, "No conversations yet. Start one below."));
       return;
@@ -103,8 +106,14 @@ export function chatPanel(context: PanelContext): Panel {
         ...items.map((s) => {
           const id = s.conversation?.id ?? 0n;
           const current = open?.conversationId === id;
-          const last = s.lastMessage;
-          const preview = last ? (last.deleted ? "Message deleted" : `${last.authorId === me ? "You" : last.authorId}: ${last.text}`) : "No messages yet";
+          const { last, unread, typing } = live(s);
+          const preview = typing.length
+            ? `${typing.join(", ")} ${typing.length === 1 ? "is" : "are"} typing…`
+            : last
+              ? last.deleted
+                ? "Message deleted"
+                : `${last.authorId === me ? "You" : last.authorId}: ${last.text}`
+              : "No messages yet";
           const name = summaryTitle(s);
           return h(
             "li",
@@ -118,10 +127,11 @@ export function chatPanel(context: PanelContext): Panel {
                 "data-testid": "conversation",
                 "data-id": String(id),
                 "data-key": `conv-${id}`,
-                "aria-label": `${name}${s.unread ? `, ${plural(s.unread, "unread message")}` : ""}`,
+                "data-unread": unread,
+                "aria-label": `${name}${unread !== "0" ? `, ${unread} unread` : ""}`,
                 onclick: () => openConversation(s),
               },
-              h("span", { class: "chat-conv-name" }, name, s.unread ? h("span", { class: "chat-unread", "aria-hidden": "true" }, s.unread) : null),
+              h("span", { class: "chat-conv-name" }, name, unread !== "0" ? h("span", { class: "chat-unread", "data-testid": "unread", "aria-hidden": "true" }, unread) : null),
               h("span", { class: "chat-conv-preview" }, preview),
             ),
           );
@@ -152,6 +162,67 @@ export function chatPanel(context: PanelContext): Panel {
         );
       }),
     );
+  };
+
+  /** What the list shows of a conversation: from its live store when followed, else from the read. */
+  const live = (s: ChatConversationSummary): { last: ChatMessage | undefined; unread: string; typing: string[] } => {
+    const store = s.conversation ? stores.get(s.conversation.id)?.store : undefined;
+    if (!store?.loaded) return { last: s.lastMessage, unread: String(s.unread), typing: [] };
+    const { messages, more } = store.state;
+    const unread = messages.filter((m) => m.authorId !== me && !m.deleted && m.seq > store.readSeq).length;
+    // Exact when the held page reaches back to the watermark; else at least that many.
+    const exact = !more || (messages[0]?.seq ?? 0n) <= store.readSeq + 1n;
+    return { last: messages[messages.length - 1] ?? s.lastMessage, unread: `${unread}${exact || unread === 0 ? "" : "+"}`, typing: store.typing };
+  };
+
+  const activity = (s: ChatConversationSummary): number => {
+    const last = live(s).last ?? s.lastMessage;
+    return Number(last?.createTime?.seconds ?? s.conversation?.createTime?.seconds ?? 0n);
+  };
+
+  let listScheduled = false;
+  const scheduleList = () => {
+    if (listScheduled) return;
+    listScheduled = true;
+    queueMicrotask(() => {
+      listScheduled = false;
+      renderList();
+    });
+  };
+
+  /** Follows the most recent conversations (and the open one); lets go of the rest. */
+  const follow = () => {
+    const wanted = new Set(
+      [...directory.conversations]
+        .sort((a, b) => activity(b) - activity(a))
+        .slice(0, FOLLOWED)
+        .flatMap((s) => (s.conversation ? [s.conversation.id] : [])),
+    );
+    if (open) wanted.add(open.conversationId);
+    for (const [id, entry] of stores) {
+      if (wanted.has(id)) continue;
+      entry.off();
+      entry.store.close();
+      stores.delete(id);
+    }
+    for (const summary of directory.conversations) {
+      const conversation = summary.conversation;
+      if (conversation && wanted.has(conversation.id)) storeFor(summary);
+    }
+  };
+
+  const storeFor = (summary: ChatConversationSummary): ConversationStore => {
+    const conversation = summary.conversation!;
+    const existing = stores.get(conversation.id);
+    if (existing) return existing.store;
+    const store = new ConversationStore(context.herald, conversation.id, me, summary.readSeq, (user, note) => directory.notePresence(user, note), report);
+    const off = store.subscribe(() => {
+      if (open === store) renderConversation();
+      scheduleList();
+    });
+    stores.set(conversation.id, { store, off });
+    if (conversation.kind === ChatConversationKind.DIRECT) void store.ready.then(() => directory.presenceOf(`conv:${conversation.id}`), () => {});
+    return store;
   };
 
   const online = (user: string) => user === me || directory.presence.get(user)?.online === true;
@@ -193,11 +264,6 @@ export function chatPanel(context: PanelContext): Panel {
     const typists = store.typing;
     typingLine.textContent = typists.length === 0 ? "" : typists.length === 1 ? `${typists[0]} is typing…` : `${typists.slice(0, -1).join(", ")} and ${typists[typists.length - 1]} are typing…`;
     typingLine.dataset["typing"] = typists.join(",");
-    const last = state.messages[state.messages.length - 1];
-    if (openSummary && last && openSummary.lastMessage?.id !== last.id) {
-      openSummary.lastMessage = last;
-      renderList();
-    }
     markRead();
   };
 
@@ -256,27 +322,15 @@ export function chatPanel(context: PanelContext): Panel {
       open.markRead(m);
       break;
     }
-    directory.clearUnread(open.conversationId);
   };
 
   const openConversation = (summary: ChatConversationSummary) => {
     const conversation = summary.conversation;
     if (!conversation || open?.conversationId === conversation.id) return;
     stopTyping();
-    offOpen?.();
-    open?.close();
     openSummary = summary;
-    const store = new ConversationStore(
-      context.herald,
-      conversation.id,
-      me,
-      summary.readSeq,
-      (user, note) => directory.notePresence(user, note),
-      report,
-    );
-    open = store;
-    offOpen = store.subscribe(renderConversation);
-    if (conversation.kind === ChatConversationKind.DIRECT) void store.ready.then(() => directory.presenceOf(`conv:${conversation.id}`), () => {});
+    open = storeFor(summary);
+    follow();
     const name = summaryTitle(summary);
     title.textContent = name;
     input.disabled = false;
@@ -367,9 +421,10 @@ export function chatPanel(context: PanelContext): Panel {
       const id = openSummary.conversation?.id;
       openSummary = directory.conversations.find((c) => c.conversation?.id === id) ?? openSummary;
     }
+    follow();
     renderList();
     renderPeople();
-    const first = directory.conversations[0];
+    const first = [...directory.conversations].sort((a, b) => activity(b) - activity(a))[0];
     if (!open && first) openConversation(first);
   });
   void directory.refresh();
@@ -381,8 +436,11 @@ export function chatPanel(context: PanelContext): Panel {
     dispose() {
       document.removeEventListener("visibilitychange", onVisible);
       offDirectory();
-      offOpen?.();
-      open?.close();
+      for (const { store, off } of stores.values()) {
+        off();
+        store.close();
+      }
+      stores.clear();
       directory.close();
     },
   };

@@ -60,7 +60,8 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
 
 /** One `herald serve` process on `dataDir`, its edge on `httpAddr`; resolves once it listens. */
 async function launch(dataDir: string, httpAddr: string, extra: string[]): Promise<{ http: string; end(signal?: NodeJS.Signals): Promise<void> }> {
-  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--log-format", "json", ...extra];
+  // Metrics on port 0 too: the development default (9464) is shared by every local server.
+  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--metrics-addr", "127.0.0.1:0", "--log-format", "json", ...extra];
   const child = spawn(HERALD, args, { stdio: ["ignore", "ignore", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL");
   process.on("exit", killOnExit);
