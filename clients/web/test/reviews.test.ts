@@ -139,6 +139,7 @@ describe("the review queue", () => {
     // Escape closes the form without rejecting.
     await page.keyboard.press("Escape");
     await page.getByRole("button", { name: "Approve Katherine Johnson" }).waitFor();
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("aria-label")), "Reject Katherine Johnson", "the focus returns to Reject");
     await reviewBadge(bob.page, 1);
     await page.getByRole("button", { name: "Approve Katherine Johnson" }).click();
     await reviewBadge(bob.page, 0);

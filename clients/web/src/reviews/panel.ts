@@ -35,6 +35,8 @@ export function reviewsPanel(context: PanelContext): Panel {
 
   /** Which request has its reject form open, and what was typed, kept across re-renders. */
   let rejecting: { id: string; reason: string } | undefined;
+  /** The control to focus after the next render (the reason field of a form just opened). */
+  let focusNext: string | undefined;
   const busy = new Set<string>();
   let queues: QueueState[] = [];
 
@@ -61,16 +63,17 @@ export function reviewsPanel(context: PanelContext): Panel {
     button.setAttribute("aria-label", waiting === 0 ? "Review queue, nothing waiting" : `Review queue, ${plural(waiting, "request")} waiting`);
     if (!store.loaded && queues.length === 0) return;
     const many = queues.length > 1;
+    // Re-rendering replaces the elements: the focus stays on the same control (by its key),
+    // or on the heading when that control left with its request.
+    const focused = body.contains(document.activeElement) ? (document.activeElement as HTMLElement).dataset["key"] ?? "" : undefined;
     replaceChildren(
       body,
       h("p", { class: "panel-lead", "data-testid": "reviews-summary" }, waiting === 0 ? "Nothing waiting for you." : `${plural(waiting, "request")} waiting for you.`),
       ...queues.map((q) => queue(q, many)),
     );
-    // Keep the focus in the reject form while it is open (a re-render replaced it).
-    if (rejecting) {
-      const field = body.querySelector<HTMLTextAreaElement>(`textarea[data-review="${CSS.escape(rejecting.id)}"]`);
-      if (field && document.activeElement?.tagName !== "BUTTON") field.focus();
-    }
+    const key = focusNext ?? focused;
+    focusNext = undefined;
+    if (key !== undefined) (body.querySelector<HTMLElement>(`[data-key="${CSS.escape(key)}"]`) ?? title).focus();
   };
 
   const queue = (q: QueueState, titled: boolean): HTMLElement => {
@@ -119,7 +122,7 @@ export function reviewsPanel(context: PanelContext): Panel {
               { class: "review-actions" },
               h(
                 "button",
-                { type: "button", class: "approve", disabled: isBusy, "aria-label": `Approve ${name}`, onclick: () => act(r.id, "Approving", () => store.approve(r.id), `Approved ${name}`) },
+                { type: "button", class: "approve", disabled: isBusy, "data-key": `approve-${r.id}`, "aria-label": `Approve ${name}`, onclick: () => act(r.id, "Approving", () => store.approve(r.id), `Approved ${name}`) },
                 "Approve",
               ),
               h(
@@ -129,9 +132,10 @@ export function reviewsPanel(context: PanelContext): Panel {
                   class: "danger",
                   disabled: isBusy,
                   "aria-label": `Reject ${name}`,
-                  "aria-expanded": "false",
+                  "data-key": `reject-${r.id}`,
                   onclick: () => {
                     rejecting = { id: r.id, reason: "" };
+                    focusNext = `reason-${r.id}`;
                     render();
                   },
                 },
@@ -143,7 +147,7 @@ export function reviewsPanel(context: PanelContext): Panel {
 
   const rejectForm = (r: Review, name: string, isBusy: boolean): HTMLElement => {
     const fieldId = `reject-reason-${r.id}`;
-    const field = h("textarea", { id: fieldId, rows: 2, maxlength: 1000, "data-review": r.id, placeholder: "Optional" });
+    const field = h("textarea", { id: fieldId, rows: 2, maxlength: 1000, "data-key": `reason-${r.id}`, placeholder: "Optional" });
     field.value = rejecting?.reason ?? "";
     field.addEventListener("input", () => {
       if (rejecting) rejecting.reason = field.value;
@@ -156,13 +160,15 @@ export function reviewsPanel(context: PanelContext): Panel {
       h(
         "div",
         { class: "review-actions" },
-        h("button", { type: "submit", class: "danger-solid", disabled: isBusy }, "Confirm reject"),
+        h("button", { type: "submit", class: "danger-solid", disabled: isBusy, "data-key": `confirm-${r.id}` }, "Confirm reject"),
         h(
           "button",
           {
             type: "button",
+            "data-key": `cancel-${r.id}`,
             onclick: () => {
               rejecting = undefined;
+              focusNext = `reject-${r.id}`;
               render();
             },
           },
@@ -179,6 +185,7 @@ export function reviewsPanel(context: PanelContext): Panel {
       if (event.key === "Escape") {
         event.stopPropagation();
         rejecting = undefined;
+        focusNext = `reject-${r.id}`;
         render();
       }
     });
