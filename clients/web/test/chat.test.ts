@@ -223,4 +223,21 @@ describe("the chat panel", () => {
       assert.equal(await page.evaluate(() => (window as unknown as { stayed?: boolean }).stayed), true, "the page was not reloaded");
     }
   });
+
+  test("a member removed from the group loses its conversations on the page, with no error shown", async () => {
+    const aliceToken = await herald.token("alice");
+    const admin = createClient({ url: herald.url, getToken: () => aliceToken, transport: "grpc-web" });
+    try {
+      const { groups } = await admin.chat.listMyGroups({});
+      await admin.chat.removeMember({ groupId: groups[0]!.id, userId: "bob" });
+    } finally {
+      admin.close();
+    }
+    await bob.page.getByText("No conversations yet. Start one below.").waitFor(LONG);
+    await bob.page.getByTestId("chat-title").filter({ hasText: "No conversation open" }).waitFor(LONG);
+    assert.equal(await bob.page.getByTestId("alerts").textContent(), "");
+    assert.equal(await bob.page.getByLabel("Message", { exact: true }).isDisabled(), true);
+    // Alice's page goes on, without Bob among the members.
+    await alice.page.locator('[data-testid="person"][data-user="bob"]').waitFor({ state: "detached", ...LONG });
+  });
 });

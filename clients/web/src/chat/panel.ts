@@ -3,7 +3,7 @@
 // receipts, who is typing, and the composer. Enter sends, Shift+Enter starts a new line.
 
 import "./chat.css";
-import { ChatConversationKind, type ChatConversationSummary, type ChatMessage } from "@herald/client";
+import { ChatConversationKind, HeraldError, type ChatConversationSummary, type ChatMessage } from "@herald/client";
 import { h, replaceChildren } from "../dom.js";
 import { ago, isoTime } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
@@ -215,7 +215,9 @@ export function chatPanel(context: PanelContext): Panel {
     const conversation = summary.conversation!;
     const existing = stores.get(conversation.id);
     if (existing) return existing.store;
-    const store = new ConversationStore(context.herald, conversation.id, me, summary.readSeq, (user, note) => directory.notePresence(user, note), report);
+    // A stream refused for good because the user left or was removed: the list is read again.
+    const fail = (what: string, error: unknown) => (error instanceof HeraldError && error.code === "permission_denied" ? void directory.refresh() : report(what, error));
+    const store = new ConversationStore(context.herald, conversation.id, me, summary.readSeq, (user, note) => directory.notePresence(user, note), fail);
     const off = store.subscribe(() => {
       if (open === store) renderConversation();
       scheduleList();
@@ -342,6 +344,19 @@ export function chatPanel(context: PanelContext): Panel {
     renderList();
   };
 
+  /** The open conversation is gone (the user left or was removed): nothing is open. */
+  const closeConversation = () => {
+    stopTyping();
+    open = undefined;
+    openSummary = undefined;
+    title.textContent = "No conversation open";
+    composer.querySelector("label")!.textContent = "Message";
+    input.disabled = true;
+    sendButton.disabled = true;
+    replaceChildren(log);
+    typingLine.textContent = "";
+  };
+
   const stopTyping = () => {
     if (typingOn && open) open.setTyping(false).catch(() => {});
     typingOn = false;
@@ -419,7 +434,9 @@ export function chatPanel(context: PanelContext): Panel {
   const offDirectory = directory.subscribe(() => {
     if (openSummary) {
       const id = openSummary.conversation?.id;
-      openSummary = directory.conversations.find((c) => c.conversation?.id === id) ?? openSummary;
+      const current = directory.conversations.find((c) => c.conversation?.id === id);
+      if (current) openSummary = current;
+      else if (directory.loaded) closeConversation();
     }
     follow();
     renderList();
