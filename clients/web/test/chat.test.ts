@@ -5,7 +5,9 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { createClient, type HeraldClient } from "@herald/client";
+import { ChatMemberChange, createClient, HeraldError, type ChatMessage, type Event, type HeraldClient } from "@herald/client";
+import { applyConversationEvent, receiptsByMessage, retryable, type ConversationState } from "../src/chat/conversation.js";
+import { applyGroupEvent, type GroupState } from "../src/chat/directory.js";
 import type { Page } from "playwright-core";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
 import { lowContrastTexts } from "./support/contrast.js";
@@ -239,5 +241,65 @@ describe("the chat panel", () => {
     assert.equal(await bob.page.getByLabel("Message", { exact: true }).isDisabled(), true);
     // Alice's page goes on, without Bob among the members.
     await alice.page.locator('[data-testid="person"][data-user="bob"]').waitFor({ state: "detached", ...LONG });
+  });
+});
+
+describe("how chat events change the page's state", () => {
+  // Plain objects of the generated shapes: the rules read fields only.
+  const msg = (id: number, author: string, extra: Record<string, unknown> = {}) =>
+    ({ id: BigInt(id), seq: BigInt(id), authorId: author, text: `m${id}`, deleted: false, reactions: [], ...extra }) as unknown as ChatMessage;
+  const event = (value: Record<string, unknown>) => ({ body: value }) as unknown as Event;
+  const changed = (message: ChatMessage) => event({ case: "chatMessageChanged", value: { message } });
+  const apply = applyConversationEvent("alice");
+  const start: ConversationState = { messages: [msg(1, "bob")], receipts: {}, more: false };
+
+  test("messages land in seq order once; an edit keeps the reactions, a tombstone keeps its place and loses them", () => {
+    let state = apply(start, changed(msg(3, "bob")));
+    state = apply(state, changed(msg(2, "alice")));
+    state = apply(state, changed(msg(3, "bob")));
+    assert.deepEqual(state.messages.map((m) => m.seq), [1n, 2n, 3n]);
+    state = apply(state, event({ case: "chatReactionsChanged", value: { messageId: 1n, userId: "alice", emoji: "👍", added: true, reactions: [{ emoji: "👍", count: 1, reacted: false }] } }));
+    state = apply(state, changed(msg(1, "bob", { text: "edited", version: 2 })));
+    assert.deepEqual(state.messages[0]!.reactions.map((r) => [r.emoji, r.count, r.reacted]), [["👍", 1, true]]);
+    assert.equal(state.messages[0]!.text, "edited");
+    state = apply(state, changed(msg(1, "bob", { text: "", deleted: true })));
+    assert.equal(state.messages[0]!.deleted, true);
+    assert.deepEqual(state.messages[0]!.reactions, []);
+  });
+
+  test("a reaction is the caller's only when the toggle was theirs", () => {
+    let state = apply(start, event({ case: "chatReactionsChanged", value: { messageId: 1n, userId: "bob", emoji: "🎉", added: true, reactions: [{ emoji: "🎉", count: 1, reacted: false }] } }));
+    assert.equal(state.messages[0]!.reactions[0]!.reacted, false);
+    state = apply(state, event({ case: "chatReactionsChanged", value: { messageId: 1n, userId: "alice", emoji: "🎉", added: true, reactions: [{ emoji: "🎉", count: 2, reacted: false }] } }));
+    assert.equal(state.messages[0]!.reactions[0]!.reacted, true);
+    state = apply(state, event({ case: "chatReactionsChanged", value: { messageId: 1n, userId: "bob", emoji: "🎉", added: false, reactions: [{ emoji: "🎉", count: 1, reacted: false }] } }));
+    assert.equal(state.messages[0]!.reactions[0]!.reacted, true);
+  });
+
+  test("read receipts only move forward, and show under the newest own message each reader reached", () => {
+    const messages = [msg(1, "alice"), msg(2, "bob"), msg(3, "alice"), msg(4, "alice")];
+    let state: ConversationState = { messages, receipts: {}, more: false };
+    state = apply(state, event({ case: "chatReadMoved", value: { userId: "bob", seq: 3n } }));
+    state = apply(state, event({ case: "chatReadMoved", value: { userId: "bob", seq: 2n } }));
+    state = apply(state, event({ case: "chatReadMoved", value: { userId: "cleo", seq: 4n } }));
+    state = apply(state, event({ case: "chatReadMoved", value: { userId: "alice", seq: 4n } }));
+    assert.deepEqual(state.receipts, { bob: 3n, cleo: 4n, alice: 4n });
+    assert.deepEqual([...receiptsByMessage(state.messages, state.receipts, "alice")], [
+      [3n, ["bob"]],
+      [4n, ["cleo"]],
+    ]);
+  });
+
+  test("members join, change role and leave; refusals are not retried, the rest is", () => {
+    const group = { group: { id: 1n }, members: [{ userId: "alice", role: 2 }] } as unknown as GroupState;
+    const member = (change: ChatMemberChange, userId: string, role = 1) => event({ case: "chatMemberChanged", value: { change, member: { userId, role } } });
+    let state = applyGroupEvent(group, member(ChatMemberChange.JOINED, "bob"));
+    state = applyGroupEvent(state, member(ChatMemberChange.ROLE_CHANGED, "bob", 2));
+    assert.deepEqual(state.members.map((m) => [m.userId, m.role]), [["alice", 2], ["bob", 2]]);
+    state = applyGroupEvent(state, member(ChatMemberChange.REMOVED, "bob"));
+    assert.deepEqual(state.members.map((m) => m.userId), ["alice"]);
+    assert.equal(retryable(new HeraldError("unavailable", "down")), true);
+    assert.equal(retryable(new TypeError("fetch failed")), true);
+    assert.equal(retryable(new HeraldError("permission_denied", "not a member")), false);
   });
 });

@@ -3,7 +3,8 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { createClient, type HeraldClient } from "@herald/client";
+import { createClient, ReviewStatus, type Event, type HeraldClient, type Review } from "@herald/client";
+import { applyReviewEvent, mayDecide, reviewerRoles, type QueueState } from "../src/reviews/store.js";
 import type { Page } from "playwright-core";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
 import { lowContrastTexts } from "./support/contrast.js";
@@ -143,5 +144,37 @@ describe("the review queue", () => {
     await reviewBadge(bob.page, 1);
     await page.getByRole("button", { name: "Approve Katherine Johnson" }).click();
     await reviewBadge(bob.page, 0);
+  });
+});
+
+describe("how review events change a queue", () => {
+  // Plain objects of the generated shapes: the rules read fields only.
+  const review = (id: string, extra: Record<string, unknown> = {}) => ({ id, status: ReviewStatus.PENDING, requiredApprovals: 1, decisions: [], applicant: { name: id, userId: "" }, ...extra }) as unknown as Review;
+  const submitted = (r: Review, pending: number) => ({ type: "review.submitted", body: { case: "reviewSubmitted", value: { review: r, pending } } }) as unknown as Event;
+  const decided = (r: Review, pending: number) => ({ type: "review.approved", body: { case: "reviewDecided", value: { review: r, pending } } }) as unknown as Event;
+  const empty: QueueState = { role: "admin", reviews: [], pending: 0 };
+
+  test("a submission joins the end of the queue once, with the server's count", () => {
+    let state = applyReviewEvent(empty, submitted(review("a"), 1));
+    state = applyReviewEvent(state, submitted(review("b"), 2));
+    state = applyReviewEvent(state, submitted(review("a"), 2));
+    assert.deepEqual(state.reviews.map((r) => r.id), ["a", "b"]);
+    assert.equal(state.pending, 2);
+  });
+
+  test("an approval short of the required ones keeps it; the final decision takes it out", () => {
+    let state: QueueState = { role: "admin", reviews: [review("a", { requiredApprovals: 2 }), review("b")], pending: 2 };
+    state = applyReviewEvent(state, decided(review("a", { requiredApprovals: 2, decisions: [{ reviewerId: "bob", verdict: 1 }] }), 2));
+    assert.equal(state.reviews[0]!.decisions.length, 1);
+    assert.equal(mayDecide(state.reviews[0]!, "bob"), false);
+    assert.equal(mayDecide(state.reviews[0]!, "alice"), true);
+    state = applyReviewEvent(state, decided(review("a", { status: ReviewStatus.APPROVED }), 1));
+    assert.deepEqual(state.reviews.map((r) => r.id), ["b"]);
+    assert.equal(state.pending, 1);
+  });
+
+  test("nobody decides their own request, and services review nothing", () => {
+    assert.equal(mayDecide(review("a", { applicant: { name: "A", userId: "alice" } }), "alice"), false);
+    assert.deepEqual(reviewerRoles(["admin", "service", "admin", "Not A Role", "ops"]), ["admin", "ops"]);
   });
 });

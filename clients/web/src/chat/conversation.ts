@@ -299,3 +299,17 @@ const PERMANENT = new Set(["invalid_argument", "permission_denied", "not_found",
 export function retryable(error: unknown): boolean {
   return !(error instanceof HeraldError && PERMANENT.has(error.code));
 }
+
+/** For each own message, who has read up to it (shown under the newest one each reader reached). */
+export function receiptsByMessage(messages: ChatMessage[], receipts: Record<string, bigint>, me: string): Map<bigint, string[]> {
+  const byMessage = new Map<bigint, string[]>();
+  const own = messages.filter((m) => m.authorId === me && !m.deleted);
+  for (const [user, seq] of Object.entries(receipts)) {
+    if (user === me) continue;
+    let reached: ChatMessage | undefined;
+    for (const m of own) if (m.seq <= seq) reached = m;
+    if (!reached) continue;
+    byMessage.set(reached.id, [...(byMessage.get(reached.id) ?? []), user].sort());
+  }
+  return byMessage;
+}

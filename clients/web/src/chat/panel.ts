@@ -7,7 +7,7 @@ import { ChatConversationKind, HeraldError, type ChatConversationSummary, type C
 import { h, replaceChildren } from "../dom.js";
 import { ago, isoTime } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
-import { ConversationStore, retryable } from "./conversation.js";
+import { ConversationStore, receiptsByMessage, retryable } from "./conversation.js";
 import { Directory } from "./directory.js";
 
 /** The reactions offered on every message (others appear once someone uses them). */
@@ -461,18 +461,4 @@ export function chatPanel(context: PanelContext): Panel {
       directory.close();
     },
   };
-}
-
-/** For each own message, who has read up to it (shown under the newest one each reader reached). */
-function receiptsByMessage(messages: ChatMessage[], receipts: Record<string, bigint>, me: string): Map<bigint, string[]> {
-  const byMessage = new Map<bigint, string[]>();
-  const own = messages.filter((m) => m.authorId === me && !m.deleted);
-  for (const [user, seq] of Object.entries(receipts)) {
-    if (user === me) continue;
-    let reached: ChatMessage | undefined;
-    for (const m of own) if (m.seq <= seq) reached = m;
-    if (!reached) continue;
-    byMessage.set(reached.id, [...(byMessage.get(reached.id) ?? []), user].sort());
-  }
-  return byMessage;
 }
