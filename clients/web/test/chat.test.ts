@@ -96,6 +96,8 @@ describe("the chat panel", () => {
     sent.push("Hello Bob, the release is at 5");
     await waitForTexts(bob.page, sent);
     await bob.page.waitForFunction(() => document.querySelector('[data-testid="typing"]')?.textContent === "", undefined, LONG);
+    // Screen readers hear the new message once, through the page's live region.
+    await bob.page.getByTestId("announce").filter({ hasText: "alice: Hello Bob, the release is at 5" }).waitFor({ state: "attached", ...LONG });
     // Bob's page had the message on screen: it marked it read, and Alice sees the receipt.
     await alice.page.getByTestId("receipt").filter({ hasText: "Seen by bob" }).waitFor(LONG);
     await waitForTexts(alice.page, sent);

@@ -51,7 +51,9 @@ export function chatPanel(context: PanelContext): Panel {
 
   const title = h("h3", { class: "chat-title", id: "chat-title", "data-testid": "chat-title" }, "No conversation open");
   const people = h("ul", { class: "chat-people", "aria-label": "Members and who is online", "data-testid": "chat-people" });
-  const log = h("ol", { class: "chat-log", role: "log", "aria-labelledby": "chat-title", "data-testid": "chat-log", tabindex: "0" });
+  // Re-rendered whole on each change, so not a live region itself: new messages of others are
+  // announced one by one through the page's live region instead.
+  const log = h("ol", { class: "chat-log", role: "log", "aria-live": "off", "aria-labelledby": "chat-title", "data-testid": "chat-log", tabindex: "0" });
   const typingLine = h("p", { class: "chat-typing", "aria-live": "polite", "data-testid": "typing" });
   const input = h("textarea", { id: "chat-input", name: "message", rows: 2, maxlength: 4000, disabled: true, "aria-describedby": "chat-input-help" });
   const sendButton = h("button", { type: "submit", disabled: true }, "Send");
@@ -76,6 +78,8 @@ export function chatPanel(context: PanelContext): Panel {
   let openSummary: ChatConversationSummary | undefined;
   let typingSentAt = 0;
   let typingOn = false;
+  /** The newest message of the open conversation already announced (or there when it opened). */
+  let announcedSeq: bigint | undefined;
 
   const summaryTitle = (s: ChatConversationSummary): string => {
     const c = s.conversation;
@@ -266,6 +270,13 @@ export function chatPanel(context: PanelContext): Panel {
     const typists = store.typing;
     typingLine.textContent = typists.length === 0 ? "" : typists.length === 1 ? `${typists[0]} is typing…` : `${typists.slice(0, -1).join(", ")} and ${typists[typists.length - 1]} are typing…`;
     typingLine.dataset["typing"] = typists.join(",");
+    if (store.loaded) {
+      const newest = state.messages[state.messages.length - 1]?.seq ?? 0n;
+      if (announcedSeq !== undefined) {
+        for (const m of state.messages) if (m.seq > announcedSeq && m.authorId !== me && !m.deleted) context.announce(`${m.authorId}: ${m.text}`);
+      }
+      announcedSeq = newest;
+    }
     markRead();
   };
 
@@ -332,6 +343,7 @@ export function chatPanel(context: PanelContext): Panel {
     stopTyping();
     openSummary = summary;
     open = storeFor(summary);
+    announcedSeq = undefined;
     follow();
     const name = summaryTitle(summary);
     title.textContent = name;
