@@ -28,6 +28,8 @@ pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
 [ -x "$pg_bindir/initdb" ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 # The web console's browser tests drive Debian's Chromium (playwright-core downloads no browser).
 [ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
+# Emoji (the chat's reactions) in the screenshots.
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing+=(fonts-noto-color-emoji)
 [ ${#missing[@]} -eq 0 ] || install_apt "${missing[@]}"
 
 if [ -z "${HERALD_SKIP_LINT:-}" ]; then

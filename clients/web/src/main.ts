@@ -8,11 +8,13 @@ import { connectionIndicator } from "./connection.js";
 import { h, replaceChildren } from "./dom.js";
 import { deploymentsPanel } from "./deployments/panel.js";
 import { notificationsPanel } from "./inbox/panel.js";
+import { chatPanel } from "./chat/panel.js";
 import { ordersPanel } from "./orders/panel.js";
 import type { Panel, PanelContext, PanelFactory } from "./panels.js";
+import { reviewsPanel } from "./reviews/panel.js";
 import { devStatus, identityOf, loadSignIn, saveSignIn, tokenFor, type Identity, type SignIn } from "./session.js";
 
-const PANELS: PanelFactory[] = [notificationsPanel, deploymentsPanel, ordersPanel];
+const PANELS: PanelFactory[] = [notificationsPanel, reviewsPanel, chatPanel, deploymentsPanel, ordersPanel];
 
 /** Roles offered by the development sign-in (any other can be typed). */
 const DEV_ROLES = ["admin", "reviewer", "courier"];

@@ -8,7 +8,8 @@ import { createClient, DeploymentState, LogStream, type HeraldClient, type LogLi
 import type { Page } from "playwright-core";
 import { parseAnsi, stripAnsi } from "../src/deployments/ansi.js";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
-import { lowContrastTexts, signInAsDev } from "./support/console.js";
+import { signInAsDev } from "./support/console.js";
+import { lowContrastTexts } from "./support/contrast.js";
 import { runDemo } from "./support/demo.js";
 import { startHerald, type Herald } from "./support/herald.js";
 

@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
-import { lowContrastTexts, signInAsDev } from "./support/console.js";
+import { signInAsDev } from "./support/console.js";
+import { lowContrastTexts } from "./support/contrast.js";
 import { runDemo } from "./support/demo.js";
 import { startHerald, type Herald } from "./support/herald.js";
 

@@ -18,12 +18,16 @@ const STARTUP_TIMEOUT_MS = 30_000;
 
 export interface Herald {
   readonly url: string;
-  /** The backend's gRPC address (`http://127.0.0.1:PORT`), for `herald demo … --server`. */
+  /** The backend's gRPC address (`http://127.0.0.1:PORT`), for `herald demo … --server`; a new one after `startServer`. */
   readonly grpcUrl: string;
   /** The server's data directory (its development key signs the demos' tokens). */
   readonly dataDir: string;
   /** A token signed with the key the server verifies with. */
   token(sub: string, roles?: string[]): Promise<string>;
+  /** Stops the process (SIGTERM, or `signal`), keeping the data directory; `startServer` starts it again. */
+  stopServer(signal?: NodeJS.Signals): Promise<void>;
+  /** Starts `herald serve` again on the same data directory and the same HTTP address. */
+  startServer(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -35,8 +39,37 @@ export interface StartOptions {
 export async function startHerald(options: StartOptions = {}): Promise<Herald> {
   if (!existsSync(HERALD)) throw new Error(`${HERALD} is missing: run \`cargo build --bin herald\` in ${REPO_ROOT} first`);
   const dataDir = await mkdtemp(path.join(tmpdir(), "herald-web-"));
-  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"];
-  if (options.hs256Secret) args.push("--hs256-secret", options.hs256Secret);
+  const extra = options.hs256Secret ? ["--hs256-secret", options.hs256Secret] : [];
+  let serve = await launch(dataDir, "127.0.0.1:0", extra);
+  const http = serve.http;
+  return {
+    url: `http://${http}`,
+    get grpcUrl() {
+      return `http://${serve.grpc}`;
+    },
+    dataDir,
+    async token(sub, roles = []) {
+      const key = options.hs256Secret ? ["--secret", options.hs256Secret] : ["--data-dir", dataDir];
+      const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
+      return stdout.trim();
+    },
+    async stopServer(signal) {
+      await serve.end(signal);
+    },
+    async startServer() {
+      serve = await launch(dataDir, http, extra);
+    },
+    async stop() {
+      await serve.end();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One `herald serve` process on `dataDir`, its edge on `httpAddr`; resolves once it listens. */
+async function launch(dataDir: string, httpAddr: string, extra: string[]): Promise<{ http: string; grpc: string; end(signal?: NodeJS.Signals): Promise<void> }> {
+  // Metrics on port 0 too: the development default (9464) is shared by every local server.
+  const args = ["serve", "--data-dir", dataDir, "--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--metrics-addr", "127.0.0.1:0", "--log-format", "json", ...extra];
   const child = spawn(HERALD, args, { stdio: ["ignore", "ignore", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL");
   process.on("exit", killOnExit);
@@ -61,9 +94,9 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
     child.once("error", reject);
     void exited.then(() => reject(new Error("herald serve exited before listening")));
   });
-  const end = async () => {
+  const end = async (signal: NodeJS.Signals = "SIGTERM") => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
+      child.kill(signal);
       const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
       await exited;
       clearTimeout(timer);
@@ -84,18 +117,5 @@ export async function startHerald(options: StartOptions = {}): Promise<Herald> {
   } finally {
     clearTimeout(timer);
   }
-  return {
-    url: `http://${http!}`,
-    grpcUrl: `http://${grpc!}`,
-    dataDir,
-    async token(sub, roles = []) {
-      const key = options.hs256Secret ? ["--secret", options.hs256Secret] : ["--data-dir", dataDir];
-      const { stdout } = await promisify(execFile)(HERALD, ["token", ...key, "--sub", sub, ...roles.flatMap((r) => ["--role", r])], { timeout: 10_000 });
-      return stdout.trim();
-    },
-    async stop() {
-      await end();
-      await rm(dataDir, { recursive: true, force: true });
-    },
-  };
+  return { http: http!, grpc: grpc!, end };
 }
