@@ -12,6 +12,7 @@ import { DeploymentStage, DeploymentState, LogStream, type Deployment, type Depl
 import { h, replaceChildren } from "../dom.js";
 import { isoTime, plural } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
+import { reporting } from "../refresh.js";
 import { renderAnsi } from "./ansi.js";
 import { DeploymentStore, isTerminal, type DeploymentView, type LogEntry } from "./store.js";
 
@@ -151,19 +152,7 @@ export function deploymentsPanel(context: PanelContext): Panel {
     if (newest && !pinned && newest.id !== selected) select(newest.id);
     else renderList();
   };
-  // A refresh that keeps failing (the server is away, a bad filter) is reported once, not
-  // every few seconds; the next success clears it.
-  let failing = false;
-  const reload = () =>
-    loadList().then(
-      () => {
-        failing = false;
-      },
-      (error) => {
-        if (!failing) context.report("Listing deployments", error);
-        failing = true;
-      },
-    );
+  const reload = reporting(loadList, (error) => context.report("Listing deployments", error));
 
   refresh.addEventListener("click", () => void reload());
   filter.addEventListener("change", () => {

@@ -1,14 +1,14 @@
 // The order tracker: the orders the signed-in user may see (admins and services all of them,
 // couriers those assigned to them, customers their own), and the selected order's status
-// timeline with the courier moving on a map the page draws. An admin's list is live on the
-// admins' feed (`role:admin`, from List's feed position); everyone else's is read again every
-// few seconds. The selected order is
-// pushed: its durable events and the courier's location signals on `order:<id>`.
+// timeline with the courier moving on a map the page draws. The list is read again every few
+// seconds; the selected order is pushed: its durable events and the courier's location signals
+// on `order:<id>`.
 
-import { OrderStatus, type Event, type Order, type OrdersListResponse } from "@herald/client";
+import { OrderStatus, type Order, type OrdersListResponse } from "@herald/client";
 import { h, replaceChildren } from "../dom.js";
 import { plural } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
+import { reporting } from "../refresh.js";
 import { courierMap } from "./map.js";
 import { money, OrderStore, type CourierTrack, type OrderView } from "./store.js";
 
@@ -38,33 +38,13 @@ function secondsAgo(ms: number, now: number): string {
   return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
 }
 
-/** The list as the feed changes it: new orders first, status and version moving forward. */
-function applyFeed(orders: Order[], event: Event): Order[] {
-  const body = event.body;
-  const update = (id: bigint, version: bigint, change: Partial<Order>) => orders.map((o) => (o.id === id && version > o.version ? { ...o, ...change, version } : o));
-  switch (body.case) {
-    case "orderPlaced": {
-      const placed = body.value.order;
-      return placed && !orders.some((o) => o.id === placed.id) ? [placed, ...orders] : orders;
-    }
-    case "orderStatusChanged":
-      return update(body.value.orderId, body.value.version, { status: body.value.status });
-    case "orderCancelled":
-      return update(body.value.orderId, body.value.version, { status: OrderStatus.CANCELLED });
-    case "orderCourierAssigned":
-      return update(body.value.orderId, body.value.version, { courierId: body.value.courierId });
-    default:
-      return orders;
-  }
-}
-
 export function ordersPanel(context: PanelContext): Panel {
   const { herald, identity } = context;
   const roles = identity.roles;
-  // A courier's feed is `user:<courier>`, which the inbox already follows (one subscription per
-  // topic per client), so a courier's list is read again like a customer's.
-  const feedTopic = roles.includes("admin") ? "role:admin" : undefined;
-  const isCourierOnly = !feedTopic && roles.includes("courier");
+  // The list is read again every few seconds for everyone: the feeds that announce new orders
+  // (`role:admin`, `user:<courier>`) already have their subscriber on this page (the review
+  // queue, the inbox), and the SDK keeps one subscription per topic per client.
+  const isCourierOnly = !roles.includes("admin") && roles.includes("courier");
 
   const list = h("ul", { class: "order-list", "aria-label": "Orders", "data-testid": "order-list" });
   const listStatus = h("p", { class: "muted", role: "status" }, "Loading…");
@@ -140,44 +120,14 @@ export function ordersPanel(context: PanelContext): Panel {
   };
 
   const readList = (): Promise<OrdersListResponse> => herald.orders.list({ pageSize: 30 });
-  let timer: ReturnType<typeof setInterval> | undefined;
-  let feed: { close(): void } | undefined;
-  if (feedTopic) {
-    const live = herald.live(
-      async () => {
-        const page = await readList();
-        return { ...page, position: page.feedPosition };
-      },
-      feedTopic,
-      {
-        initial: (page) => page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])),
-        apply: applyFeed,
-        onChange: setOrders,
-        onReload: setOrders,
-        onError: (error) => context.report("Following the orders", error),
-      },
-    );
-    live.ready.then(setOrders, (error) => context.report("Listing orders", error));
-    feed = live;
-  } else {
-    // A refresh that keeps failing is reported once; the next success clears it.
-    let failing = false;
-    const reload = () =>
-      readList().then(
-        (page) => {
-          failing = false;
-          setOrders(page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])));
-        },
-        (error) => {
-          if (!failing) context.report("Listing orders", error);
-          failing = true;
-        },
-      );
-    void reload();
-    timer = setInterval(() => {
-      if (!document.hidden) void reload();
-    }, LIST_REFRESH_MS);
-  }
+  const reload = reporting(
+    () => readList().then((page) => setOrders(page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])))),
+    (error) => context.report("Listing orders", error),
+  );
+  void reload();
+  const timer = setInterval(() => {
+    if (!document.hidden) void reload();
+  }, LIST_REFRESH_MS);
 
   // --- the detail view ------------------------------------------------------------------
   const title = h("h3", { class: "order-title", "data-testid": "order-title" });
@@ -296,8 +246,7 @@ export function ordersPanel(context: PanelContext): Panel {
     dispose() {
       disposed = true;
       clearInterval(ticker);
-      if (timer) clearInterval(timer);
-      feed?.close();
+      clearInterval(timer);
       offStore?.();
       store?.close();
     },
