@@ -53,6 +53,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Sends `SIGSTOP` (`pause`) or `SIGCONT` to the server.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Runs one command against the server (test setup and fault injection).
     pub(crate) async fn command(&self, args: &[&str]) -> redis::Value {
         let client = redis::Client::open(self.url()).unwrap();
