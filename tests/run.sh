@@ -26,6 +26,8 @@ command -v npx >/dev/null || missing+=(nodejs npm)
 # The tests start their own throwaway PostgreSQL clusters with initdb and pg_ctl.
 pg_bindir="$(pg_config --bindir 2>/dev/null || true)"
 [ -x "$pg_bindir/initdb" ] || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+# The Redis broker's tests start their own throwaway redis-server (no persistence).
+command -v redis-server >/dev/null || missing+=(redis-server)
 # The web console's browser tests drive Debian's Chromium (playwright-core downloads no browser).
 [ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
 # Emoji (the chat's reactions) in the screenshots.

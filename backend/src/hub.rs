@@ -63,6 +63,13 @@ struct Entry {
 
 type Subscribers = Mutex<HashMap<u64, Entry>>;
 
+/// Told when a topic gains its first local subscriber or loses its last one (a broker that
+/// subscribes per topic, such as the Redis broker). Called after the hub released its locks;
+/// it must not block. The watcher reads [`Hub::has_subscribers`] for the current state.
+pub trait TopicWatcher: Send + Sync + std::fmt::Debug {
+    fn listeners_changed(&self, topic: &Topic);
+}
+
 /// Counters for observability.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HubStats {
@@ -81,6 +88,7 @@ pub struct Hub {
     subscribers: AtomicU64,
     delivered: AtomicU64,
     slow_consumers: AtomicU64,
+    watcher: std::sync::OnceLock<Arc<dyn TopicWatcher>>,
 }
 
 /// The hub is shutting down and takes no new subscribers.
@@ -100,7 +108,21 @@ impl Hub {
             subscribers: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            watcher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the one watcher told about topics gaining or losing local subscribers.
+    pub fn set_watcher(&self, watcher: Arc<dyn TopicWatcher>) {
+        if self.watcher.set(watcher).is_err() {
+            tracing::warn!("the hub already has a topic watcher; the new one is ignored");
+        }
+    }
+
+    fn listeners_changed(&self, topic: &Topic) {
+        if let Some(watcher) = self.watcher.get() {
+            watcher.listeners_changed(topic);
+        }
     }
 
     /// Registers a subscriber; everything delivered to `topic` from now on reaches it.
@@ -128,6 +150,8 @@ impl Hub {
                     return Err(HubClosed);
                 }
                 lock(topics.entry(topic.clone()).or_default()).insert(id, entry);
+                drop(topics);
+                self.listeners_changed(topic);
             }
         }
         self.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +240,8 @@ impl Hub {
             let mut topics = write(&self.topics);
             if topics.get(topic).is_some_and(|s| lock(s).is_empty()) {
                 topics.remove(topic);
+                drop(topics);
+                self.listeners_changed(topic);
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod fault_proxy;
 pub mod history_checker;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod sdk;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -3,9 +3,13 @@
 //!
 //! Implementations: [`memory::MemoryBroker`] (one node, embedded; history lives in this
 //! process, so a restart starts new epochs). All implementations must pass the shared
-//! conformance suite in [`conformance`].
+//! conformance suite in [`conformance`]. [`redis::RedisBroker`] (several nodes sharing one
+//! Redis: offsets, history and fan-out across the cluster).
 
 pub mod memory;
+pub mod redis;
+#[cfg(test)]
+pub(crate) mod redis_server;
 
 #[cfg(test)]
 mod conformance;

@@ -6,9 +6,12 @@
 //! topic kinds configured to carry them. Services are not people and are never members.
 //! [`Online`] counts a user's streams over every topic: online while any is open.
 
+#[cfg(test)]
+mod conformance;
 pub mod memory;
 mod notifier;
 pub mod online;
+pub mod redis;
 
 pub use notifier::{Coalescing, PresenceGuard, PresenceNotifier};
 pub use online::{Online, OnlineChange, OnlineFeed};

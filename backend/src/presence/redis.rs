@@ -1,0 +1,276 @@
+//! Presence in Redis, shared by every node.
+//!
+//! A topic's members are a sorted set `{p}:p:{topic}`: one entry per connection,
+//! `user \x1f node:connection \x1f joined-ms`, scored by when it expires (Redis time). Each
+//! node refreshes the entries of its own connections every third of the TTL; a node that
+//! crashed stops refreshing, so its members disappear within the TTL (no leave is announced
+//! for them). Every script first drops expired entries, so `members` never lists them.
+//! Counting a user's connections scans the topic's set: cost per join/leave is the topic's
+//! member count.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use herald_proto::{support::lock, v1::PresenceMember};
+use redis::{AsyncConnectionConfig, Script, aio::MultiplexedConnection};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnectionId, Presence};
+use crate::{broker::BrokerError, topic::Topic};
+
+const SCRIPT: &str = r"
+local key, op, user, member, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', now))
+local removed = 1
+if op == 'join' then
+  redis.call('ZADD', key, string.format('%d', now + ttl), member)
+elseif op == 'refresh' then
+  redis.call('ZADD', key, 'XX', string.format('%d', now + ttl), member)
+elseif op == 'leave' then
+  removed = redis.call('ZREM', key, member)
+end
+if op ~= 'members' and redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
+local all = redis.call('ZRANGE', key, 0, -1)
+if op == 'members' then return all end
+local prefix = user .. '\31'
+local count, since = 0, 0
+for _, m in ipairs(all) do
+  if string.sub(m, 1, #prefix) == prefix then
+    count = count + 1
+    local joined = tonumber(string.match(m, '\31(%d+)$'))
+    if since == 0 or joined < since then since = joined end
+  end
+end
+return {removed, count, since}
+";
+
+/// Presence in Redis (see the module header).
+#[derive(Clone)]
+pub struct RedisPresence {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connection: MultiplexedConnection,
+    prefix: String,
+    node: String,
+    ttl: Duration,
+    script: Script,
+    /// This node's connections: (topic, user, connection) → the entry in Redis.
+    local: Mutex<HashMap<(Topic, String, ConnectionId), String>>,
+}
+
+impl fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("node", &self.shared.node)
+            .field("ttl", &self.shared.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn failed(error: &redis::RedisError) -> BrokerError {
+    BrokerError::Backend(format!("redis presence: {error}"))
+}
+
+fn time_of(ms: u64) -> herald_proto::wkt::Timestamp {
+    herald_proto::timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+impl RedisPresence {
+    /// Connects and starts refreshing this node's entries every third of `ttl` until
+    /// `shutdown` fires.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<RedisPresence, BrokerError> {
+        let client = redis::Client::open(url).map_err(|error| {
+            BrokerError::Backend(format!("the broker URL {url:?} is invalid: {error}"))
+        })?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|error| failed(&error))?;
+        let presence = RedisPresence {
+            shared: Arc::new(Shared {
+                connection,
+                prefix: prefix.to_owned(),
+                node: uuid::Uuid::new_v4().simple().to_string(),
+                ttl: ttl.max(Duration::from_millis(30)),
+                script: Script::new(SCRIPT),
+                local: Mutex::new(HashMap::new()),
+            }),
+        };
+        tokio::spawn(refresh(presence.shared.clone(), shutdown));
+        Ok(presence)
+    }
+
+    fn key(&self, topic: &Topic) -> String {
+        format!("{}:p:{}", self.shared.prefix, topic.as_str())
+    }
+
+    async fn run(
+        &self,
+        topic: &Topic,
+        op: &str,
+        user: &str,
+        member: &str,
+    ) -> Result<(i64, u32, u64), BrokerError> {
+        run(&self.shared, &self.key(topic), op, user, member).await
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    key: &str,
+    op: &str,
+    user: &str,
+    member: &str,
+) -> Result<(i64, u32, u64), BrokerError> {
+    let mut connection = shared.connection.clone();
+    shared
+        .script
+        .key(key)
+        .arg(op)
+        .arg(user)
+        .arg(member)
+        .arg(u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut connection)
+        .await
+        .map_err(|error| failed(&error))
+}
+
+async fn refresh(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(shared.ttl / 3);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let entries: Vec<(String, String, String)> = lock(&shared.local)
+            .iter()
+            .map(|((topic, user, _), member)| {
+                (
+                    format!("{}:p:{}", shared.prefix, topic.as_str()),
+                    user.clone(),
+                    member.clone(),
+                )
+            })
+            .collect();
+        for (key, user, member) in entries {
+            if let Err(error) = run(&shared, &key, "refresh", &user, &member).await {
+                tracing::warn!(%error, "refreshing presence in Redis failed");
+                break;
+            }
+        }
+    }
+}
+
+fn joined_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn join(
+        &self,
+        topic: &Topic,
+        user_id: &str,
+        connection: ConnectionId,
+    ) -> Result<Option<PresenceMember>, BrokerError> {
+        let member = format!(
+            "{user_id}\x1f{}:{}\x1f{}",
+            self.shared.node,
+            connection.0,
+            joined_ms()
+        );
+        lock(&self.shared.local).insert(
+            (topic.clone(), user_id.to_owned(), connection),
+            member.clone(),
+        );
+        let (_, count, since) = self.run(topic, "join", user_id, &member).await?;
+        Ok((count == 1).then(|| PresenceMember {
+            user_id: user_id.to_owned(),
+            connections: 1,
+            since: Some(time_of(since)),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        topic: &Topic,
+        user_id: &str,
+        connection: ConnectionId,
+    ) -> Result<Option<PresenceMember>, BrokerError> {
+        let Some(member) =
+            lock(&self.shared.local).remove(&(topic.clone(), user_id.to_owned(), connection))
+        else {
+            return Ok(None);
+        };
+        let (removed, count, _) = self.run(topic, "leave", user_id, &member).await?;
+        let joined = member
+            .rsplit('\x1f')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0);
+        Ok((removed == 1 && count == 0).then(|| PresenceMember {
+            user_id: user_id.to_owned(),
+            connections: 0,
+            since: Some(time_of(joined)),
+        }))
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<PresenceMember>, BrokerError> {
+        let mut connection = self.shared.connection.clone();
+        let entries: Vec<String> = self
+            .shared
+            .script
+            .key(self.key(topic))
+            .arg("members")
+            .arg("")
+            .arg("")
+            .arg(u64::try_from(self.shared.ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| failed(&error))?;
+        let mut by_user: HashMap<String, (u32, u64)> = HashMap::new();
+        for entry in &entries {
+            let mut parts = entry.split('\x1f');
+            let (Some(user), Some(_), Some(joined)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let joined: u64 = joined.parse().unwrap_or(0);
+            let slot = by_user.entry(user.to_owned()).or_insert((0, joined));
+            slot.0 += 1;
+            slot.1 = slot.1.min(joined);
+        }
+        let mut members: Vec<PresenceMember> = by_user
+            .into_iter()
+            .map(|(user_id, (connections, since))| PresenceMember {
+                user_id,
+                connections,
+                since: Some(time_of(since)),
+            })
+            .collect();
+        members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(members)
+    }
+}
