@@ -68,6 +68,8 @@ pub struct Backend {
     clock: SharedClock,
     /// Order tracking (built here, so its tracker's counters are readable before serving).
     orders: Orders,
+    /// `/metrics` on a listener bound by the caller, instead of `config.metrics_addr`.
+    metrics_listener: Option<TcpListener>,
     #[cfg(feature = "test-util")]
     relay_faults: Arc<RelayFaults>,
 }
@@ -142,9 +144,17 @@ impl Backend {
             store,
             clock,
             orders,
+            metrics_listener: None,
             #[cfg(feature = "test-util")]
             relay_faults: Arc::new(RelayFaults::default()),
         })
+    }
+
+    /// Serves `/metrics` on `listener` (already bound, so a caller that binds it only when
+    /// the port is free never races another process for it).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Backend {
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// Replaces the wall clock the domain rules read (tests move time with a
@@ -196,14 +206,19 @@ impl Backend {
             store,
             clock,
             orders,
+            metrics_listener,
             #[cfg(feature = "test-util")]
             relay_faults,
         } = self;
         let tracker = tokio_util::task::TaskTracker::new();
-        if let Some(addr) = config.metrics_addr {
-            let listener = TcpListener::bind(addr).await.map_err(|source| {
+        let metrics_listener = match (metrics_listener, config.metrics_addr) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|source| {
                 ServeError::Config(format!("metrics_addr {addr}: cannot listen: {source}"))
-            })?;
+            })?),
+            (None, None) => None,
+        };
+        if let Some(listener) = metrics_listener {
             let sources = crate::metrics::Sources {
                 node: node.clone(),
                 broker: broker.clone(),

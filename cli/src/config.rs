@@ -13,6 +13,9 @@ use serde::Deserialize;
 pub struct Settings {
     pub backend: Config,
     pub edge: EdgeConfig,
+    /// `herald serve` without a file or `--metrics-addr`: serve `/metrics` on the development
+    /// address when it is free (bound once, at start), and go without it when it is not.
+    pub dev_metrics: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +61,11 @@ impl Settings {
             }
             None => EdgeConfig::default(),
         };
-        Ok(Settings { backend, edge })
+        Ok(Settings {
+            backend,
+            edge,
+            dev_metrics: false,
+        })
     }
 }
 

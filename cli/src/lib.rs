@@ -593,6 +593,7 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
     let Settings {
         backend: config,
         edge,
+        dev_metrics,
     } = &mut settings;
     if let Command::Serve(args) = &cli.command {
         if let Some(addr) = args.grpc_addr {
@@ -602,16 +603,7 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
             Some(addr) => config.metrics_addr = Some(addr),
             // `herald serve` without a file is the development setup: metrics on, unless
             // the port is taken (another local server), which only costs the metrics.
-            None if cli.config.is_none() => {
-                if std::net::TcpListener::bind(DEV_METRICS_ADDR).is_ok() {
-                    config.metrics_addr = Some(DEV_METRICS_ADDR);
-                } else {
-                    tracing::warn!(
-                        metrics_addr = %DEV_METRICS_ADDR,
-                        "the metrics port is in use: /metrics is off; pass --metrics-addr"
-                    );
-                }
-            }
+            None if cli.config.is_none() => *dev_metrics = true,
             None => {}
         }
         if let Some(url) = &args.database_url {

@@ -37,6 +37,7 @@ pub async fn serve(
     let Settings {
         backend: mut config,
         edge: mut edge_config,
+        dev_metrics,
     } = settings;
     let grpc = bind(config.grpc_addr, "--grpc-addr", false)?;
     let grpc_addr = grpc
@@ -46,9 +47,18 @@ pub async fn serve(
         Some(runtime) => Some((bind(edge_config.http_addr, "--http-addr", false)?, runtime)),
         None => None,
     };
-    let backend = herald_backend::Backend::build(config.clone())
+    let mut backend = herald_backend::Backend::build(config.clone())
         .await
         .map_err(CliError::new)?;
+    if dev_metrics {
+        match TcpListener::bind(crate::DEV_METRICS_ADDR).await {
+            Ok(listener) => backend = backend.with_metrics_listener(listener),
+            Err(_) => tracing::warn!(
+                metrics_addr = %crate::DEV_METRICS_ADDR,
+                "the metrics port is in use: /metrics is off; pass --metrics-addr"
+            ),
+        }
+    }
     // The dev key may have just been created: the edge signs its service tokens with it.
     if config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty() {
         config.auth.hs256_secret = dev_key::load(&config.data_dir).ok();
@@ -135,6 +145,7 @@ pub async fn serve_edge(
     let Settings {
         backend: mut config,
         edge,
+        ..
     } = settings;
     let development = config.auth.hs256_secret.is_none() && config.auth.public_keys.is_empty();
     if config.auth.hs256_secret.is_none() && edge_auth.edge_service_token.is_none() {
