@@ -10,18 +10,14 @@ use std::{
 
 use herald_backend::Config;
 use herald_client::Update;
-use herald_proto::{
-    codes::close_code_of,
-    v1::{
-        CloseCode, DeploymentEvent, DeploymentLogs, DeploymentStage, DeploymentState,
-        DeploymentStatus, DeploymentsAppendLogsResponse, DeploymentsCreateRequest,
-        DeploymentsFinishRequest, DeploymentsGetRequest, DeploymentsReportRequest,
-        DeploymentsStartRequest, Event, LogChunk, LogStream, StreamPosition,
-        WatchDeploymentRequest, deployment_event, deployments_client::DeploymentsClient,
-        event::Body, log_chunk::Line,
-    },
+use herald_proto::v1::{
+    DeploymentEvent, DeploymentLogs, DeploymentStage, DeploymentState, DeploymentStatus,
+    DeploymentsAppendLogsResponse, DeploymentsCreateRequest, DeploymentsFinishRequest,
+    DeploymentsGetRequest, DeploymentsReportRequest, DeploymentsStartRequest, Event, LogChunk,
+    LogStream, StreamPosition, deployment_event, deployments_client::DeploymentsClient,
+    event::Body, log_chunk::Line,
 };
-use tonic::{Status, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::{
     CliError, DemoDeployArgs, WatchArgs,
@@ -583,11 +579,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn reconnects(status: &Status) -> bool {
-    close_code_of(status).is_some_and(CloseCode::should_reconnect)
-        || status.code() == tonic::Code::Unavailable
-}
-
 pub(crate) async fn watch(args: WatchArgs, config: &Config) -> Result<(), CliError> {
     let topic = if args.topic.chars().all(|c| c.is_ascii_digit()) {
         format!("deployment:{}", args.topic)
@@ -619,13 +610,13 @@ async fn watch_deployment(
     args: &WatchArgs,
     config: &Config,
     id: u64,
-    mut since: Option<StreamPosition>,
+    since: Option<StreamPosition>,
     printer: &mut Printer,
 ) -> Result<(), CliError> {
-    let mut credentials = Credentials::new(&args.client, config)?;
-    let mut client = DeploymentsClient::new(channel(&args.client.server).await?);
+    let client = Credentials::new(&args.client, config)?.sdk(&args.client.server)?;
     let got = client
-        .get(credentials.authorize(DeploymentsGetRequest { deployment_id: id })?)
+        .deployments()
+        .get(DeploymentsGetRequest { deployment_id: id })
         .await
         .map_err(|s| status_error(&s))?
         .into_inner()
@@ -641,49 +632,19 @@ async fn watch_deployment(
             )
         )
     );
-    let mut tail = args.tail;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let request = credentials.authorize(WatchDeploymentRequest {
-            deployment_id: id,
-            since: since.clone(),
-            tail_lines: tail,
-        })?;
-        let status = match client.watch(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            show(printer, &event);
-                            since = event.position.clone();
-                            tail = None;
-                            backoff = Duration::from_millis(200);
-                        }
-                        Ok(None) => {
-                            printer.close_line();
-                            return Ok(());
-                        }
-                        Err(status) => break status,
-                    }
-                }
-            }
-            Err(status) => status,
-        };
-        if !reconnects(&status) {
-            return Err(status_error(&status));
-        }
-        if close_code_of(&status) == Some(CloseCode::TokenExpired) && !credentials.refresh()? {
-            return Err(status_error(&status));
-        }
-        printer.close_line();
-        eprintln!(
-            "stream ended ({}); resuming in {backoff:?}",
-            status.message()
-        );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let mut watch = client.watch_deployment(id);
+    if let Some(since) = since {
+        watch = watch.since(since);
     }
+    if let Some(tail) = args.tail {
+        watch = watch.tail_lines(tail);
+    }
+    while let Some(event) = watch.next().await {
+        let event = event.map_err(|e| CliError::new(e.to_string()))?;
+        show(printer, &event);
+    }
+    printer.close_line();
+    Ok(())
 }
 
 fn show(printer: &mut Printer, event: &DeploymentEvent) {

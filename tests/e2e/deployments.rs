@@ -1018,6 +1018,53 @@ async fn a_restart_mid_build_resumes_watchers_with_recovered_and_a_complete_log_
 }
 
 #[tokio::test]
+async fn the_rust_sdks_deployment_watch_resumes_across_a_restart_with_every_line_once() {
+    let app = spawn_app().await;
+    let (alice, worker) = people(&app).await;
+    let id = alice.create("sdk").await.id;
+    worker.start(id).await.unwrap();
+    worker.append_range(id, 1, 50, 10).await;
+    let client =
+        herald_client::Client::connect(&format!("http://{}", app.addr), app.token("alice", &[]))
+            .expect("a client");
+    let mut watch = client
+        .watch_deployment(id)
+        .with_backoff(herald_client::Backoff::new(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_millis(200),
+        ));
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        let event = tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .expect("an event in time")
+            .expect("the watch is open")
+            .expect("no error");
+        seen.extend(line_numbers(std::slice::from_ref(&event)));
+    }
+
+    let app = app.restart_in_place().await;
+    let (_, worker) = people(&app).await;
+    worker.append_range(id, 51, 100, 10).await;
+    worker.succeed(id).await;
+    let mut last_status = None;
+    while let Some(event) = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("the watch goes on, then ends")
+    {
+        let event = event.expect("no error: the restart is retried");
+        seen.extend(line_numbers(std::slice::from_ref(&event)));
+        last_status = status_of(&event).cloned().or(last_status);
+    }
+    assert_eq!(seen, range(1, 100), "every line once, in order");
+    assert_eq!(
+        last_status.expect("a status").status,
+        DeploymentState::Success as i32,
+        "and the watch ends after the final status"
+    );
+}
+
+#[tokio::test]
 async fn the_same_deployment_over_the_websocket_shows_the_same_events_as_over_grpc() {
     let app = spawn_app().await;
     let (alice, worker) = people(&app).await;

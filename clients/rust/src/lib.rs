@@ -10,6 +10,8 @@
 //!   and [`Update::Reload`] when history could not continue, so the app reloads its state;
 //! - [`Client::live`]: load-then-follow — a `List`/`Get` and its `position`, then the changes
 //!   after exactly that position (no gap, no duplicate);
+//! - [`Client::watch_deployment`]: a deployment's status and log (`Deployments/Watch`),
+//!   resumed after reconnects like a subscription;
 //! - typed service clients ([`Client::orders`], [`Client::chat`], …) through the same auth.
 //!
 //! ```no_run
@@ -30,6 +32,7 @@
 
 mod backoff;
 mod cursor;
+mod deployment_watch;
 mod live;
 mod subscription;
 mod token;
@@ -50,6 +53,7 @@ use tonic::{
 
 pub use backoff::Backoff;
 pub use cursor::{Cursor, Verdict};
+pub use deployment_watch::DeploymentWatch;
 pub use live::Live;
 pub use subscription::{Subscription, Update};
 pub use token::{Refreshing, TokenSource, expires_at, refreshing};
@@ -183,5 +187,10 @@ impl Client {
 
     pub fn deployments(&self) -> DeploymentsClient<Authorized> {
         DeploymentsClient::new(self.channel())
+    }
+
+    /// Follows deployment `id` (see [`DeploymentWatch`]); `.since(position)` to resume.
+    pub fn watch_deployment(&self, id: u64) -> DeploymentWatch {
+        DeploymentWatch::new(self.deployments(), id)
     }
 }

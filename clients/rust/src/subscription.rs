@@ -167,21 +167,33 @@ impl Subscription {
         }
     }
 
-    /// Waits before the next attempt when `status` says to retry; the error to end with
-    /// otherwise.
     async fn retry(&mut self, status: Status) -> Result<(), Error> {
-        if !should_retry(&status) {
-            return Err(status.into());
-        }
-        tracing::debug!(topic = %self.topic, code = ?status.code(), message = status.message(), "stream ended; reconnecting");
-        self.pause(retry_after(&status)).await;
-        Ok(())
+        wait_to_retry(&mut self.backoff, status, &self.topic).await
     }
 
     async fn pause(&mut self, at_least: Option<Duration>) {
-        let delay = self.backoff.next_delay(&mut rand::rng());
-        tokio::time::sleep(delay.max(at_least.unwrap_or_default())).await;
+        pause(&mut self.backoff, at_least).await;
     }
+}
+
+/// Waits before the next attempt of the stream `what` when `status` says to retry; the error
+/// to end with otherwise.
+pub(crate) async fn wait_to_retry(
+    backoff: &mut Backoff,
+    status: Status,
+    what: &str,
+) -> Result<(), Error> {
+    if !should_retry(&status) {
+        return Err(status.into());
+    }
+    tracing::debug!(stream = what, code = ?status.code(), message = status.message(), "stream ended; reconnecting");
+    pause(backoff, retry_after(&status)).await;
+    Ok(())
+}
+
+async fn pause(backoff: &mut Backoff, at_least: Option<Duration>) {
+    let delay = backoff.next_delay(&mut rand::rng());
+    tokio::time::sleep(delay.max(at_least.unwrap_or_default())).await;
 }
 
 /// Whether a stream that ended with `status` should be opened again: Herald's close code says
