@@ -94,6 +94,17 @@ async fn a_hundred_thousand_event_catch_up_arrives_in_order_then_live_while_a_pu
     const DURING: u64 = 300;
     let app = spawn_app().await;
     commit_many(&app, "order:big", 1, BACKLOG, 1000).await;
+    // The relay hands the backlog to the broker first, so only the broker's cache (the newest
+    // events) can serve the catch-up and everything older must come from the database. (A
+    // relay still behind would deliver the rest live, and fewer pages would be read.)
+    let deadline = tokio::time::Instant::now() + 4 * herald_e2e::PATIENCE;
+    while app.store.outbox_backlog().await.unwrap().0 > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not publish the backlog in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let service = app.service().await;
     let mut sub = service.resume("order:big", at(0, app.store.epoch())).await;
     assert!(sub.subscribed.recovered);
