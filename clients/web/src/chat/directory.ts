@@ -54,7 +54,7 @@ export class Directory {
   private again = false;
   private closed = false;
   /** `user:<me>`, shared with the inbox over one transport subscription. */
-  private readonly mine: Subscription;
+  private mine: Subscription | undefined;
 
   constructor(
     private readonly herald: HeraldClient,
@@ -62,17 +62,19 @@ export class Directory {
     private readonly onError: (what: string, error: unknown) => void,
   ) {
     this.presence.set(me, { online: true });
-    this.mine = herald.subscribe(`user:${me}`, {
+  }
+
+  /** Follows `user:<me>` once the first read is in; whatever came in between is read again. */
+  private followMine(): void {
+    if (this.mine || this.closed) return;
+    this.mine = this.herald.subscribe(`user:${this.me}`, {
       onEvent: (event) => this.onMine(event),
       // events were missed: the list is read again
       onRecoveryFailed: () => void this.refresh(),
       onError: (error) => this.onError("Following the conversations", error),
     });
-    // whatever was added between the first read and the subscription: read once more
     this.mine.ready.then(
-      () => {
-        if (this.loaded) void this.refresh();
-      },
+      () => void this.refresh(),
       () => {},
     );
   }
@@ -141,7 +143,7 @@ export class Directory {
 
   close(): void {
     this.closed = true;
-    this.mine.unsubscribe();
+    this.mine?.unsubscribe();
     for (const live of this.lives.values()) live.close();
     this.lives.clear();
     this.listeners.clear();
@@ -163,6 +165,7 @@ export class Directory {
     this.groups = groups.map((g) => this.lives.get(g.id)?.state ?? { group: g, members: [] });
     this.loaded = true;
     this.emit();
+    this.followMine();
   }
 
   private follow(group: ChatGroup): void {
