@@ -38,6 +38,7 @@ import { Orders } from "./gen/herald/v1/orders_pb.js";
 import { Reviews } from "./gen/herald/v1/reviews_pb.js";
 import { Rooms } from "./gen/herald/v1/rooms_pb.js";
 import { LiveFeed, type Apply } from "./livefeed.js";
+import { Shared } from "./shared.js";
 import { Sub, type SubscribeOptions, type Subscription } from "./subscription.js";
 import { refreshDelay, tokenExpiry } from "./token.js";
 
@@ -148,7 +149,7 @@ export class HeraldClient {
   private readonly WebSocketImpl: WebSocketConstructor | undefined;
   private readonly transport: Transport;
   private readonly driverOptions: DriverOptions;
-  private readonly topics = new Map<string, Sub>();
+  private readonly topics = new Map<string, Shared>();
   private readonly listeners = new Set<(status: ConnectionStatus) => void>();
   private driver: Driver | undefined;
   private probe: Driver | undefined;
@@ -202,27 +203,44 @@ export class HeraldClient {
 
   /**
    * Follows `topic`: each event once, in offset order, across reconnects and transport
-   * changes. One subscription per topic per client.
+   * changes. Any number of handles may follow one topic: the transport carries one
+   * subscription per topic, and a handle whose `since` is behind it reads the missing range
+   * from History before it joins (if that range is gone, that handle alone gets
+   * `onRecoveryFailed`). The transport subscription ends with the last handle.
    */
   subscribe(topic: string, handlers: SubscribeOptions = {}): Subscription {
     if (this.closed) throw new Error("the client is closed");
-    if (this.topics.has(topic)) throw new Error(`already subscribed to ${topic} (one subscription per topic per client)`);
-    const sub = new Sub(topic, handlers, {
-      closed: (s) => this.dropSub(s),
-      recoveryFailed: () => {
-        this.reloadedSinceUp = true;
-        this.setState("reloaded");
-      },
-      live: () => {},
-      history: async (s, since) => {
-        const page = await this.rooms.history({ topic: s.topic, since, limit: 1000 });
-        return page.events;
-      },
-    });
-    this.topics.set(topic, sub);
-    this.driver?.add(sub);
-    this.probe?.add(sub);
-    return sub;
+    let shared = this.topics.get(topic);
+    if (!shared || !shared.sub.active) {
+      const created = new Shared(
+        topic,
+        async (t, since) => {
+          const page = await this.rooms.history({ topic: t, since, limit: 1000 });
+          return { events: page.events, position: page.position };
+        },
+        (s) => {
+          s.sub.unsubscribe();
+          this.dropShared(s);
+        },
+      );
+      created.sub = new Sub(topic, created, handlers.since, {
+        closed: () => this.dropShared(created),
+        recoveryFailed: () => {
+          this.reloadedSinceUp = true;
+          this.setState("reloaded");
+        },
+        live: () => {},
+        history: async (s, since) => {
+          const page = await this.rooms.history({ topic: s.topic, since, limit: 1000 });
+          return page.events;
+        },
+      });
+      shared = created;
+      this.topics.set(topic, shared);
+      this.driver?.add(shared.sub);
+      this.probe?.add(shared.sub);
+    }
+    return shared.add(handlers);
   }
 
   /**
@@ -371,17 +389,20 @@ export class HeraldClient {
     this.driver?.stop();
     this.probe = undefined;
     this.driver = undefined;
-    for (const sub of [...this.topics.values()]) sub.unsubscribe();
+    for (const shared of [...this.topics.values()]) {
+      for (const handle of [...shared.handles]) handle.unsubscribe();
+      shared.sub.unsubscribe();
+    }
     this.setState("closed");
   }
 
   // -------------------------------------------------------------------------------------
 
-  private dropSub(sub: Sub): void {
-    if (this.topics.get(sub.topic) !== sub) return;
-    this.topics.delete(sub.topic);
-    this.driver?.remove(sub);
-    this.probe?.remove(sub);
+  private dropShared(shared: Shared): void {
+    if (this.topics.get(shared.topic) !== shared) return;
+    this.topics.delete(shared.topic);
+    this.driver?.remove(shared.sub);
+    this.probe?.remove(shared.sub);
   }
 
   private setState(state: ConnectionState, error?: HeraldError): void {
@@ -448,8 +469,8 @@ export class HeraldClient {
 
   private makeHost(): DriverHost {
     return {
-      subs: () => [...this.topics.values()],
-      sub: (topic) => this.topics.get(topic),
+      subs: () => [...this.topics.values()].map((shared) => shared.sub),
+      sub: (topic) => this.topics.get(topic)?.sub,
       token: () => this.token(),
       freshToken: () => this.freshToken(),
       up: (driver, again) => {
@@ -501,7 +522,7 @@ export class HeraldClient {
           return;
         }
         if (driver !== this.driver) return;
-        for (const sub of [...this.topics.values()]) sub.fail(error);
+        for (const shared of [...this.topics.values()]) shared.sub.fail(error);
         this.setState("closed", error);
       },
     };

@@ -57,7 +57,26 @@ export interface Subscription {
   unsubscribe(): void;
 }
 
-export class Sub implements Subscription {
+/**
+ * Where a transport subscription delivers: the handles that share it (see shared.ts). Each
+ * call happens once per event, in offset order, already de-duplicated.
+ */
+export interface SubSink {
+  event(event: Event): void;
+  signal(signal: Signal): void;
+  presence(change: PresenceChange): void;
+  /**
+   * Events were missed; `resumeAfter` is where the stream continues (undefined: with the
+   * next event, of another epoch).
+   */
+  recoveryFailed(resumeAfter: Position | undefined): void;
+  /** `ready` resolved: the first `subscribed`. */
+  live(): void;
+  error(error: HeraldError): void;
+}
+
+/** The one subscription per topic that transports carry. */
+export class Sub {
   readonly topic: string;
   readonly cursor: TopicCursor;
   state: SubscriptionState = "subscribing";
@@ -67,7 +86,8 @@ export class Sub implements Subscription {
 
   constructor(
     topic: string,
-    private readonly options: SubscribeOptions,
+    private readonly sink: SubSink,
+    since: Position | StreamPosition | undefined,
     private readonly hooks: {
       closed(sub: Sub): void;
       recoveryFailed(sub: Sub): void;
@@ -77,7 +97,6 @@ export class Sub implements Subscription {
     },
   ) {
     this.topic = topic;
-    const since = options.since;
     this.cursor = new TopicCursor(since && { offset: BigInt(since.offset), epoch: since.epoch });
     this.ready = new Promise((resolve, reject) => {
       this.resolveReady = resolve;
@@ -123,7 +142,8 @@ export class Sub implements Subscription {
     this.state = "live";
     this.resolveReady();
     this.hooks.live(this);
-    if (verdict === "recovery-failed") this.recoveryFailed();
+    this.sink.live();
+    if (verdict === "recovery-failed") this.recoveryFailed(this.position);
   }
 
   /**
@@ -165,7 +185,7 @@ export class Sub implements Subscription {
         const position = this.cursor.position;
         if (position && position.epoch === last.epoch && position.offset === last.offset) {
           // History had nothing to fill it with: deliver what came, and say events are missing.
-          this.recoveryFailed();
+          this.recoveryFailed(this.position);
           for (const event of held) this.deliver(event);
           return;
         }
@@ -177,16 +197,16 @@ export class Sub implements Subscription {
     if (!this.active) return;
     const verdict = this.cursor.accept(event.offset, event.epoch);
     if (verdict === "duplicate") return;
-    if (verdict === "epoch-changed") this.recoveryFailed();
-    this.guard(() => this.options.onEvent?.(event));
+    if (verdict === "epoch-changed") this.recoveryFailed(undefined);
+    this.sink.event(event);
   }
 
   signal(signal: Signal): void {
-    if (this.active) this.guard(() => this.options.onSignal?.(signal));
+    if (this.active) this.sink.signal(signal);
   }
 
   presence(change: PresenceChange): void {
-    if (this.active) this.guard(() => this.options.onPresence?.(change));
+    if (this.active) this.sink.presence(change);
   }
 
   reconnecting(): void {
@@ -198,20 +218,11 @@ export class Sub implements Subscription {
     this.state = "failed";
     this.rejectReady(error);
     this.hooks.closed(this);
-    this.guard(() => this.options.onError?.(error));
+    this.sink.error(error);
   }
 
-  private recoveryFailed(): void {
+  private recoveryFailed(resumeAfter: Position | undefined): void {
     this.hooks.recoveryFailed(this);
-    this.guard(() => this.options.onRecoveryFailed?.({ topic: this.topic, position: this.position }));
-  }
-
-  /** A throwing handler must not break delivery to the others, nor the transport. */
-  private guard(run: () => void): void {
-    try {
-      run();
-    } catch (error) {
-      console.error(`@herald/client: a handler of ${this.topic} threw`, error);
-    }
+    this.sink.recoveryFailed(resumeAfter && { ...resumeAfter });
   }
 }

@@ -244,6 +244,13 @@ describe("the chat panel", () => {
     // Alice's page goes on, without Bob among the members.
     await alice.page.locator('[data-testid="person"][data-user="bob"]').waitFor({ state: "detached", ...LONG });
   });
+
+  test("a direct conversation someone else starts appears at once (chat.added on user:<me>, followed beside the inbox)", async () => {
+    // Bob is in no group now: nothing but his own topic can announce it.
+    const { conversation } = await cleo.chat.createConversation({ with: { case: "directUserId", value: "bob" } });
+    await bob.page.locator(`[data-testid="conversation"][data-id="${conversation!.id}"]`).filter({ hasText: "cleo" }).waitFor(LONG);
+    assert.equal(await bob.page.getByTestId("alerts").textContent(), "");
+  });
 });
 
 describe("how chat events change the page's state", () => {

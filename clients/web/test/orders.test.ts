@@ -3,6 +3,7 @@
 // status timeline and the courier moving on the page's own SVG map.
 
 import assert from "node:assert/strict";
+import { BusinessStatus, CourierStatus, createClient } from "@herald/client";
 import { after, before, describe, test } from "node:test";
 import { openBrowser, screenshot, type Browser } from "./support/browser.js";
 import { signInAsDev } from "./support/console.js";
@@ -142,6 +143,56 @@ describe("the order tracker", () => {
       await screenshot(later.page, "console-orders-phone.png");
     } finally {
       await later.close();
+    }
+  });
+
+  test("a courier's list is live on user:<courier>: an order assigned to him appears, one reassigned away leaves", async () => {
+    const adminToken = await herald.token("dispatch", ["admin"]);
+    const admin = createClient({ url: herald.url, getToken: () => adminToken, transport: "grpc-web" });
+    const customerToken = await herald.token("dana");
+    const customer = createClient({ url: herald.url, getToken: () => customerToken, transport: "grpc-web" });
+    const courier = await openBrowser();
+    try {
+      await admin.orders.setBusinessStatus({ status: BusinessStatus.OPEN, message: "" });
+      for (const name of ["lee", "kim"]) {
+        const token = await herald.token(name, ["courier"]);
+        const c = createClient({ url: herald.url, getToken: () => token, transport: "grpc-web" });
+        await c.orders.setCourierStatus({ status: CourierStatus.AVAILABLE });
+        c.close();
+      }
+      // every Orders/List the page sends over its socket
+      let lists = 0;
+      const sent: string[] = [];
+      courier.page.on("websocket", (socket) => {
+        socket.on("framesent", (frame) => {
+          if (!String(frame.payload).includes('"token"')) sent.push(`> ${String(frame.payload).slice(0, 160)}`);
+          if (String(frame.payload).includes("herald.v1.Orders/List")) lists += 1;
+        });
+        socket.on("framereceived", (frame) => sent.push(`< ${String(frame.payload).slice(0, 160)}`));
+      });
+      await signInAsDev(courier.page, herald.url, "lee", ["courier"]);
+      await courier.page.getByTestId("order-list").filter({ hasText: "No orders yet." }).waitFor(LONG);
+      const placed = await customer.orders.place({
+        items: [{ sku: "tea", name: "Tea", quantity: 2, unitPriceMinor: 350n }],
+        currency: "EUR",
+        deliveryAddress: "1 Rue de Rivoli, Paris",
+        clientTotalMinor: 700n,
+      });
+      const id = placed.order!.order!.id;
+      // the list is not read again for a courier: the row comes from the feed
+      await admin.orders.assignCourier({ orderId: id, courierId: "lee" });
+      await courier.page.locator(`[data-testid="order-row"][data-id="${id}"]`).waitFor(LONG);
+      await admin.orders.assignCourier({ orderId: id, courierId: "kim" });
+      await courier.page.getByTestId("order-list").filter({ hasText: "No orders yet." }).waitFor(LONG);
+      // two refresh periods (4 s each) later: the first read and the one for the new
+      // assignment (its event carries no order), no periodic reads
+      await new Promise((resolve) => setTimeout(resolve, 9_000));
+      assert.ok(lists >= 1 && lists <= 2, `the courier's page read the list ${lists} times:\n${sent.join("\n")}`);
+      assert.equal(await courier.page.getByTestId("alerts").textContent(), "", "no refused subscription");
+    } finally {
+      await courier.close();
+      admin.close();
+      customer.close();
     }
   });
 });

@@ -5,15 +5,39 @@ import { create } from "@bufbuild/protobuf";
 
 import { TopicCursor } from "../../src/cursor.js";
 import { EventSchema, StreamPositionSchema } from "../../src/gen/herald/v1/events_pb.js";
-import { Sub } from "../../src/subscription.js";
+import { Sub, type SubscribeOptions } from "../../src/subscription.js";
 
 const event = (offset: number, epoch = "e1") => create(EventSchema, { topic: "user:alice", offset: BigInt(offset), epoch, type: "t" });
 const position = (offset: number, epoch = "e1") => create(StreamPositionSchema, { offset: BigInt(offset), epoch });
 
+/** A transport subscription delivering straight to one set of handlers. */
+function makeSub(topic: string, options: SubscribeOptions, hooks: ConstructorParameters<typeof Sub>[3]): Sub {
+  const sub: Sub = new Sub(
+    topic,
+    {
+      event: (e) => {
+        try {
+          options.onEvent?.(e);
+        } catch (error) {
+          console.error(error);
+        }
+      },
+      signal: (s) => options.onSignal?.(s),
+      presence: (c) => options.onPresence?.(c),
+      recoveryFailed: () => options.onRecoveryFailed?.({ topic, position: sub.position }),
+      live: () => {},
+      error: (e) => options.onError?.(e),
+    },
+    options.since,
+    hooks,
+  );
+  return sub;
+}
+
 function recordingSub(since?: { offset: bigint; epoch: string }) {
   const seen: bigint[] = [];
   const failures: Array<bigint | undefined> = [];
-  const sub = new Sub(
+  const sub = makeSub(
     "user:alice",
     { onEvent: (e) => seen.push(e.offset), onRecoveryFailed: (info) => failures.push(info.position?.offset), ...(since ? { since } : {}) },
     { closed() {}, recoveryFailed() {}, live() {} },
@@ -79,7 +103,7 @@ test("a handler that throws does not stop delivery", () => {
   const original = console.error;
   console.error = () => {};
   try {
-    const sub = new Sub(
+    const sub = makeSub(
       "user:alice",
       {
         onEvent: (e) => {
@@ -103,7 +127,7 @@ test("a gap in offsets is filled from History before later events are delivered,
   const asked: bigint[] = [];
   let release!: () => void;
   const fetched = new Promise<void>((resolve) => (release = resolve));
-  const sub = new Sub(
+  const sub = makeSub(
     "user:alice",
     { onEvent: (e) => seen.push(e.offset) },
     {
@@ -133,7 +157,7 @@ test("a gap in offsets is filled from History before later events are delivered,
 test("a gap History cannot fill is reported as a failed recovery and delivery goes on", async () => {
   const seen: bigint[] = [];
   let failed = 0;
-  const sub = new Sub(
+  const sub = makeSub(
     "room:lobby",
     { onEvent: (e) => seen.push(e.offset), onRecoveryFailed: () => (failed += 1) },
     { closed() {}, recoveryFailed() {}, live() {}, history: async () => [] },

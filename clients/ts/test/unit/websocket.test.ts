@@ -270,3 +270,51 @@ test("a token the edge refuses is retried once with a fresh one, then the client
     herald.close();
   }
 });
+
+test("several handles on one topic share one subscribe frame; a handle behind reads History over the socket; the last unsubscribe ends it", async () => {
+  edge = new FakeEdge();
+  const original = edge.receive.bind(edge);
+  const histories: unknown[] = [];
+  edge.receive = (socket, frame) => {
+    if (frame.method === "call" && frame.params?.["rpc"] === "herald.v1.Rooms/History") {
+      edge.frames.push(frame);
+      histories.push((frame.params["request"] as Record<string, unknown>)["since"]);
+      const events = [2, 3].map((n) => ({ topic: "role:admin", offset: String(n), epoch: "e", type: "t" }));
+      socket.push({ id: frame.id, result: { events, position: { offset: "3", epoch: "e" } } });
+      return;
+    }
+    original(socket, frame);
+  };
+  edge.subscribeReply = () => ({ position: { offset: "3", epoch: "e" }, recovered: true });
+  const herald = createClient({
+    url: "http://edge.test",
+    getToken: () => jwt(Math.floor(Date.now() / 1000) + 3600),
+    transport: "websocket",
+    WebSocket: FakeSocket,
+    backoff: { baseMs: 1, capMs: 2 },
+  });
+  try {
+    const first: bigint[] = [];
+    const second: bigint[] = [];
+    const a = herald.subscribe("role:admin", { onEvent: (e) => first.push(e.offset) });
+    await a.ready;
+    const b = herald.subscribe("role:admin", { since: { offset: 1n, epoch: "e" }, onEvent: (e) => second.push(e.offset) });
+    await b.ready;
+    assert.deepEqual(histories, [{ offset: "1", epoch: "e" }]);
+    edge.event("role:admin", 4);
+    assert.deepEqual(first, [4n]);
+    assert.deepEqual(second, [2n, 3n, 4n]);
+    assert.equal(edge.subscribes().length, 1, "one subscribe frame for both handles");
+
+    a.unsubscribe();
+    await tick();
+    assert.equal(edge.frames.filter((f) => f.method === "unsubscribe").length, 0, "the other handle still follows");
+    edge.event("role:admin", 5);
+    assert.deepEqual(second, [2n, 3n, 4n, 5n]);
+    b.unsubscribe();
+    await tick();
+    assert.equal(edge.frames.filter((f) => f.method === "unsubscribe").length, 1);
+  } finally {
+    herald.close();
+  }
+});

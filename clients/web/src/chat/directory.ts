@@ -2,10 +2,21 @@
 // ListMembers and followed on `group:<id>` with the SDK's live() (members joining and leaving,
 // conversations created, and the `chat.presence` signals of its members); the conversation
 // list is ListMyConversations, read again when a group says a conversation was created or
-// its membership changed. Who is online starts from Rooms/Presence (who has the group or the
+// its membership changed, or when `user:<me>` says the user was added to (or removed from) a
+// group or a conversation (`chat.added`, `chat.removed`: a direct conversation someone else
+// started); `chat.unread` on it keeps the unread counts of the list exact. Who is online starts from Rooms/Presence (who has the group or the
 // direct conversation open) and follows the `chat.presence` signals.
 
-import { ChatMemberChange, type ChatConversationSummary, type ChatGroup, type ChatMember, type Event, type HeraldClient, type Live } from "@herald/client";
+import {
+  ChatMemberChange,
+  type ChatConversationSummary,
+  type ChatGroup,
+  type ChatMember,
+  type Event,
+  type HeraldClient,
+  type Live,
+  type Subscription,
+} from "@herald/client";
 import type { PresenceNote } from "./conversation.js";
 
 export interface GroupState {
@@ -42,6 +53,8 @@ export class Directory {
   private reading: Promise<void> | undefined;
   private again = false;
   private closed = false;
+  /** `user:<me>`, shared with the inbox over one transport subscription. */
+  private mine: Subscription | undefined;
 
   constructor(
     private readonly herald: HeraldClient,
@@ -49,6 +62,33 @@ export class Directory {
     private readonly onError: (what: string, error: unknown) => void,
   ) {
     this.presence.set(me, { online: true });
+  }
+
+  /** Follows `user:<me>` once the first read is in; whatever came in between is read again. */
+  private followMine(): void {
+    if (this.mine || this.closed) return;
+    this.mine = this.herald.subscribe(`user:${this.me}`, {
+      onEvent: (event) => this.onMine(event),
+      // events were missed: the list is read again
+      onRecoveryFailed: () => void this.refresh(),
+      onError: (error) => this.onError("Following the conversations", error),
+    });
+    this.mine.ready.then(
+      () => void this.refresh(),
+      () => {},
+    );
+  }
+
+  private onMine(event: Event): void {
+    const body = event.body;
+    if (body.case === "chatMembershipChanged") {
+      void this.refresh();
+    } else if (body.case === "chatUnreadChanged") {
+      const { conversationId, unread, totalUnread } = body.value;
+      this.totalUnread = totalUnread;
+      this.conversations = this.conversations.map((c) => (c.conversation?.id === conversationId ? { ...c, unread } : c));
+      this.emit();
+    }
   }
 
   subscribe(listener: () => void): () => void {
@@ -103,6 +143,7 @@ export class Directory {
 
   close(): void {
     this.closed = true;
+    this.mine?.unsubscribe();
     for (const live of this.lives.values()) live.close();
     this.lives.clear();
     this.listeners.clear();
@@ -124,6 +165,7 @@ export class Directory {
     this.groups = groups.map((g) => this.lives.get(g.id)?.state ?? { group: g, members: [] });
     this.loaded = true;
     this.emit();
+    this.followMine();
   }
 
   private follow(group: ChatGroup): void {

@@ -1,10 +1,11 @@
 // The order tracker: the orders the signed-in user may see (admins and services all of them,
 // couriers those assigned to them, customers their own), and the selected order's status
-// timeline with the courier moving on a map the page draws. The list is read again every few
-// seconds; the selected order is pushed: its durable events and the courier's location signals
-// on `order:<id>`.
+// timeline with the courier moving on a map the page draws. An admin's list is live on the
+// admins' feed (`role:admin`), a courier's on theirs (`user:<courier>`), from List's feed
+// position; a customer's is read again every few seconds. The selected order is pushed: its
+// durable events and the courier's location signals on `order:<id>`.
 
-import { OrderStatus, type Order, type OrdersListResponse } from "@herald/client";
+import { OrderStatus, type Event, type Order, type OrdersListResponse } from "@herald/client";
 import { h, replaceChildren } from "../dom.js";
 import { plural } from "../format.js";
 import type { Panel, PanelContext } from "../panels.js";
@@ -38,13 +39,63 @@ function secondsAgo(ms: number, now: number): string {
   return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
 }
 
+/** The list as it stands, and whether the feed announced an order the list does not hold. */
+interface Listed {
+  orders: Order[];
+  missing: boolean;
+}
+
+/**
+ * The list as the feed changes it: new orders first, status and version moving forward. A
+ * courier's feed (`me`) also says when an order becomes theirs (the list is read again for
+ * it) or another courier's (it leaves the list).
+ */
+function applyFeed(me: string | undefined) {
+  return (listed: Listed, event: Event): Listed => {
+    const orders = listed.orders;
+    const body = event.body;
+    const update = (id: bigint, version: bigint, change: Partial<Order>) => ({
+      ...listed,
+      orders: orders.map((o) => (o.id === id && version > o.version ? { ...o, ...change, version } : o)),
+    });
+    switch (body.case) {
+      case "orderPlaced": {
+        const placed = body.value.order;
+        return placed && !orders.some((o) => o.id === placed.id) ? { ...listed, orders: [placed, ...orders] } : listed;
+      }
+      case "orderStatusChanged":
+        return update(body.value.orderId, body.value.version, { status: body.value.status });
+      case "orderCancelled":
+        return update(body.value.orderId, body.value.version, { status: OrderStatus.CANCELLED });
+      case "orderCourierAssigned": {
+        const { orderId, courierId, version } = body.value;
+        if (me !== undefined && courierId !== me) return { ...listed, orders: orders.filter((o) => o.id !== orderId) };
+        if (me !== undefined && !orders.some((o) => o.id === orderId)) return { ...listed, missing: true };
+        return update(orderId, version, { courierId });
+      }
+      default:
+        return listed;
+    }
+  };
+}
+
+/** A fresh read merged into the list: each order at the higher of the two versions. */
+function merged(fresh: Order[], current: Order[]): Order[] {
+  const known = new Map(current.map((o) => [o.id, o]));
+  return fresh.map((o) => {
+    const had = known.get(o.id);
+    return had && had.version > o.version ? had : o;
+  });
+}
+
 export function ordersPanel(context: PanelContext): Panel {
   const { herald, identity } = context;
   const roles = identity.roles;
-  // The list is read again every few seconds for everyone: the feeds that announce new orders
-  // (`role:admin`, `user:<courier>`) already have their subscriber on this page (the review
-  // queue, the inbox), and the SDK keeps one subscription per topic per client.
-  const isCourierOnly = !roles.includes("admin") && roles.includes("courier");
+  // Admins follow `role:admin`, couriers `user:<courier>`; other panels of the page follow
+  // those topics too (the review queue, the inbox), over the same transport subscription.
+  const isAdmin = roles.includes("admin");
+  const isCourierOnly = !isAdmin && roles.includes("courier");
+  const feedTopic = isAdmin ? "role:admin" : isCourierOnly ? `user:${identity.sub}` : undefined;
 
   const list = h("ul", { class: "order-list", "aria-label": "Orders", "data-testid": "order-list" });
   const listStatus = h("p", { class: "muted", role: "status" }, "Loading…");
@@ -120,14 +171,56 @@ export function ordersPanel(context: PanelContext): Panel {
   };
 
   const readList = (): Promise<OrdersListResponse> => herald.orders.list({ pageSize: 30 });
-  const reload = reporting(
-    () => readList().then((page) => setOrders(page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])))),
-    (error) => context.report("Listing orders", error),
-  );
-  void reload();
-  const timer = setInterval(() => {
-    if (!document.hidden) void reload();
-  }, LIST_REFRESH_MS);
+  const listedOf = (page: OrdersListResponse): Listed => ({ orders: page.orders.flatMap((entry) => (entry.order ? [entry.order] : [])), missing: false });
+  let timer: ReturnType<typeof setInterval> | undefined;
+  let feed: { close(): void } | undefined;
+  if (feedTopic) {
+    let current: Listed | undefined;
+    // An order the feed announced but the list lacks (newly assigned to this courier): read
+    // the list again and merge it, keeping whichever version of each order is newer.
+    const reread = reporting(
+      () =>
+        readList().then((page) => {
+          if (!current) return;
+          current.orders = merged(listedOf(page).orders, current.orders);
+          setOrders(current.orders);
+        }),
+      (error) => context.report("Listing orders", error),
+    );
+    const show = (listed: Listed) => {
+      current = listed;
+      if (listed.missing) {
+        listed.missing = false;
+        void reread();
+      }
+      setOrders(listed.orders);
+    };
+    const live = herald.live(
+      async () => {
+        const page = await readList();
+        return { ...page, position: page.feedPosition };
+      },
+      feedTopic,
+      {
+        initial: listedOf,
+        apply: applyFeed(isCourierOnly ? identity.sub : undefined),
+        onChange: show,
+        onReload: show,
+        onError: (error) => context.report("Following the orders", error),
+      },
+    );
+    live.ready.then(show, (error) => context.report("Listing orders", error));
+    feed = live;
+  } else {
+    const reload = reporting(
+      () => readList().then((page) => setOrders(listedOf(page).orders)),
+      (error) => context.report("Listing orders", error),
+    );
+    void reload();
+    timer = setInterval(() => {
+      if (!document.hidden) void reload();
+    }, LIST_REFRESH_MS);
+  }
 
   // --- the detail view ------------------------------------------------------------------
   const title = h("h3", { class: "order-title", "data-testid": "order-title" });
@@ -246,7 +339,8 @@ export function ordersPanel(context: PanelContext): Panel {
     dispose() {
       disposed = true;
       clearInterval(ticker);
-      clearInterval(timer);
+      if (timer) clearInterval(timer);
+      feed?.close();
       offStore?.();
       store?.close();
     },
