@@ -39,6 +39,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub node: NodeConfig,
     pub retention: RetentionConfig,
+    /// Which broker fans events out: the in-memory one (this process only) unless `url` is
+    /// set to a Redis server shared by every backend of the cluster.
+    pub broker: BrokerConfig,
     pub grpc: GrpcConfig,
     /// The database pool, durable writes and the outbox relay.
     pub database: StoreConfig,
@@ -68,6 +71,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             node: NodeConfig::default(),
             retention: RetentionConfig::default(),
+            broker: BrokerConfig::default(),
             grpc: GrpcConfig::default(),
             database: StoreConfig::default(),
             topics: TopicsConfig::default(),
@@ -77,6 +81,60 @@ impl Default for Config {
             chat: ChatConfig::default(),
             orders: OrdersConfig::default(),
         }
+    }
+}
+
+/// The broker (`[broker]`; `--broker` / `HERALD_BROKER_URL` set `url`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `redis://host:port/db`: offsets, memory-lane history, fan-out and presence live in
+    /// this Redis, shared by every backend that names it. Unset: the in-memory broker and
+    /// presence of this process (one backend only).
+    pub url: Option<String>,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub prefix: String,
+    /// How long a presence entry outlives its node's last refresh (a crashed backend's
+    /// members disappear within it). Refreshed every third of it.
+    #[serde(with = "herald_proto::support::duration")]
+    pub presence_ttl: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            prefix: "herald".into(),
+            presence_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks the values: a URL must be `redis://` or `rediss://`, the prefix non-empty.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(url) = &self.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(format!(
+                "broker.url (--broker, HERALD_BROKER_URL) must be a redis:// URL, got {url:?}"
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err(format!(
+                "broker.prefix must be non-empty without spaces, got {:?}",
+                self.prefix
+            ));
+        }
+        if self.presence_ttl < Duration::from_millis(300)
+            || self.presence_ttl > Duration::from_secs(3600)
+        {
+            return Err(format!(
+                "broker.presence_ttl must be between 300ms and 1h, got {:?}",
+                self.presence_ttl
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -184,6 +242,28 @@ mod tests {
         assert_eq!(config.retention.max_idempotency_keys, 20);
         let error = toml::from_str::<Config>("[retention]\nmax_topic = 1").unwrap_err();
         assert!(error.to_string().contains("max_topic"));
+    }
+
+    #[test]
+    fn the_broker_table_names_a_redis_url_and_is_checked() {
+        let config: Config = toml::from_str(
+            r#"
+            [broker]
+            url = "redis://127.0.0.1:6379/0"
+            presence_ttl = "5s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.broker.url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(config.broker.prefix, "herald");
+        assert!(config.broker.check().is_ok());
+        assert!(Config::default().broker.url.is_none());
+        let mut bad = config.broker.clone();
+        bad.url = Some("http://127.0.0.1:6379".into());
+        assert!(bad.check().unwrap_err().contains("broker.url"));
     }
 
     #[test]

@@ -442,7 +442,7 @@ impl Drop for FollowGauge {
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub node: Arc<crate::node::Node>,
-    pub broker: Arc<crate::broker::memory::MemoryBroker>,
+    pub broker: Arc<dyn crate::broker::Broker>,
     pub store: crate::store::Store,
     pub verifier: Arc<crate::auth::TokenVerifier>,
 }

@@ -208,6 +208,16 @@ impl Node {
         self.broker.stats()
     }
 
+    /// Which broker this node publishes through (`Edge/Describe`).
+    pub fn broker_kind(&self) -> herald_proto::v1::Broker {
+        self.broker.kind()
+    }
+
+    /// Whether the broker takes publishes now (readiness).
+    pub async fn broker_ready(&self) -> bool {
+        self.broker.is_ready().await
+    }
+
     /// Presence pushes broadcast so far: one per topic per `presence_interval` with changes.
     pub fn presence_pushes(&self) -> u64 {
         self.presence.pushes()

@@ -17,7 +17,11 @@ use crate::store::RelayFaults;
 use crate::{
     auth::{AuthInterceptor, TokenVerifier, dev_key, verifier::AuthConfigError},
     authz::Policy,
-    broker::memory::MemoryBroker,
+    broker::{
+        Broker,
+        memory::MemoryBroker,
+        redis::{RedisBroker, RedisConfig},
+    },
     clock::{SharedClock, SystemClock},
     config::Config,
     domain::{
@@ -31,7 +35,7 @@ use crate::{
     hub::Hub,
     lanes::Lanes,
     node::{Node, NodeParts},
-    presence::memory::MemoryPresence,
+    presence::{Presence, memory::MemoryPresence, redis::RedisPresence},
     publish::Publisher,
     store::{Store, StoreError, relay},
     topic::TopicKind,
@@ -52,6 +56,10 @@ pub enum ServeError {
     Auth(#[from] AuthConfigError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(
+        "broker: {0}; check --broker (HERALD_BROKER_URL, broker.url): Redis must be reachable when a backend starts"
+    )]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -61,7 +69,12 @@ pub enum ServeError {
 pub struct Backend {
     config: Config,
     node: Arc<Node>,
-    broker: Arc<MemoryBroker>,
+    broker: Arc<dyn Broker>,
+    /// The in-memory broker, when it is the one (its sweeper runs while serving).
+    memory: Option<Arc<MemoryBroker>>,
+    /// Stops the broker's and presence's own tasks (Redis pub/sub, presence refresh) when the
+    /// backend stops serving.
+    background: CancellationToken,
     verifier: Arc<TokenVerifier>,
     store: Store,
     /// The wall clock of the domain rules.
@@ -113,12 +126,46 @@ impl Backend {
         }
         let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
 
+        config.broker.check().map_err(ServeError::Config)?;
         let hub = Hub::new(config.node.subscriber_queue);
-        let broker = Arc::new(MemoryBroker::new(hub.clone(), config.retention.clone()));
+        let background = CancellationToken::new();
+        let (broker, memory, presence): (Arc<dyn Broker>, _, Arc<dyn Presence>) =
+            match &config.broker.url {
+                None => {
+                    let memory = Arc::new(MemoryBroker::new(hub.clone(), config.retention.clone()));
+                    (
+                        memory.clone(),
+                        Some(memory),
+                        Arc::new(MemoryPresence::new()),
+                    )
+                }
+                Some(url) => {
+                    let redis = RedisConfig {
+                        url: url.clone(),
+                        prefix: config.broker.prefix.clone(),
+                    };
+                    let broker = RedisBroker::connect(
+                        hub.clone(),
+                        &redis,
+                        config.retention.clone(),
+                        background.clone(),
+                    )
+                    .await?;
+                    let presence = RedisPresence::connect(
+                        url,
+                        &config.broker.prefix,
+                        config.broker.presence_ttl,
+                        background.clone(),
+                    )
+                    .await?;
+                    tracing::info!(prefix = %config.broker.prefix, "broker: Redis");
+                    (Arc::new(broker), None, Arc::new(presence))
+                }
+            };
         let node = Node::new(NodeParts {
             hub,
             broker: broker.clone(),
-            presence: Arc::new(MemoryPresence::new()),
+            presence,
             policy: Policy::new(config.policy.clone())
                 .with_membership(TopicKind::Deployment, Deployments::owners(store.clone()))
                 .with_membership(TopicKind::Group, Chat::members(store.clone()))
@@ -140,6 +187,8 @@ impl Backend {
             config,
             node,
             broker,
+            memory,
+            background,
             verifier,
             store,
             clock,
@@ -202,6 +251,8 @@ impl Backend {
             config,
             node,
             broker,
+            memory,
+            background,
             verifier,
             store,
             clock,
@@ -227,11 +278,9 @@ impl Backend {
             };
             tracker.spawn(crate::metrics::serve(listener, sources, shutdown.clone()));
         }
-        tracker.spawn(
-            broker
-                .clone()
-                .run_sweeper(std::time::Duration::from_secs(30), shutdown.clone()),
-        );
+        if let Some(memory) = memory {
+            tracker.spawn(memory.run_sweeper(std::time::Duration::from_secs(30), shutdown.clone()));
+        }
 
         #[cfg(feature = "test-util")]
         let relay = relay::run(
@@ -263,6 +312,7 @@ impl Backend {
             .await;
         tracker.spawn(report_readiness(
             store.ready(),
+            broker.clone(),
             health_reporter,
             shutdown.clone(),
         ));
@@ -377,32 +427,49 @@ impl Backend {
         let result = with_grace(server, &shutdown, config.shutdown_grace).await;
         tracker.close();
         tracker.wait().await;
+        background.cancel();
         result
     }
 }
 
-/// Readiness follows the database: NOT_SERVING (overall and for `herald.v1.Rooms`) while it is
-/// unreachable, SERVING again as soon as it answers.
+/// How often readiness asks the broker whether it takes publishes (a Redis broker pings).
+const BROKER_READINESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Readiness follows the database and the broker: NOT_SERVING (overall and for
+/// `herald.v1.Rooms`) while either is unreachable (Redis down, paused or its pub/sub
+/// connection lost), SERVING again as soon as both answer.
 async fn report_readiness(
     mut ready: tokio::sync::watch::Receiver<bool>,
+    broker: Arc<dyn Broker>,
     reporter: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
     use tonic::server::NamedService;
     use tonic_health::ServingStatus;
+    let mut ticker = tokio::time::interval(BROKER_READINESS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
     loop {
-        let status = if *ready.borrow_and_update() {
+        let database = *ready.borrow_and_update();
+        let status = if database && broker.is_ready().await {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        reporter.set_service_status("", status).await;
-        reporter
-            .set_service_status(<RoomsServer<RoomsService> as NamedService>::NAME, status)
-            .await;
+        if last != Some(status) {
+            if last.is_some() {
+                tracing::info!(?status, database, "readiness changed");
+            }
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(<RoomsServer<RoomsService> as NamedService>::NAME, status)
+                .await;
+            last = Some(status);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = ready.changed() => if changed.is_err() { return },
+            _ = ticker.tick() => {}
         }
     }
 }

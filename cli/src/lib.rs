@@ -77,8 +77,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run Herald on this machine: the gRPC backend (SQLite, in-memory broker) and the browser
-    /// edge (WebSocket at /ws, grpc-web) next to it.
+    /// Run Herald on this machine: the gRPC backend (SQLite, in-memory broker; or PostgreSQL
+    /// and a shared Redis broker with --database-url and --broker for several backends) and
+    /// the browser edge (WebSocket at /ws, grpc-web) next to it (--no-edge: the backend only).
     Serve(ServeArgs),
     /// Run only a browser edge in front of one or more remote backends.
     Edge(EdgeArgs),
@@ -228,6 +229,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+
+    /// The Redis broker shared by every backend of a cluster, for example redis://127.0.0.1:6379/0 [default: the in-memory broker of this process, one backend only]
+    #[arg(
+        long = "broker",
+        env = "HERALD_BROKER_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub broker_url: Option<String>,
 
     /// Shared HS256 secret for verifying tokens (at least 32 bytes) [default: the development key in the data directory]
     #[arg(
@@ -608,6 +618,9 @@ pub fn load_config(cli: &Cli) -> Result<Settings, CliError> {
         }
         if let Some(url) = &args.database_url {
             config.database_url = Some(url.clone());
+        }
+        if let Some(url) = &args.broker_url {
+            config.broker.url = Some(url.clone());
         }
         if let Some(secret) = &args.hs256_secret {
             config.auth.hs256_secret = Some(secret.clone());

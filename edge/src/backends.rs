@@ -32,7 +32,7 @@ pub enum BackendError {
     #[error("backend URL `{url}` is invalid: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
-        "the edge is configured with {count} backends ({urls}), but they run the in-memory broker, which delivers an event only to the subscribers of the backend it was published on, so events would be lost: give this edge one backend (one --backend URL / edge.backends entry) and run one edge per backend, until a shared broker exists"
+        "the edge is configured with {count} backends ({urls}), but they run the in-memory broker, which delivers an event only to the subscribers of the backend it was published on, so events would be lost: start every backend with the shared Redis broker (--broker redis://… / HERALD_BROKER_URL / broker.url, the same Redis for all), or give this edge one backend (one --backend URL / edge.backends entry) and run one edge per backend"
     )]
     SeveralMemoryBrokers { count: usize, urls: String },
     #[error(
@@ -126,9 +126,11 @@ impl Backends {
     }
 
     /// With several backends, asks each which broker it runs (`Edge/Describe`) and refuses
-    /// when they are separate processes with in-memory brokers: a socket's subscription on
-    /// one backend would never see the events published on another. A backend that does not
-    /// answer within `patience` (retried while it is unavailable) fails the check too.
+    /// when they are separate processes and any of them has an in-memory broker: a socket's
+    /// subscription on one backend would never see the events published on another.
+    /// Backends that all run the Redis broker pass (that they name the same Redis is the
+    /// operator's part). A backend that does not answer within `patience` (retried while it
+    /// is unavailable) fails the check too.
     pub async fn check_brokers(&self, patience: Duration) -> Result<(), BackendError> {
         use herald_proto::v1::{Broker, DescribeRequest, edge_client::EdgeClient};
         if self.urls.len() < 2 {

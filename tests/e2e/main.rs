@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod broker_bounds;
 mod chat;
+mod cluster;
 mod delivery;
 mod deployments;
 mod durable;

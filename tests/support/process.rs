@@ -140,6 +140,16 @@ pub async fn spawn_serve_process_at(
     grpc_addr: &str,
     http_addr: &str,
 ) -> ServeProcess {
+    spawn_serve_process_with_env(data_dir, grpc_addr, http_addr, &[]).await
+}
+
+/// Starts `herald serve` with extra environment variables (`HERALD_BROKER_URL`, …).
+pub async fn spawn_serve_process_with_env(
+    data_dir: &std::path::Path,
+    grpc_addr: &str,
+    http_addr: &str,
+    env: &[(&str, &str)],
+) -> ServeProcess {
     let mut child = Command::new(herald_binary())
         .args(["--log-format", "json", "serve"])
         .args(["--grpc-addr", grpc_addr, "--http-addr", http_addr])
@@ -148,6 +158,7 @@ pub async fn spawn_serve_process_at(
         .env("HERALD_AUTH_HS256_SECRET", SECRET)
         .env("HERALD_LOG", "info")
         .env_remove("HERALD_DATABASE_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

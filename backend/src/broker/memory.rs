@@ -758,6 +758,14 @@ impl Broker for MemoryBroker {
     fn stats(&self) -> BrokerStats {
         MemoryBroker::stats(self)
     }
+
+    fn deliveries(&self) -> [u64; 3] {
+        MemoryBroker::deliveries(self)
+    }
+
+    fn kind(&self) -> herald_proto::v1::Broker {
+        herald_proto::v1::Broker::Memory
+    }
 }
 
 #[cfg(test)]

@@ -160,4 +160,16 @@ pub trait Broker: Send + Sync + Debug + 'static {
 
     /// What the broker holds and how often its bounds were reached.
     fn stats(&self) -> BrokerStats;
+
+    /// Hub deliveries so far per lane ([`crate::metrics::LANES`] order).
+    fn deliveries(&self) -> [u64; 3];
+
+    /// Whether the broker can take publishes now (readiness). An in-memory broker always can;
+    /// a Redis broker only while Redis answers and its pub/sub connection is up.
+    async fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Which broker this is, as an edge is told (`Edge/Describe`).
+    fn kind(&self) -> herald_proto::v1::Broker;
 }

@@ -603,6 +603,18 @@ impl Broker for RedisBroker {
             ..BrokerStats::default()
         }
     }
+
+    fn deliveries(&self) -> [u64; 3] {
+        RedisBroker::deliveries(self)
+    }
+
+    async fn is_ready(&self) -> bool {
+        RedisBroker::is_ready(self).await
+    }
+
+    fn kind(&self) -> herald_proto::v1::Broker {
+        herald_proto::v1::Broker::Redis
+    }
 }
 
 impl RedisBroker {

@@ -24,8 +24,8 @@ use futures_util::{Stream, StreamExt};
 use herald_proto::codes::close_code_of;
 use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
-    Broker, CloseCode, DescribeRequest, DescribeResponse, FollowAttached, FollowDetached,
-    FollowOpened, FollowRefreshed, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
+    CloseCode, DescribeRequest, DescribeResponse, FollowAttached, FollowDetached, FollowOpened,
+    FollowRefreshed, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
     follow_request::Action, follow_response::Frame,
 };
 use tokio::sync::mpsc;
@@ -97,10 +97,10 @@ impl Edge for EdgeService {
             )
             .into());
         }
-        // The only broker there is: events published on this backend reach its own
-        // subscribers only.
+        // Memory: events published on this backend reach its own subscribers only. Redis:
+        // every backend on the same Redis delivers every event.
         Ok(Response::new(DescribeResponse {
-            broker: Broker::Memory as i32,
+            broker: self.node.broker_kind() as i32,
             instance_id: self.instance_id.to_string(),
         }))
     }

@@ -1,0 +1,357 @@
+//! Several backends on one Redis broker (issue 14): an edge in front of several Redis-broker
+//! backends starts (finding 10's refusal is for in-memory brokers only), readiness follows
+//! Redis, and events and presence cross backends.
+//!
+//! The memory lane (`room:`) is tested with each backend on its own database: only the broker
+//! is shared. The durable lane needs one database for every backend (offsets are fixed by
+//! the database); SQLite cannot be shared between processes, so the durable part of the
+//! cluster test runs only with `HERALD_TEST_DATABASE=postgres`, both backends on the same
+//! fresh PostgreSQL database.
+
+use std::time::Duration;
+
+use herald_e2e::{
+    PATIENCE, TestApp, TestDatabase,
+    edge::{TestEdge, spawn_edge_for},
+    history_checker::HistoryChecker,
+    redis::RedisServer,
+    spawn_app, spawn_app_with,
+};
+use serde_json::json;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+fn redis() -> RedisServer {
+    RedisServer::start().expect("start redis-server (tests/run.sh installs it)")
+}
+
+async fn on_redis(redis: &RedisServer) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(move |config| config.broker.url = Some(url)).await
+}
+
+async fn edge_for(apps: &[&TestApp]) -> TestEdge {
+    let addrs: Vec<_> = apps.iter().map(|app| app.addr).collect();
+    spawn_edge_for(&addrs, |_| {}).await
+}
+
+async fn status(app: &TestApp) -> ServingStatus {
+    let mut health = app.health().await;
+    let answer = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("the health check answers");
+    answer.into_inner().status()
+}
+
+async fn wait_for(app: &TestApp, wanted: ServingStatus, what: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while status(app).await != wanted {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn finding_10_an_edge_in_front_of_two_backends_sharing_one_redis_starts_and_delivers_across_them()
+ {
+    let redis = redis();
+    let first = on_redis(&redis).await;
+    let second = on_redis(&redis).await;
+    let edge = edge_for(&[&first, &second]).await;
+
+    // Sockets land on either backend; every one sees what is published on the other.
+    let mut sockets = Vec::new();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let mut socket = edge.connect_as(&first.token(user, &[])).await;
+        let reply = socket
+            .request("subscribe", json!({ "topic": "room:across" }))
+            .await;
+        assert_eq!(reply["result"]["recovered"], true, "{reply}");
+        sockets.push(socket);
+    }
+    let on_first = first.service().await;
+    let on_second = second.service().await;
+    for n in 1..=20 {
+        let publisher = if n % 2 == 0 { &on_first } else { &on_second };
+        let position = publisher.publish("room:across", n).await;
+        assert_eq!(position.offset, n, "one offset sequence across backends");
+    }
+    for socket in &mut sockets {
+        assert_eq!(socket.offsets(20).await, herald_e2e::range(1, 20));
+    }
+}
+
+#[tokio::test]
+async fn finding_10_a_memory_broker_backend_among_redis_broker_backends_is_refused_with_the_fix() {
+    let redis = redis();
+    let shared = on_redis(&redis).await;
+    let alone = spawn_app().await;
+    let edge = edge_for(&[&shared, &alone]).await;
+    let message = edge
+        .exit()
+        .await
+        .expect_err("the edge refuses to start")
+        .to_string();
+    assert!(message.contains("in-memory broker"), "{message}");
+    assert!(
+        message.contains("--broker redis://"),
+        "names the fix: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_on_redis_is_not_ready_while_redis_is_paused_and_ready_again_after() {
+    let redis = redis();
+    let app = on_redis(&redis).await;
+    // Ready once its pub/sub connection is up.
+    wait_for(&app, ServingStatus::Serving, "ready after start").await;
+
+    redis.pause().expect("SIGSTOP redis-server");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut not_serving = false;
+    while tokio::time::Instant::now() < deadline {
+        if status(&app).await == ServingStatus::NotServing {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.resume().expect("SIGCONT redis-server");
+    assert!(
+        not_serving,
+        "readiness turns false while Redis does not answer"
+    );
+    wait_for(
+        &app,
+        ServingStatus::Serving,
+        "ready again once Redis answers",
+    )
+    .await;
+    // And it publishes again.
+    let service = app.service().await;
+    assert_eq!(service.publish("room:after-pause", 1).await.offset, 1);
+}
+
+#[tokio::test]
+async fn herald_serve_with_a_broker_url_that_does_not_answer_exits_naming_the_setting() {
+    let output = tokio::process::Command::new(herald_e2e::process::herald_binary())
+        .args(["serve", "--no-edge", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().expect("a data directory").path())
+        .env("HERALD_BROKER_URL", "redis://127.0.0.1:1/")
+        .env("HERALD_AUTH_HS256_SECRET", herald_e2e::SECRET)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("herald serve exits in time")
+        .expect("run herald serve");
+    assert!(!output.status.success(), "{:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("HERALD_BROKER_URL"), "{stderr}");
+}
+
+/// Two backends on one Redis, each with an edge of its own: a subscriber on edge 1 (backend 1)
+/// sees every event published on backend 2, once and in order, and presence joins on either
+/// backend are seen on both. With `HERALD_TEST_DATABASE=postgres` the durable lane (`order:`
+/// is durable, but needs customers; `user:` is the durable topic any service may publish to)
+/// is checked the same way on a shared PostgreSQL database; on SQLite only the memory lane.
+#[tokio::test]
+async fn two_backends_and_two_edges_on_one_redis_deliver_every_event_in_order_and_share_presence() {
+    let redis = redis();
+    let database = TestDatabase::from_env();
+    let shared_url = match database {
+        TestDatabase::Postgres => Some(herald_e2e::postgres::shared().fresh_database().await),
+        TestDatabase::Sqlite => None,
+    };
+    let start = |url: Option<String>| {
+        let redis_url = redis.url();
+        spawn_app_with(move |config| {
+            config.broker.url = Some(redis_url);
+            if let Some(url) = url {
+                config.database_url = Some(url);
+            }
+        })
+    };
+    let first = start(shared_url.clone()).await;
+    let second = start(shared_url.clone()).await;
+    let edge1 = edge_for(&[&first]).await;
+    let edge2 = edge_for(&[&second]).await;
+
+    let checker = HistoryChecker::new();
+    let mut alice = edge1.connect_as(&first.token("alice", &[])).await;
+    let reply = alice
+        .request("subscribe", json!({ "topic": "room:cluster" }))
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    checker.expect("alice", "room:cluster", 0);
+    let durable = shared_url.is_some();
+    if durable {
+        let reply = alice
+            .request("subscribe", json!({ "topic": "user:alice" }))
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+        checker.expect("alice", "user:alice", 0);
+    }
+
+    // Presence: bob joins through edge 2 / backend 2; backend 1 lists both.
+    let mut bob = edge2.connect_as(&second.token("bob", &[])).await;
+    let reply = bob
+        .request("subscribe", json!({ "topic": "room:cluster" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let on_first = first.client("carol", &[]).await;
+    let mut members = Vec::new();
+    for _ in 0..200 {
+        members = on_first
+            .presence("room:cluster")
+            .await
+            .expect("presence answers")
+            .members
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect::<Vec<_>>();
+        members.sort();
+        if members == ["alice", "bob"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        members,
+        ["alice", "bob"],
+        "joins on both backends are seen on backend 1"
+    );
+
+    // Publishers on backend 2, concurrently.
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let second = &second;
+            let checker = &checker;
+            async move {
+                let service = second.service().await;
+                for i in 0..25u64 {
+                    let n = p * 1000 + i;
+                    let position = service.publish("room:cluster", n).await;
+                    checker.acked("room:cluster", position.offset, &format!("n{n}"));
+                    if durable && p == 0 {
+                        let id = format!("d{n}");
+                        let position = service
+                            .try_publish_durable("user:alice", "test.event", json!({ "id": id }))
+                            .await
+                            .expect("a durable publish on backend 2")
+                            .position
+                            .expect("position");
+                        checker.acked("user:alice", position.offset, &id);
+                    }
+                }
+            }
+        })
+        .collect();
+    futures_util::future::join_all(publishers).await;
+
+    let expected = checker.acked_count("room:cluster") + checker.acked_count("user:alice");
+    let mut seen = 0;
+    while seen < expected {
+        let push = alice.next_event().await;
+        checker.delivered_push("alice", &push);
+        seen += 1;
+    }
+    checker.assert_clean_within(PATIENCE).await;
+
+    // bob leaves on backend 2: backend 1 sees it.
+    bob.close().await;
+    let mut left = false;
+    for _ in 0..400 {
+        let members: Vec<_> = on_first
+            .presence("room:cluster")
+            .await
+            .expect("presence answers")
+            .members
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect();
+        if members == ["alice"] {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(left, "bob's leave on backend 2 is seen on backend 1");
+}
+
+/// `kill -9` of backend 1 under load: the edge's feeds that were on it reconnect to backend 2
+/// and resume from the last offset each socket was sent; with history in Redis nothing is
+/// lost or repeated (the history checker). Memory lane; each process has its own SQLite.
+#[tokio::test]
+async fn kill_9_of_one_backend_under_load_resumes_its_feeds_on_the_other_with_nothing_lost_or_repeated()
+ {
+    use herald_backend::auth::dev_key::{self, TokenClaims};
+    use herald_e2e::process::spawn_serve_process_with_env;
+
+    let redis = redis();
+    let url = redis.url();
+    let env = [("HERALD_BROKER_URL", url.as_str())];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let first =
+        spawn_serve_process_with_env(dirs[0].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+    let second =
+        spawn_serve_process_with_env(dirs[1].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+    let edge = spawn_edge_for(&[first.grpc_addr, second.grpc_addr], |_| {}).await;
+    let token = |sub: &str| {
+        dev_key::sign_hs256(
+            herald_e2e::SECRET,
+            &TokenClaims::new(sub, &[], Duration::from_secs(3600)),
+        )
+        .expect("sign a token")
+    };
+
+    // Six topics: the edge opens one feed per topic on the next of its connections
+    // round-robin (two per backend), so six consecutive feeds land on both backends.
+    let topics: Vec<String> = (0..6).map(|i| format!("room:load-{i}")).collect();
+    let checker = HistoryChecker::new();
+    let mut alice = edge.connect_as(&token("alice")).await;
+    for topic in &topics {
+        let reply = alice.request("subscribe", json!({ "topic": topic })).await;
+        assert_eq!(reply["result"]["recovered"], true, "{reply}");
+        checker.expect("alice", topic, 0);
+    }
+
+    let endpoint = tonic::transport::Endpoint::from_shared(second.grpc_url()).unwrap();
+    let publisher = herald_e2e::Client::connect(endpoint, token("publisher")).await;
+    let publish = |from: u64, to: u64| {
+        let publisher = &publisher;
+        let checker = &checker;
+        let topics = &topics;
+        async move {
+            for n in from..to {
+                let topic = &topics[(n % 6) as usize];
+                let position = publisher.publish(topic, n).await;
+                checker.acked(topic, position.offset, &format!("n{n}"));
+            }
+        }
+    };
+    let reading = async {
+        // Read while publishing: 360 events, each topic's in order.
+        let all = async {
+            for _ in 0..360 {
+                let push = alice.next_event().await;
+                checker.delivered_push("alice", &push);
+            }
+        };
+        if tokio::time::timeout(PATIENCE * 2, all).await.is_err() {
+            panic!("not every event arrived: {}", checker.report());
+        }
+    };
+    let load = async {
+        publish(0, 120).await;
+        first.kill9().await;
+        publish(120, 360).await;
+    };
+    tokio::join!(reading, load);
+    checker.assert_clean();
+}
