@@ -147,7 +147,7 @@ impl Feeds {
                             feeds: self.clone(),
                             commands: rx,
                             subscribers: HashMap::new(),
-                            epoch: String::new(),
+                            epoch: Arc::from(""),
                             _stream: stream,
                             healthy: false,
                         };
@@ -190,8 +190,11 @@ struct Subscriber {
     out: Outbound,
     /// Shared with the socket's session: one copy of the token per socket.
     token: Arc<str>,
-    /// The last offset this subscriber was sent.
+    /// The last offset this subscriber was sent, and its epoch: a subscriber's own, since a
+    /// feed reopened on a backend whose topic has a new epoch has subscribers whose last
+    /// position is still in the old one.
     last: u64,
+    epoch: Arc<str>,
     state: SubState,
 }
 
@@ -199,6 +202,23 @@ impl Subscriber {
     fn is_live(&self) -> bool {
         matches!(self.state, SubState::Attached { replaying: false })
     }
+
+    /// Where this subscriber is: what a resume starts after and an `unsubscribed` reports.
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.last,
+            epoch: self.epoch.to_string(),
+        }
+    }
+}
+
+/// `epoch` as an `Arc` shared through `cache`, so the subscribers of one epoch hold one copy
+/// and a live event compares pointers rather than strings.
+fn shared_epoch(cache: &mut Arc<str>, epoch: &str) -> Arc<str> {
+    if **cache != *epoch {
+        *cache = Arc::from(epoch);
+    }
+    cache.clone()
 }
 
 struct Feed {
@@ -206,7 +226,8 @@ struct Feed {
     feeds: Arc<Feeds>,
     commands: mpsc::Receiver<Command>,
     subscribers: HashMap<u64, Subscriber>,
-    epoch: String,
+    /// The epoch of the latest attach or live event, shared by the subscribers in it.
+    epoch: Arc<str>,
     /// This feed's place among the edge's backend streams.
     _stream: tokio::sync::OwnedSemaphorePermit,
     /// The current follow stream has carried a frame: the backend took it, so the failure
@@ -365,10 +386,7 @@ impl Feed {
         let mut outgoing = VecDeque::with_capacity(self.subscribers.len());
         for (id, sub) in &mut self.subscribers {
             let since = match &sub.state {
-                SubState::Attached { .. } => Some(StreamPosition {
-                    offset: sub.last,
-                    epoch: self.epoch.clone(),
-                }),
+                SubState::Attached { .. } => Some(sub.position()),
                 SubState::Pending { since, .. } => since.clone(),
             };
             if let SubState::Attached { .. } = sub.state {
@@ -459,7 +477,10 @@ impl Feed {
                     Subscriber {
                         out: request.out,
                         token: request.token,
+                        // Set from the backend's answer; a pending subscriber resumes
+                        // from its own `since`.
                         last: 0,
+                        epoch: Arc::from(""),
                         state: SubState::Pending {
                             request_id: Some(request.request_id),
                             since: request.since,
@@ -511,11 +532,9 @@ impl Feed {
     /// Handles one frame from the backend; returns a subscriber to detach there, if any.
     fn handle(&mut self, frame: Frame) -> Option<u64> {
         match frame {
-            Frame::Opened(opened) => {
-                if let Some(position) = opened.position {
-                    self.epoch = position.epoch;
-                }
-            }
+            // Where the topic is on the new stream; each subscriber's own position is what
+            // counts for it.
+            Frame::Opened(_) => {}
             Frame::Attached(attached) => return self.on_attached(attached),
             Frame::Replay(replay) => self.on_replay(replay),
             Frame::Event(event) => self.on_event(&event),
@@ -543,14 +562,11 @@ impl Feed {
                 sub.out.text(protocol::result(id, &subscribed));
             }
             None if !subscribed.recovered => {
-                let last = StreamPosition {
-                    offset: sub.last,
-                    epoch: self.epoch.clone(),
-                };
+                let last = sub.position();
                 let frame = protocol::unsubscribed(
                     &self.topic,
                     CloseCode::InsufficientState,
-                    "the subscription could not be resumed after a backend restart: history no longer covers it; resubscribe and reload",
+                    "the subscription could not be resumed on the backend (restarted, or its broker lost the history): resubscribe with `since` and reload",
                     &last,
                 );
                 end(&self.topic, attached.subscriber, &sub.out, frame);
@@ -562,7 +578,7 @@ impl Feed {
         for signal in &attached.signals {
             sub.out.push(OutItem::Text(protocol::signal_push(signal)));
         }
-        self.epoch = position.epoch;
+        sub.epoch = shared_epoch(&mut self.epoch, &position.epoch);
         sub.last = match since {
             Some(since) if attached.replaying => since.offset,
             _ => position.offset,
@@ -631,13 +647,7 @@ impl Feed {
                 protocol::status_code_name(status),
                 &detached.message,
             ),
-            _ => {
-                let last = StreamPosition {
-                    offset: sub.last,
-                    epoch: self.epoch.clone(),
-                };
-                protocol::unsubscribed(&self.topic, code, &detached.message, &last)
-            }
+            _ => protocol::unsubscribed(&self.topic, code, &detached.message, &sub.position()),
         };
         end(&self.topic, detached.subscriber, &sub.out, frame);
         if code == CloseCode::DisconnectedByAdmin {
@@ -670,13 +680,7 @@ impl Feed {
                     protocol::status_code_name(status.code()),
                     status.message(),
                 ),
-                _ => {
-                    let last = StreamPosition {
-                        offset: sub.last,
-                        epoch: self.epoch.clone(),
-                    };
-                    protocol::unsubscribed(&self.topic, code, status.message(), &last)
-                }
+                _ => protocol::unsubscribed(&self.topic, code, status.message(), &sub.position()),
             };
             end(&self.topic, id, &sub.out, frame);
         }

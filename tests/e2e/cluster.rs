@@ -1,6 +1,8 @@
 //! Several backends on one Redis broker (issue 14): an edge in front of several Redis-broker
 //! backends starts (finding 10's refusal is for in-memory brokers only), readiness follows
-//! Redis, and events and presence cross backends.
+//! Redis, and events and presence cross backends. The faults: `kill -9` of a backend and of
+//! the relay leader, Redis paused, restarted without persistence, and its pub/sub connection
+//! killed; a killed backend's presence members expiring.
 //!
 //! The memory lane (`room:`) is tested with each backend on its own database: only the broker
 //! is shared. The durable lane needs one database for every backend (offsets are fixed by
@@ -354,4 +356,407 @@ async fn kill_9_of_one_backend_under_load_resumes_its_feeds_on_the_other_with_no
     };
     tokio::join!(reading, load);
     checker.assert_clean();
+}
+
+/// A token for a process the test started (they all verify with the test secret).
+fn token_for(sub: &str, roles: &[&str]) -> String {
+    use herald_backend::auth::dev_key::{self, TokenClaims};
+    dev_key::sign_hs256(
+        herald_e2e::SECRET,
+        &TokenClaims::new(sub, roles, Duration::from_secs(3600)),
+    )
+    .expect("sign a token")
+}
+
+async fn client_of(
+    process: &herald_e2e::process::ServeProcess,
+    sub: &str,
+    roles: &[&str],
+) -> herald_e2e::Client {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(process.grpc_url()).expect("an endpoint");
+    herald_e2e::Client::connect(endpoint, token_for(sub, roles)).await
+}
+
+/// Waits until one of `processes` has logged `message`; returns its index.
+async fn which_logged(processes: &[&herald_e2e::process::ServeProcess], message: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(index) = processes.iter().position(|p| p.logged(message)) {
+            return index;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no process logged {message:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const LEADS: &str = "this node relays the outbox for the cluster";
+const STANDS_BY: &str = "another node relays the outbox; standing by";
+
+/// `kill -9` of the relay leader while durable publishes commit on the other backend: the
+/// other backend takes the cluster's relay lock and publishes what was committed and not yet
+/// relayed; a subscriber (through an edge in front of both) gets every committed event once,
+/// in offset order. The relay lock is a PostgreSQL advisory lock, so this test always runs
+/// both backends on one fresh PostgreSQL database (SQLite has one process by design).
+#[tokio::test]
+async fn kill_9_of_the_relay_leader_hands_the_outbox_to_the_other_backend_and_every_committed_event_arrives_once()
+ {
+    use herald_e2e::process::spawn_serve_process_with_env;
+
+    let redis = redis();
+    let database = herald_e2e::postgres::shared().fresh_database().await;
+    let redis_url = redis.url();
+    let env = [
+        ("HERALD_BROKER_URL", redis_url.as_str()),
+        ("HERALD_DATABASE_URL", database.as_str()),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let one =
+        spawn_serve_process_with_env(dirs[0].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+    let two =
+        spawn_serve_process_with_env(dirs[1].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+    let leader_index = which_logged(&[&one, &two], LEADS).await;
+    let (leader, standby) = if leader_index == 0 {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    which_logged(&[&standby], STANDS_BY).await;
+    assert!(!standby.logged(LEADS), "one relay leader per cluster");
+
+    let edge = spawn_edge_for(&[leader.grpc_addr, standby.grpc_addr], |_| {}).await;
+    let checker = HistoryChecker::new();
+    let mut alice = edge.connect_as(&token_for("alice", &[])).await;
+    let reply = alice
+        .request("subscribe", json!({ "topic": "user:alice" }))
+        .await;
+    assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    checker.expect("alice", "user:alice", 0);
+
+    // Durable publishes commit on the standby; the leader relays them until it is killed.
+    let publisher = client_of(&standby, "publisher", &["service"]).await;
+    let publish = |from: u64, to: u64| {
+        let publisher = &publisher;
+        let checker = &checker;
+        async move {
+            for n in from..to {
+                let id = format!("d{n}");
+                let position = publisher
+                    .try_publish_durable("user:alice", "test.event", json!({ "id": id }))
+                    .await
+                    .expect("a durable publish on the standby")
+                    .position
+                    .expect("a position");
+                checker.acked("user:alice", position.offset, &id);
+            }
+        }
+    };
+    let total = 300;
+    let reading = async {
+        let all = async {
+            for _ in 0..total {
+                let push = alice.next_event().await;
+                checker.delivered_push("alice", &push);
+            }
+        };
+        if tokio::time::timeout(PATIENCE * 2, all).await.is_err() {
+            panic!("not every event arrived: {}", checker.report());
+        }
+    };
+    // The kill lands while publishes flow, so some are committed and not yet relayed.
+    let kill = async {
+        while checker.acked_count("user:alice") < 100 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        leader.kill9().await;
+    };
+    tokio::join!(reading, publish(0, total as u64), kill);
+    checker.assert_clean();
+    assert!(standby.logged(LEADS), "the standby took over the relay");
+}
+
+/// The pub/sub connection killed by Redis (`CLIENT KILL TYPE pubsub`, what Redis does to a
+/// subscriber over its output buffer limit) while events flow on both lanes: the node
+/// reconnects, fills what it missed from the stream (or the database), and the subscriber
+/// sees every event once and in order: no silent gap.
+#[tokio::test]
+async fn a_pub_sub_connection_killed_by_redis_reconnects_and_its_subscribers_miss_nothing() {
+    let redis = redis();
+    let app = on_redis(&redis).await;
+    wait_for(&app, ServingStatus::Serving, "ready after start").await;
+    let edge = edge_for(&[&app]).await;
+    let checker = HistoryChecker::new();
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    for topic in ["room:pubsub", "user:alice"] {
+        let reply = alice.request("subscribe", json!({ "topic": topic })).await;
+        assert_eq!(reply["result"]["recovered"], true, "{reply}");
+        checker.expect("alice", topic, 0);
+    }
+
+    let service = app.service().await;
+    let total = 300u64;
+    let publish = async {
+        for n in 0..total {
+            let id = format!("n{n}");
+            if n % 2 == 0 {
+                let position = service.publish("room:pubsub", n).await;
+                checker.acked("room:pubsub", position.offset, &id);
+            } else {
+                let position = service
+                    .try_publish_durable("user:alice", "test.event", json!({ "id": id }))
+                    .await
+                    .expect("a durable publish")
+                    .position
+                    .expect("a position");
+                checker.acked("user:alice", position.offset, &id);
+            }
+        }
+    };
+    let kill = async {
+        for at in [60, 180] {
+            while (checker.acked_count("room:pubsub") + checker.acked_count("user:alice")) < at {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let reply = redis
+                .command("CLIENT KILL TYPE pubsub")
+                .expect("CLIENT KILL");
+            let killed: u64 = reply
+                .strip_prefix(':')
+                .and_then(|count| count.parse().ok())
+                .unwrap_or_else(|| panic!("CLIENT KILL answers a count: {reply}"));
+            assert!(killed >= 1, "the backend's pub/sub connection was killed");
+        }
+    };
+    let reading = async {
+        let all = async {
+            for _ in 0..total {
+                let push = alice.next_event().await;
+                checker.delivered_push("alice", &push);
+            }
+        };
+        if tokio::time::timeout(PATIENCE * 2, all).await.is_err() {
+            panic!("not every event arrived: {}", checker.report());
+        }
+    };
+    tokio::join!(publish, kill, reading);
+    checker.assert_clean();
+}
+
+/// Presence across processes: a member joined on backend 1 is listed on backend 2 while
+/// backend 1 refreshes it (longer than the TTL), and disappears from backend 2's list within
+/// the TTL after backend 1 is killed with `kill -9` (no leave is ever sent).
+#[tokio::test]
+async fn a_member_on_a_killed_backend_disappears_from_presence_within_the_ttl() {
+    use herald_e2e::process::spawn_serve_process_with_env;
+
+    let redis = redis();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("herald.toml");
+    let ttl = Duration::from_secs(2);
+    std::fs::write(&config, "[broker]\npresence_ttl = \"2s\"\n").expect("write the config");
+    let redis_url = redis.url();
+    let config_path = config.to_str().expect("a UTF-8 path");
+    let env = [
+        ("HERALD_BROKER_URL", redis_url.as_str()),
+        ("HERALD_CONFIG", config_path),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let one =
+        spawn_serve_process_with_env(dirs[0].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+    let two =
+        spawn_serve_process_with_env(dirs[1].path(), "127.0.0.1:0", "127.0.0.1:0", &env).await;
+
+    let mut bob = herald_e2e::edge::WsClient::connect(&one.ws_url()).await;
+    let reply = bob
+        .request("auth", json!({ "token": token_for("bob", &[]) }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    let reply = bob
+        .request("subscribe", json!({ "topic": "room:lobby" }))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+
+    let carol = client_of(&two, "carol", &[]).await;
+    let members = || async {
+        carol
+            .presence("room:lobby")
+            .await
+            .expect("presence answers")
+            .members
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while members().await != ["bob"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's join reaches backend 2"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Kept alive by backend 1's refresh for twice the TTL.
+    let kept_until = tokio::time::Instant::now() + ttl * 2;
+    while tokio::time::Instant::now() < kept_until {
+        assert_eq!(members().await, ["bob"], "a live member stays listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let killed = tokio::time::Instant::now();
+    one.kill9().await;
+    let mut gone_after = None;
+    while killed.elapsed() < ttl * 3 {
+        if members().await.is_empty() {
+            gone_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = gone_after.expect("bob disappears from backend 2's presence");
+    // Within the TTL, plus the time a poll takes on a busy test machine.
+    assert!(
+        gone_after <= ttl + Duration::from_millis(1500),
+        "bob was listed {gone_after:?} after backend 1 died; the TTL is {ttl:?}"
+    );
+    drop(two);
+}
+
+/// Redis restarted without persistence (every key gone): a memory-lane subscriber is ended
+/// with `insufficient_state` at its last position *in the old epoch*, and resubscribing with
+/// it answers `recovered = false` at the new epoch, whose events follow; no event is ever
+/// delivered under an offset of the old epoch. The durable subscriber on the same socket
+/// recovers fully from the database: same epoch, every offset once. Publishing works again,
+/// and is delivered, within 10 s of the restart.
+#[tokio::test]
+async fn redis_restarted_without_persistence_gives_memory_subscribers_a_new_epoch_and_durable_ones_everything()
+ {
+    let mut redis = redis();
+    let app = on_redis(&redis).await;
+    wait_for(&app, ServingStatus::Serving, "ready after start").await;
+    let edge = edge_for(&[&app]).await;
+    let mut alice = edge.connect_as(&app.token("alice", &[])).await;
+    for topic in ["room:restart", "user:alice"] {
+        let reply = alice.request("subscribe", json!({ "topic": topic })).await;
+        assert_eq!(reply["result"]["recovered"], true, "{reply}");
+    }
+    let service = app.service().await;
+    let publish_durable = |n: u64| {
+        let service = &service;
+        async move {
+            service
+                .try_publish_durable("user:alice", "test.event", json!({ "id": format!("d{n}") }))
+                .await
+                .expect("a durable publish")
+                .position
+                .expect("a position")
+        }
+    };
+    let mut old_epoch = String::new();
+    for n in 1..=3u64 {
+        old_epoch = service.publish("room:restart", n).await.epoch;
+        publish_durable(n).await;
+    }
+    let mut durable = Vec::new();
+    let mut memory = Vec::new();
+    while durable.len() + memory.len() < 6 {
+        let push = alice.next_event().await;
+        let offset = push["offset"].as_str().unwrap().to_owned();
+        match push["topic"].as_str() {
+            Some("user:alice") => durable.push((offset, push["epoch"].clone())),
+            _ => memory.push(offset),
+        }
+    }
+    assert_eq!(memory, ["1", "2", "3"]);
+    let durable_epoch = durable[0].1.clone();
+
+    redis.restart().expect("restart redis-server");
+    let restarted = tokio::time::Instant::now();
+    // The first memory publish that goes through after the restart, within 10 s.
+    let new_position = loop {
+        match service
+            .try_publish("room:restart", "test.event", json!({ "n": 4 }), None)
+            .await
+        {
+            Ok(answer) => break answer.position.expect("a position"),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(
+                    restarted.elapsed() < Duration::from_secs(10),
+                    "publishes still refused 10 s after the restart: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_ne!(new_position.epoch, old_epoch, "a new epoch after the flush");
+    assert_eq!(
+        new_position.offset, 1,
+        "offsets restart at 1 in the new epoch"
+    );
+    for n in 4..=6u64 {
+        publish_durable(n).await;
+    }
+
+    // Everything on the durable topic, once, in the same epoch; the memory subscription ends
+    // at its old position instead of carrying an event of the new epoch.
+    let mut ended = None;
+    while durable.len() < 6 || ended.is_none() {
+        let push = alice.next_push().await;
+        if let Some(unsubscribed) = push.get("unsubscribed") {
+            assert_eq!(unsubscribed["topic"], "room:restart", "{push}");
+            ended = Some(unsubscribed.clone());
+        } else if push.get("event").is_some() {
+            assert_eq!(
+                push["topic"], "user:alice",
+                "no memory event of the new epoch: {push}"
+            );
+            durable.push((
+                push["offset"].as_str().unwrap().to_owned(),
+                push["epoch"].clone(),
+            ));
+        }
+    }
+    let offsets: Vec<_> = durable.iter().map(|(offset, _)| offset.as_str()).collect();
+    assert_eq!(offsets, ["1", "2", "3", "4", "5", "6"]);
+    assert!(durable.iter().all(|(_, epoch)| *epoch == durable_epoch));
+    let ended = ended.expect("the memory subscription ended");
+    assert_eq!(ended["code"], 3003, "{ended}");
+    assert_eq!(ended["offset"], "3", "{ended}");
+    assert_eq!(
+        ended["epoch"],
+        old_epoch.as_str(),
+        "its last position is in the old epoch"
+    );
+
+    // Resuming from there: not recovered, at the new epoch; the next event follows.
+    let reply = alice
+        .request(
+            "subscribe",
+            json!({ "topic": "room:restart", "since": { "offset": "3", "epoch": old_epoch } }),
+        )
+        .await;
+    // (`recovered: false` is the JSON default, so it is left out.)
+    assert_ne!(reply["result"]["recovered"], true, "{reply}");
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(
+        reply["result"]["position"]["epoch"],
+        new_position.epoch.as_str()
+    );
+    let top: u64 = reply["result"]["position"]["offset"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    service.publish("room:restart", 99).await;
+    let push = alice.next_event().await;
+    assert_eq!(push["epoch"], new_position.epoch.as_str(), "{push}");
+    assert_eq!(push["offset"], (top + 1).to_string(), "{push}");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "live again within 10 s of the restart ({:?})",
+        restarted.elapsed()
+    );
 }

@@ -1,6 +1,11 @@
 //! Herald as separate processes, for tests that must kill one with SIGKILL.
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -126,6 +131,8 @@ pub struct ServeProcess {
     child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The `message` of every log line so far, to wait for a state it announces.
+    messages: Arc<Mutex<Vec<String>>>,
 }
 
 /// Starts `herald serve` on free ports with its data (and SQLite database) in `data_dir`,
@@ -167,12 +174,16 @@ pub async fn spawn_serve_process_with_env(
         .expect("start herald serve");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let messages = Arc::new(Mutex::new(Vec::new()));
     let (grpc_addr, http_addr) = tokio::time::timeout(PATIENCE, async {
         let (mut grpc, mut http) = (None, None);
         while let Some(line) = lines.next_line().await.expect("read herald's log") {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
+            if let Some(message) = entry["fields"]["message"].as_str() {
+                messages.lock().expect("log lines").push(message.to_owned());
+            }
             let addr = |field: &str| entry["fields"][field].as_str().and_then(|a| a.parse().ok());
             match entry["fields"]["message"].as_str() {
                 Some("herald backend listening") => grpc = addr("grpc_addr"),
@@ -187,11 +198,21 @@ pub async fn spawn_serve_process_with_env(
     })
     .await
     .expect("herald serve starts in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let keep = messages.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(message) = entry["fields"]["message"].as_str()
+            {
+                keep.lock().expect("log lines").push(message.to_owned());
+            }
+        }
+    });
     ServeProcess {
         child,
         grpc_addr,
         http_addr,
+        messages,
     }
 }
 
@@ -213,5 +234,14 @@ impl ServeProcess {
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("send SIGKILL");
         let _ = self.child.wait().await;
+    }
+
+    /// Whether the process has logged a line with this `message`.
+    pub fn logged(&self, message: &str) -> bool {
+        self.messages
+            .lock()
+            .expect("log lines")
+            .iter()
+            .any(|logged| logged == message)
     }
 }
