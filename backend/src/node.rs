@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Principal,
     authz::{Action, Denied, Policy},
-    broker::{Broker, EventDraft, HistoryStart, Published},
+    broker::{Broker, BrokerError, EventDraft, HistoryStart, Published},
     connections::{Connections, Kill, Transport},
     cursor::LiveCursor,
     error::Error,
@@ -211,6 +211,11 @@ impl Node {
     /// Which broker this node publishes through (`Edge/Describe`).
     pub fn broker_kind(&self) -> herald_proto::v1::Broker {
         self.broker.kind()
+    }
+
+    /// Which shared broker this node is on (see [`Broker::cluster_id`]).
+    pub async fn broker_cluster_id(&self) -> Result<Option<String>, BrokerError> {
+        self.broker.cluster_id().await
     }
 
     /// Whether the broker takes publishes now (readiness).

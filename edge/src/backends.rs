@@ -36,6 +36,10 @@ pub enum BackendError {
     )]
     SeveralMemoryBrokers { count: usize, urls: String },
     #[error(
+        "the edge's backends are on different Redis brokers ({brokers}), so each would see only the events published through its own: give every backend the same Redis URL and broker.prefix, or run one edge per cluster"
+    )]
+    DifferentRedis { brokers: String },
+    #[error(
         "cannot ask backend `{url}` which broker it runs: {reason}; an edge with several backends checks them all at start"
     )]
     Undescribed { url: String, reason: String },
@@ -128,15 +132,16 @@ impl Backends {
     /// With several backends, asks each which broker it runs (`Edge/Describe`) and refuses
     /// when they are separate processes and any of them has an in-memory broker: a socket's
     /// subscription on one backend would never see the events published on another.
-    /// Backends that all run the Redis broker pass (that they name the same Redis is the
-    /// operator's part). A backend that does not answer within `patience` (retried while it
-    /// is unavailable) fails the check too.
+    /// Backends that all run the Redis broker pass when they report the same cluster id (one
+    /// Redis server, database and prefix). A backend that does not answer within `patience`
+    /// (retried while it is unavailable) fails the check too.
     pub async fn check_brokers(&self, patience: Duration) -> Result<(), BackendError> {
         use herald_proto::v1::{Broker, DescribeRequest, edge_client::EdgeClient};
         if self.urls.len() < 2 {
             return Ok(());
         }
         let mut instances = std::collections::HashSet::new();
+        let mut clusters = std::collections::BTreeMap::<String, Vec<&str>>::new();
         let mut memory = false;
         for (url, first) in &self.urls {
             let deadline = tokio::time::Instant::now() + patience;
@@ -168,6 +173,22 @@ impl Backends {
             // Unspecified: a backend from before Describe, which has only the memory broker.
             memory |= matches!(described.broker(), Broker::Memory | Broker::Unspecified);
             instances.insert(described.instance_id);
+            // Empty: a backend from before the cluster id, which cannot be checked.
+            if !described.cluster_id.is_empty() {
+                clusters
+                    .entry(described.cluster_id)
+                    .or_default()
+                    .push(url.as_str());
+            }
+        }
+        if !memory && clusters.len() > 1 {
+            return Err(BackendError::DifferentRedis {
+                brokers: clusters
+                    .iter()
+                    .map(|(id, urls)| format!("{} on {id}", urls.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
         }
         if memory && instances.len() > 1 {
             return Err(BackendError::SeveralMemoryBrokers {

@@ -103,6 +103,48 @@ async fn finding_10_a_memory_broker_backend_among_redis_broker_backends_is_refus
     );
 }
 
+/// Backends on different Redis servers, or on one Redis with different key prefixes, would
+/// each deliver only what was published through them: an edge in front of them refuses to
+/// start, naming each backend's broker and the fix. Backends on the same one pass (above).
+#[tokio::test]
+async fn an_edge_in_front_of_backends_on_different_redis_brokers_is_refused_with_the_fix() {
+    let (one, two) = (redis(), redis());
+    let on_one = on_redis(&one).await;
+    let on_two = on_redis(&two).await;
+    let url = one.url();
+    let other_prefix = spawn_app_with(move |config| {
+        config.broker.url = Some(url);
+        config.broker.prefix = "other".into();
+    })
+    .await;
+    for (pair, what) in [
+        ([&on_one, &on_two], "two Redis servers"),
+        ([&on_one, &other_prefix], "two prefixes on one Redis"),
+    ] {
+        let message = edge_for(&pair)
+            .await
+            .exit()
+            .await
+            .expect_err(what)
+            .to_string();
+        assert!(
+            message.contains("different Redis brokers"),
+            "{what}: {message}"
+        );
+        assert!(
+            message.contains("the same Redis URL and broker.prefix"),
+            "{what}: names the fix: {message}"
+        );
+        for app in pair {
+            assert!(
+                message.contains(&app.addr.to_string()),
+                "{what}: names {}: {message}",
+                app.addr
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_backend_on_redis_is_not_ready_while_redis_is_paused_and_ready_again_after() {
     let redis = redis();

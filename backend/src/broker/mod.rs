@@ -172,4 +172,10 @@ pub trait Broker: Send + Sync + Debug + 'static {
 
     /// Which broker this is, as an edge is told (`Edge/Describe`).
     fn kind(&self) -> herald_proto::v1::Broker;
+
+    /// Which shared broker this is: backends that report the same id deliver each other's
+    /// events (`Edge/Describe`). `None` for a broker only this process uses.
+    async fn cluster_id(&self) -> Result<Option<String>, BrokerError> {
+        Ok(None)
+    }
 }

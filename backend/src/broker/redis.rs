@@ -615,6 +615,29 @@ impl Broker for RedisBroker {
     fn kind(&self) -> herald_proto::v1::Broker {
         herald_proto::v1::Broker::Redis
     }
+
+    /// `<run_id>/<db>/<prefix>`: the Redis server process (its `run_id` is random per start),
+    /// the database and the key prefix, which together decide who shares events.
+    async fn cluster_id(&self) -> Result<Option<String>, BrokerError> {
+        let mut connection = self.connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| backend(&error))?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(str::trim)
+            .ok_or_else(|| BrokerError::Backend("redis: INFO server has no run_id".into()))?;
+        let db = self
+            .shared
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .db();
+        Ok(Some(format!("{run_id}/{db}/{}", self.shared.prefix)))
+    }
 }
 
 impl RedisBroker {

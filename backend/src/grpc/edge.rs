@@ -99,9 +99,16 @@ impl Edge for EdgeService {
         }
         // Memory: events published on this backend reach its own subscribers only. Redis:
         // every backend on the same Redis delivers every event.
+        let cluster_id = self
+            .node
+            .broker_cluster_id()
+            .await
+            .map_err(crate::error::Error::from)?
+            .unwrap_or_default();
         Ok(Response::new(DescribeResponse {
             broker: self.node.broker_kind() as i32,
             instance_id: self.instance_id.to_string(),
+            cluster_id,
         }))
     }
 
