@@ -1310,3 +1310,56 @@ async fn the_chat_demo_runs_against_a_herald_serve() {
     }
     herald.kill9().await;
 }
+
+/// Two backends on one Redis and one PostgreSQL database: "online" is the cluster's. Bob's
+/// only stream is on backend 2; a message sent on backend 1 gives him no `new_message`
+/// notification, and alice (on backend 1) sees his `chat.presence` go online and, once that
+/// stream ends, offline. Then a message gives him the notification. Always on
+/// PostgreSQL: both backends need the same database.
+#[tokio::test]
+async fn online_is_the_clusters_a_member_online_on_another_backend_gets_no_new_message_notification()
+ {
+    let redis = herald_e2e::redis::RedisServer::start().expect("start redis-server");
+    let database = herald_e2e::postgres::shared().fresh_database().await;
+    let start = || {
+        let (redis_url, database) = (redis.url(), database.clone());
+        spawn_app_with(move |config| {
+            config.broker.url = Some(redis_url);
+            config.database_url = Some(database);
+        })
+    };
+    let (first, second) = (start().await, start().await);
+    let alice = Chatter::of(&first, "alice").await;
+    let bob = Chatter::of(&second, "bob").await;
+    let (team, _) = alice.create_group("team", &["bob"]).await;
+    let room = alice.conversation_in(team.id, "general").await;
+    let mut at_alice = alice.who.subscribe(&group(team.id)).await;
+
+    let bob_online = bob.who.subscribe("user:bob").await;
+    let online = loop {
+        let signal = next_signal(&mut at_alice, "chat.presence").await;
+        if data(&signal)["user_id"] == "bob" {
+            break data(&signal);
+        }
+    };
+    assert_eq!(online["online"], true, "{online}");
+
+    let sender = Chatter::of(&first, "alice").await;
+    sender.send(room.id, "on backend 1").await;
+    assert_eq!(
+        bob.notifications(NotificationType::NewMessage).await,
+        0,
+        "bob is online on backend 2"
+    );
+
+    drop(bob_online);
+    let offline = loop {
+        let signal = next_signal(&mut at_alice, "chat.presence").await;
+        if data(&signal)["user_id"] == "bob" {
+            break data(&signal);
+        }
+    };
+    assert_eq!(offline["online"], false, "{offline}");
+    sender.send(room.id, "bob has gone").await;
+    assert_eq!(bob.notifications(NotificationType::NewMessage).await, 1);
+}

@@ -136,3 +136,122 @@ async fn redis_presence_is_shared_by_nodes_and_a_crashed_nodes_members_expire_wi
         "b's connections expired, a's were refreshed"
     );
 }
+
+async fn redis_node(redis: &RedisServer, shutdown: &CancellationToken) -> RedisPresence {
+    RedisPresence::connect(&redis.url(), "herald", TTL, shutdown.clone())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_online_directory_announces_each_user_once_for_the_whole_cluster() {
+    use super::OnlineDirectory;
+
+    let redis = RedisServer::start().await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let one = redis_node(&redis, &shutdown).await;
+    let two = redis_node(&redis, &shutdown).await;
+    let users = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+
+    assert!(
+        one.arrived("alice").await.unwrap(),
+        "the first node: online"
+    );
+    assert!(!two.arrived("alice").await.unwrap(), "already online");
+    assert_eq!(
+        two.online(&users(&["alice", "bob"])).await.unwrap(),
+        [true, false]
+    );
+    assert!(!one.departed("alice").await.unwrap(), "still on node two");
+    assert_eq!(one.online(&users(&["alice"])).await.unwrap(), [true]);
+    assert!(
+        two.departed("alice").await.unwrap(),
+        "the last node: offline"
+    );
+    assert_eq!(one.online(&users(&["alice"])).await.unwrap(), [false]);
+
+    // Node one records carol and then stops refreshing (it crashed); node two keeps dave.
+    assert!(one.arrived("carol").await.unwrap());
+    assert!(two.arrived("dave").await.unwrap());
+    let until = tokio::time::Instant::now() + TTL * 2;
+    let mut gone = Vec::new();
+    while tokio::time::Instant::now() < until {
+        gone.extend(two.refresh(&users(&["dave"])).await.unwrap());
+        tokio::time::sleep(TTL / 6).await;
+    }
+    assert_eq!(gone, ["carol"], "carol is claimed once, dave never");
+    assert!(two.refresh(&users(&["dave"])).await.unwrap().is_empty());
+    assert_eq!(
+        one.online(&users(&["carol", "dave"])).await.unwrap(),
+        [false, true]
+    );
+}
+
+/// The feed's next changes, or none within a while.
+async fn next(feed: &super::OnlineFeed) -> Vec<super::OnlineChange> {
+    tokio::time::timeout(TTL * 4, feed.next())
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn online_over_a_directory_is_announced_by_one_node_and_a_crashed_nodes_users_go_offline() {
+    use super::{Online, OnlineChange};
+
+    let redis = RedisServer::start().await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let one = Online::with_directory(Arc::new(redis_node(&redis, &shutdown).await));
+    let two = Online::with_directory(Arc::new(redis_node(&redis, &shutdown).await));
+    let (feed_one, feed_two) = (one.feed(), two.feed());
+    let states = |changes: Vec<OnlineChange>| {
+        changes
+            .into_iter()
+            .map(|c| (c.user_id, c.online))
+            .collect::<Vec<_>>()
+    };
+
+    one.opened("alice");
+    assert_eq!(states(next(&feed_one).await), [("alice".into(), true)]);
+    two.opened("alice");
+    one.closed("alice");
+    assert!(
+        states(next(&feed_two).await).is_empty() && states(next(&feed_one).await).is_empty(),
+        "alice is still online on node two: nobody announces anything"
+    );
+    assert_eq!(
+        one.offline_among(&["alice".into()]).await,
+        Vec::<String>::new()
+    );
+    two.closed("alice");
+    assert_eq!(states(next(&feed_two).await), [("alice".into(), false)]);
+    assert_eq!(one.offline_among(&["alice".into()]).await, ["alice"]);
+
+    // Node three has carol and goes away without a word: node one announces her offline.
+    let three = Online::with_directory(Arc::new(redis_node(&redis, &shutdown).await));
+    three.opened("carol");
+    assert_eq!(
+        states(next(&feed_one).await),
+        Vec::new(),
+        "no node announces an arrival elsewhere"
+    );
+    tokio::time::sleep(TTL / 3).await;
+    assert_eq!(
+        two.offline_among(&["carol".into()]).await,
+        Vec::<String>::new()
+    );
+    drop(three);
+    let deadline = tokio::time::Instant::now() + TTL * 4;
+    let mut seen = Vec::new();
+    while seen.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut changes = states(next(&feed_one).await);
+        changes.extend(states(next(&feed_two).await));
+        seen = changes;
+    }
+    assert_eq!(
+        seen,
+        [("carol".into(), false)],
+        "announced once, by one node"
+    );
+}

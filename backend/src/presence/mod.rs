@@ -14,9 +14,9 @@ pub mod online;
 pub mod redis;
 
 pub use notifier::{Coalescing, PresenceGuard, PresenceNotifier};
-pub use online::{Online, OnlineChange, OnlineFeed};
+pub use online::{Online, OnlineChange, OnlineDirectory, OnlineFeed};
 
-use std::fmt::Debug;
+use std::{fmt::Debug, sync::Arc};
 
 use async_trait::async_trait;
 use herald_proto::v1::PresenceMember;
@@ -51,4 +51,10 @@ pub trait Presence: Send + Sync + Debug + 'static {
     ) -> Result<Option<PresenceMember>, BrokerError>;
 
     async fn members(&self, topic: &Topic) -> Result<Vec<PresenceMember>, BrokerError>;
+
+    /// Where this store's nodes record who is online, when it is shared by several nodes
+    /// (see [`online`]); `None`: this node's own count is the whole truth.
+    fn online_directory(&self) -> Option<Arc<dyn OnlineDirectory>> {
+        None
+    }
 }

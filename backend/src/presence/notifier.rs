@@ -85,12 +85,16 @@ impl PresenceNotifier {
         kinds: Vec<TopicKind>,
         coalescing: Coalescing,
     ) -> Arc<PresenceNotifier> {
+        let online = match presence.online_directory() {
+            Some(directory) => Online::with_directory(directory),
+            None => Arc::new(Online::new()),
+        };
         Arc::new(PresenceNotifier {
             broker,
             presence,
             kinds,
             next_connection: AtomicU64::new(1),
-            online: Arc::new(Online::new()),
+            online,
             coalescing,
             batches: Mutex::default(),
             pushes: AtomicU64::new(0),

@@ -1,25 +1,56 @@
-//! Who is online: a user is online while any of their streams is open on this node, on any
-//! topic and any transport (a `Rooms/Subscribe`, a socket's subscription through the edge);
-//! offline, with the time it was last seen, once the last one ends. Services are not people
-//! and are never counted.
+//! Who is online: a user is online while any of their streams is open, on any topic and any
+//! transport (a `Rooms/Subscribe`, a socket's subscription through the edge); offline, with
+//! the time it was last seen, once the last one ends. Services are not people and are never
+//! counted.
 //!
-//! Domain services read it ([`Online::is_online`]: "notify the members who are offline") and
-//! follow its changes through an [`OnlineFeed`]. A feed coalesces: it holds at most one
+//! Domain services read it ([`Online::offline_among`]: "notify the members who are offline")
+//! and follow its changes through an [`OnlineFeed`]. A feed coalesces: it holds at most one
 //! pending change per user (the latest), so a consumer that falls behind reads each user's
 //! current state once rather than a backlog, and a feed's memory is bounded by the number of
 //! users who changed.
 //!
-//! Scope: the count is per node. With several backends a user connected to two of them is
-//! online on both, and each node reports its own transitions.
+//! Scope: each node counts its own streams. With an [`OnlineDirectory`] (the Redis broker),
+//! a node records there the users it has streams of, so "online" means a stream on any node,
+//! and each change is announced by exactly one node: the one whose first stream made the user
+//! online anywhere, the one whose last stream left them offline everywhere, or, for the users
+//! of a node that crashed, the one node that finds their records expired. Without one, the
+//! node's own count is the whole truth (one backend).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    fmt::Debug,
     sync::{Arc, Mutex, Weak},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
+use async_trait::async_trait;
 use herald_proto::support::lock;
 use tokio::sync::Notify;
+
+use crate::broker::BrokerError;
+
+/// Where nodes record which users they have streams of (see the module docs).
+#[async_trait]
+pub trait OnlineDirectory: Send + Sync + Debug + 'static {
+    /// This node has its first stream of `user_id`: true when no other node had one (the
+    /// user came online).
+    async fn arrived(&self, user_id: &str) -> Result<bool, BrokerError>;
+
+    /// This node's last stream of `user_id` ended: true when no node has one now (the user
+    /// went offline).
+    async fn departed(&self, user_id: &str) -> Result<bool, BrokerError>;
+
+    /// Whether each of `users` has a stream on any node, in the same order.
+    async fn online(&self, users: &[String]) -> Result<Vec<bool>, BrokerError>;
+
+    /// Keeps this node's records of `users` alive, and returns the users whose records all
+    /// expired (their nodes stopped refreshing: crashed); each such user is returned to one
+    /// caller in the whole cluster.
+    async fn refresh(&self, users: &[String]) -> Result<Vec<String>, BrokerError>;
+
+    /// How often [`OnlineDirectory::refresh`] must run for records to stay alive.
+    fn refresh_every(&self) -> Duration;
+}
 
 /// A user went online (first stream) or offline (last stream ended).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +61,26 @@ pub struct OnlineChange {
     pub at: SystemTime,
 }
 
-/// The open-stream count of every online user of this node.
+/// The open-stream count of every online user of this node, and, with a directory, what
+/// every node has.
 #[derive(Debug, Default)]
 pub struct Online {
     inner: Mutex<State>,
+    directory: Option<Directory>,
+}
+
+#[derive(Debug)]
+struct Directory {
+    directory: Arc<dyn OnlineDirectory>,
+    /// This node's latest local state of each user whose change the directory has not seen
+    /// yet: one entry per user, so bounded by the users of this node.
+    changed: Arc<Changed>,
+}
+
+#[derive(Debug, Default)]
+struct Changed {
+    pending: Mutex<HashMap<String, bool>>,
+    notify: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -55,13 +102,51 @@ pub struct OnlineFeed {
 }
 
 impl Online {
+    /// Online on this node only (one backend).
     pub fn new() -> Online {
         Online::default()
+    }
+
+    /// Online across the nodes sharing `directory`; starts the task that records this node's
+    /// changes there, in order, and refreshes its records. The task ends with the `Online`.
+    pub fn with_directory(directory: Arc<dyn OnlineDirectory>) -> Arc<Online> {
+        let changed = Arc::new(Changed::default());
+        let online = Arc::new(Online {
+            inner: Mutex::default(),
+            directory: Some(Directory {
+                directory: directory.clone(),
+                changed: changed.clone(),
+            }),
+        });
+        tokio::spawn(record(Arc::downgrade(&online), directory, changed));
+        online
     }
 
     /// Whether `user_id` has a stream open on this node.
     pub fn is_online(&self, user_id: &str) -> bool {
         lock(&self.inner).streams.contains_key(user_id)
+    }
+
+    /// The users of `users` with no stream open on any node. If the directory cannot be
+    /// asked, this node's own view answers (a notification too many rather than none).
+    pub async fn offline_among(&self, users: &[String]) -> Vec<String> {
+        let here = |user: &String| self.is_online(user);
+        let elsewhere = match &self.directory {
+            Some(directory) if !users.is_empty() => match directory.directory.online(users).await {
+                Ok(online) => online,
+                Err(error) => {
+                    tracing::warn!(%error, "could not ask who is online on other nodes");
+                    vec![false; users.len()]
+                }
+            },
+            _ => vec![false; users.len()],
+        };
+        users
+            .iter()
+            .zip(elsewhere)
+            .filter(|(user, elsewhere)| !elsewhere && !here(user))
+            .map(|(user, _)| user.clone())
+            .collect()
     }
 
     /// How many users are online on this node.
@@ -84,7 +169,10 @@ impl Online {
         let streams = state.streams.entry(user_id.to_owned()).or_default();
         *streams += 1;
         if *streams == 1 {
-            state.announce(user_id, true);
+            match &self.directory {
+                Some(directory) => directory.changed.record(user_id, true),
+                None => state.announce(user_id, true),
+            }
         }
     }
 
@@ -97,7 +185,71 @@ impl Online {
         *streams -= 1;
         if *streams == 0 {
             state.streams.remove(user_id);
-            state.announce(user_id, false);
+            match &self.directory {
+                Some(directory) => directory.changed.record(user_id, false),
+                None => state.announce(user_id, false),
+            }
+        }
+    }
+
+    fn announce(&self, user_id: &str, online: bool) {
+        lock(&self.inner).announce(user_id, online);
+    }
+}
+
+impl Changed {
+    fn record(&self, user_id: &str, online: bool) {
+        lock(&self.pending).insert(user_id.to_owned(), online);
+        self.notify.notify_one();
+    }
+}
+
+/// Records this node's changes in the directory, in order, announcing those that changed the
+/// user's state across the cluster; refreshes this node's records and announces the users
+/// of crashed nodes. Ends once the `Online` is gone.
+async fn record(online: Weak<Online>, directory: Arc<dyn OnlineDirectory>, changed: Arc<Changed>) {
+    let mut recorded: HashSet<String> = HashSet::new();
+    let mut ticker = tokio::time::interval(directory.refresh_every());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let refresh = tokio::select! {
+            () = changed.notify.notified() => false,
+            _ = ticker.tick() => true,
+        };
+        let Some(online) = online.upgrade() else {
+            return;
+        };
+        let changes: Vec<(String, bool)> = lock(&changed.pending).drain().collect();
+        for (user, now_online) in changes {
+            if now_online == recorded.contains(&user) {
+                continue; // opened and closed again (or the reverse) before it was recorded
+            }
+            let result = if now_online {
+                recorded.insert(user.clone());
+                directory.arrived(&user).await
+            } else {
+                recorded.remove(&user);
+                directory.departed(&user).await
+            };
+            match result {
+                Ok(true) => online.announce(&user, now_online),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not record who is online; announcing this node's view");
+                    online.announce(&user, now_online);
+                }
+            }
+        }
+        if refresh {
+            let users: Vec<String> = recorded.iter().cloned().collect();
+            match directory.refresh(&users).await {
+                Ok(gone) => {
+                    for user in gone.iter().filter(|user| !recorded.contains(*user)) {
+                        online.announce(user, false);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not refresh who is online"),
+            }
         }
     }
 }

@@ -7,6 +7,13 @@
 //! for them). Every script first drops expired entries, so `members` never lists them.
 //! Counting a user's connections scans the topic's set: cost per join/leave is the topic's
 //! member count.
+//!
+//! Who is online ([`OnlineDirectory`]): `{p}:o:{user}` is a sorted set of the nodes with a
+//! stream of the user, scored by when the record expires; `{p}:o` indexes users by their
+//! latest expiry, so the users of a crashed node are found (their expiry passed) and claimed
+//! by exactly one node, which announces them offline. Each node refreshes its users' records
+//! with its presence entries. The scripts touch the keys of users they are given (keys are
+//! computed inside the sweep, so this needs a single Redis, not Redis Cluster).
 
 use std::{
     collections::HashMap,
@@ -20,7 +27,7 @@ use herald_proto::{support::lock, v1::PresenceMember};
 use redis::{AsyncConnectionConfig, Script, aio::MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectionId, Presence};
+use super::{ConnectionId, OnlineDirectory, Presence};
 use crate::{broker::BrokerError, topic::Topic};
 
 const SCRIPT: &str = r"
@@ -51,6 +58,67 @@ end
 return {removed, count, since}
 ";
 
+const ONLINE: &str = r"
+local op, node, ttl, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local index = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = '(' .. string.format('%d', now)
+local function live(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
+  return redis.call('ZCARD', key)
+end
+local function keep(user)
+  local key = prefix .. user
+  local until_ = string.format('%d', now + ttl)
+  redis.call('ZADD', key, until_, node)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', index, 'GT', until_, user)
+end
+if op == 'arrive' then
+  local user = ARGV[5]
+  local key = prefix .. user
+  local others = live(key)
+  if redis.call('ZSCORE', key, node) then others = others - 1 end
+  keep(user)
+  if others == 0 then return 1 end
+  return 0
+elseif op == 'depart' then
+  local user = ARGV[5]
+  local key = prefix .. user
+  redis.call('ZREM', key, node)
+  if live(key) == 0 then
+    redis.call('DEL', key)
+    return redis.call('ZREM', index, user)
+  end
+  return 0
+elseif op == 'online' then
+  local out = {}
+  for i = 5, #ARGV do
+    if live(prefix .. ARGV[i]) > 0 then out[#out + 1] = 1 else out[#out + 1] = 0 end
+  end
+  return out
+end
+-- refresh: keep this node's users, then claim the users whose every record expired
+for i = 5, #ARGV do keep(ARGV[i]) end
+local gone = {}
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', expired, 'LIMIT', 0, 1000)) do
+  local key = prefix .. user
+  if live(key) == 0 then
+    redis.call('DEL', key)
+    redis.call('ZREM', index, user)
+    gone[#gone + 1] = user
+  else
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', index, newest[2], user)
+  end
+end
+return gone
+";
+
+/// Users refreshed per script call.
+const USERS_PER_REFRESH: usize = 500;
+
 /// Presence in Redis (see the module header).
 #[derive(Clone)]
 pub struct RedisPresence {
@@ -63,6 +131,7 @@ struct Shared {
     node: String,
     ttl: Duration,
     script: Script,
+    online: Script,
     /// This node's connections: (topic, user, connection) → the entry in Redis.
     local: Mutex<HashMap<(Topic, String, ConnectionId), String>>,
 }
@@ -110,6 +179,7 @@ impl RedisPresence {
                 node: uuid::Uuid::new_v4().simple().to_string(),
                 ttl: ttl.max(Duration::from_millis(30)),
                 script: Script::new(SCRIPT),
+                online: Script::new(ONLINE),
                 local: Mutex::new(HashMap::new()),
             }),
         };
@@ -237,6 +307,10 @@ impl Presence for RedisPresence {
         }))
     }
 
+    fn online_directory(&self) -> Option<Arc<dyn OnlineDirectory>> {
+        Some(Arc::new(self.clone()))
+    }
+
     async fn members(&self, topic: &Topic) -> Result<Vec<PresenceMember>, BrokerError> {
         let mut connection = self.shared.connection.clone();
         let entries: Vec<String> = self
@@ -272,5 +346,74 @@ impl Presence for RedisPresence {
             .collect();
         members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(members)
+    }
+}
+
+impl RedisPresence {
+    async fn online_script<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        users: &[String],
+    ) -> Result<T, BrokerError> {
+        let shared = &self.shared;
+        let mut connection = shared.connection.clone();
+        let mut invocation = shared.online.key(format!("{}:o", shared.prefix));
+        invocation
+            .arg(op)
+            .arg(&shared.node)
+            .arg(u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(format!("{}:o:", shared.prefix));
+        for user in users {
+            invocation.arg(user);
+        }
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| failed(&error))
+    }
+}
+
+#[async_trait]
+impl OnlineDirectory for RedisPresence {
+    async fn arrived(&self, user_id: &str) -> Result<bool, BrokerError> {
+        let first: i64 = self
+            .online_script("arrive", std::slice::from_ref(&user_id.to_owned()))
+            .await?;
+        Ok(first == 1)
+    }
+
+    async fn departed(&self, user_id: &str) -> Result<bool, BrokerError> {
+        let last: i64 = self
+            .online_script("depart", std::slice::from_ref(&user_id.to_owned()))
+            .await?;
+        Ok(last == 1)
+    }
+
+    async fn online(&self, users: &[String]) -> Result<Vec<bool>, BrokerError> {
+        let mut online = Vec::with_capacity(users.len());
+        for chunk in users.chunks(USERS_PER_REFRESH) {
+            let answers: Vec<i64> = self.online_script("online", chunk).await?;
+            online.extend(answers.into_iter().map(|answer| answer == 1));
+        }
+        Ok(online)
+    }
+
+    async fn refresh(&self, users: &[String]) -> Result<Vec<String>, BrokerError> {
+        let mut gone = Vec::new();
+        // An empty call still sweeps the crashed nodes' users.
+        let chunks: Vec<&[String]> = if users.is_empty() {
+            vec![&[]]
+        } else {
+            users.chunks(USERS_PER_REFRESH).collect()
+        };
+        for chunk in chunks {
+            let claimed: Vec<String> = self.online_script("refresh", chunk).await?;
+            gone.extend(claimed);
+        }
+        Ok(gone)
+    }
+
+    fn refresh_every(&self) -> Duration {
+        self.shared.ttl / 3
     }
 }

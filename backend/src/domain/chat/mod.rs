@@ -1048,7 +1048,7 @@ impl Chat {
 
     /// The inbox's notifications of a new message, in its transaction: `user_mentioned` for
     /// the mentioned (the inbox applies its mention rate limit), `new_message` for the other
-    /// recipients who have no stream open.
+    /// recipients who have no stream open on any node.
     async fn notify_message(
         &self,
         tx: &mut DomainTx,
@@ -1071,12 +1071,12 @@ impl Chat {
             )?;
             inbox::deliver_in(tx, &draft, mentions, now).await?;
         }
-        let online = self.node.online();
-        let offline: Vec<String> = recipients
+        let unmentioned: Vec<String> = recipients
             .iter()
-            .filter(|user| !mentions.contains(user) && !online.is_online(user))
+            .filter(|user| !mentions.contains(user))
             .cloned()
             .collect();
+        let offline = self.node.online().offline_among(&unmentioned).await;
         if !offline.is_empty() {
             let draft = message_draft(
                 inbox_rules::Kind::NewMessage,
