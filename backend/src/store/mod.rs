@@ -58,6 +58,7 @@ mod log;
 pub mod relay;
 mod retention;
 mod snapshot;
+mod write;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -71,10 +72,8 @@ use std::{
 use herald_migrations::{DURABLE_EPOCH_KEY, Migrator, MigratorTrait};
 use herald_proto::{v1::StreamPosition, wkt::Struct};
 use sea_orm::{
-    ActiveValue::Set,
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -85,7 +84,7 @@ use crate::{
     lanes::Lanes,
     topic::Topic,
 };
-use entity::{outbox, outbox_topic};
+use entity::outbox;
 
 #[cfg(feature = "test-util")]
 pub use relay::RelayFaults;
@@ -662,34 +661,8 @@ impl DomainTx {
         for event in &events {
             *counts.entry(event.topic.as_str()).or_default() += 1;
         }
-        let last_seq = || Expr::col((outbox_topic::Entity, outbox_topic::Column::LastSeq));
-        let excluded = Expr::col((Alias::new("excluded"), outbox_topic::Column::LastSeq));
         let epoch = self.store.epoch().to_owned();
-        let topics: Vec<(&&str, &i64)> = counts.iter().collect();
-        let mut bumped = Vec::with_capacity(topics.len());
-        // In topic order, statement after statement: the lock order stays the same.
-        for chunk in topics.chunks(ROWS_PER_STATEMENT) {
-            let rows = chunk
-                .iter()
-                .map(|(topic, count)| outbox_topic::ActiveModel {
-                    topic: Set((**topic).to_owned()),
-                    last_seq: Set(**count),
-                    epoch: Set(epoch.clone()),
-                });
-            bumped.extend(
-                outbox_topic::Entity::insert_many(rows)
-                    .on_conflict(
-                        OnConflict::column(outbox_topic::Column::Topic)
-                            .value(
-                                outbox_topic::Column::LastSeq,
-                                last_seq().add(excluded.clone()),
-                            )
-                            .to_owned(),
-                    )
-                    .exec_with_returning(tx)
-                    .await?,
-            );
-        }
+        let bumped = write::bump_topics(tx, &counts, &epoch).await?;
         let mut next_seq: HashMap<&str, (i64, &str)> = HashMap::new();
         for row in &bumped {
             if let Some((topic, count)) = counts.get_key_value(row.topic.as_str()) {
@@ -716,31 +689,19 @@ impl DomainTx {
                     id: id.clone(),
                     duplicate: false,
                 });
-                outbox::ActiveModel {
-                    topic: Set(event.topic.to_string()),
-                    topic_seq: Set(offset),
-                    event_type: Set(event.event_type.clone()),
-                    data: Set(event.data.clone()),
-                    publisher: Set(event
-                        .publisher
-                        .clone()
-                        .unwrap_or_else(|| self.publisher.clone())),
-                    status: Set(outbox::Status::Pending),
-                    created_at_ms: Set(now),
-                    event_id: Set(Some(id)),
-                    body: Set(event.body.clone()),
-                    ..Default::default()
+                write::NewRow {
+                    topic: event.topic.as_str(),
+                    topic_seq: offset,
+                    event_type: &event.event_type,
+                    data: &event.data,
+                    publisher: event.publisher.as_deref().unwrap_or(&self.publisher),
+                    created_at_ms: now,
+                    event_id: id,
+                    body: event.body.as_deref(),
                 }
             })
             .collect();
-        let mut ids: Vec<OutboxId> = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            // Only the ids come back: the rows' data is what was just sent.
-            let inserted = outbox::Entity::insert_many(chunk.iter().cloned())
-                .exec_with_returning_keys(tx)
-                .await?;
-            ids.extend(inserted);
-        }
+        let mut ids = write::insert_rows(tx, &rows).await?;
         // Each INSERT assigns ids in row order, and later statements higher ones.
         ids.sort_unstable();
         self.written.extend_from_slice(&ids);
