@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod redis;
+pub(crate) mod redis_connection;
 #[cfg(test)]
 pub(crate) mod redis_server;
 

@@ -255,3 +255,38 @@ async fn online_over_a_directory_is_announced_by_one_node_and_a_crashed_nodes_us
         "announced once, by one node"
     );
 }
+
+/// What a Redis restart without persistence does to a node: its connection breaks and every
+/// key is gone. The node reconnects on its next call, and its members are back within the
+/// TTL (its refresh adds them again); joins work as before.
+#[tokio::test]
+async fn redis_presence_reconnects_and_restores_its_members_after_redis_lost_everything() {
+    let redis = RedisServer::start().await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let presence = redis_node(&redis, &shutdown).await;
+    presence
+        .join(&room(), "alice", ConnectionId(1))
+        .await
+        .unwrap();
+    redis.command(&["FLUSHALL"]).await;
+    redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+
+    let deadline = tokio::time::Instant::now() + TTL * 3;
+    let mut members = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(listed) = presence.members(&room()).await {
+            members = listed.into_iter().map(|m| m.user_id).collect();
+            if members == ["alice"] {
+                break;
+            }
+        }
+        tokio::time::sleep(TTL / 10).await;
+    }
+    assert_eq!(members, ["alice"], "alice is back after the refresh");
+    let joined = presence
+        .join(&room(), "bob", ConnectionId(2))
+        .await
+        .expect("joins work on the new connection");
+    assert!(joined.is_some());
+}

@@ -2,9 +2,10 @@
 //!
 //! A topic's members are a sorted set `{p}:p:{topic}`: one entry per connection,
 //! `user \x1f node:connection \x1f joined-ms`, scored by when it expires (Redis time). Each
-//! node refreshes the entries of its own connections every third of the TTL; a node that
-//! crashed stops refreshing, so its members disappear within the TTL (no leave is announced
-//! for them). Every script first drops expired entries, so `members` never lists them.
+//! node refreshes the entries of its own connections every third of the TTL (adding back
+//! any that Redis lost); a node that crashed stops refreshing, so its members disappear
+//! within the TTL (no leave is announced for them). The command connection is opened again
+//! after it broke, so presence goes on after a Redis restart. Every script first drops expired entries, so `members` never lists them.
 //! Counting a user's connections scans the topic's set: cost per join/leave is the topic's
 //! member count.
 //!
@@ -24,11 +25,14 @@ use std::{
 
 use async_trait::async_trait;
 use herald_proto::{support::lock, v1::PresenceMember};
-use redis::{AsyncConnectionConfig, Script, aio::MultiplexedConnection};
+use redis::Script;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnectionId, OnlineDirectory, Presence};
-use crate::{broker::BrokerError, topic::Topic};
+use crate::{
+    broker::{BrokerError, redis_connection::Commands},
+    topic::Topic,
+};
 
 const SCRIPT: &str = r"
 local key, op, user, member, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -39,7 +43,9 @@ local removed = 1
 if op == 'join' then
   redis.call('ZADD', key, string.format('%d', now + ttl), member)
 elseif op == 'refresh' then
-  redis.call('ZADD', key, 'XX', string.format('%d', now + ttl), member)
+  -- Added back too: after Redis lost its data the node's members reappear within a third
+  -- of the TTL.
+  redis.call('ZADD', key, string.format('%d', now + ttl), member)
 elseif op == 'leave' then
   removed = redis.call('ZREM', key, member)
 end
@@ -126,7 +132,8 @@ pub struct RedisPresence {
 }
 
 struct Shared {
-    connection: MultiplexedConnection,
+    /// Reconnected after it broke (a Redis restart), like the broker's.
+    commands: Commands,
     prefix: String,
     node: String,
     ttl: Duration,
@@ -165,16 +172,12 @@ impl RedisPresence {
         let client = redis::Client::open(url).map_err(|error| {
             BrokerError::Backend(format!("the broker URL {url:?} is invalid: {error}"))
         })?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let connection = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|error| failed(&error))?;
+        let commands = Commands::new(client);
+        // Connected at start: an unreachable Redis fails the start.
+        commands.get().await.map_err(|error| failed(&error))?;
         let presence = RedisPresence {
             shared: Arc::new(Shared {
-                connection,
+                commands,
                 prefix: prefix.to_owned(),
                 node: uuid::Uuid::new_v4().simple().to_string(),
                 ttl: ttl.max(Duration::from_millis(30)),
@@ -209,17 +212,35 @@ async fn run(
     user: &str,
     member: &str,
 ) -> Result<(i64, u32, u64), BrokerError> {
-    let mut connection = shared.connection.clone();
     shared
-        .script
-        .key(key)
-        .arg(op)
-        .arg(user)
-        .arg(member)
-        .arg(u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX))
-        .invoke_async(&mut connection)
+        .invoke(
+            shared
+                .script
+                .key(key)
+                .arg(op)
+                .arg(user)
+                .arg(member)
+                .arg(u64::try_from(shared.ttl.as_millis()).unwrap_or(u64::MAX)),
+        )
         .await
-        .map_err(|error| failed(&error))
+}
+
+impl Shared {
+    /// Runs a script on the command connection; a connection that broke is replaced for the
+    /// next call.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BrokerError> {
+        let mut connection = self.commands.get().await.map_err(|error| failed(&error))?;
+        match invocation.invoke_async(&mut connection).await {
+            Ok(answer) => Ok(answer),
+            Err(error) => {
+                self.commands.failed(&error).await;
+                Err(failed(&error))
+            }
+        }
+    }
 }
 
 async fn refresh(shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -230,18 +251,18 @@ async fn refresh(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let entries: Vec<(String, String, String)> = lock(&shared.local)
+        let entries: Vec<_> = lock(&shared.local)
             .iter()
-            .map(|((topic, user, _), member)| {
-                (
-                    format!("{}:p:{}", shared.prefix, topic.as_str()),
-                    user.clone(),
-                    member.clone(),
-                )
-            })
+            .map(|(id, member)| (id.clone(), member.clone()))
             .collect();
-        for (key, user, member) in entries {
-            if let Err(error) = run(&shared, &key, "refresh", &user, &member).await {
+        for (id, member) in entries {
+            // A connection that left since the list was taken is not added back.
+            if !lock(&shared.local).contains_key(&id) {
+                continue;
+            }
+            let (topic, user, _) = &id;
+            let key = format!("{}:p:{}", shared.prefix, topic.as_str());
+            if let Err(error) = run(&shared, &key, "refresh", user, &member).await {
                 tracing::warn!(%error, "refreshing presence in Redis failed");
                 break;
             }
@@ -312,18 +333,18 @@ impl Presence for RedisPresence {
     }
 
     async fn members(&self, topic: &Topic) -> Result<Vec<PresenceMember>, BrokerError> {
-        let mut connection = self.shared.connection.clone();
         let entries: Vec<String> = self
             .shared
-            .script
-            .key(self.key(topic))
-            .arg("members")
-            .arg("")
-            .arg("")
-            .arg(u64::try_from(self.shared.ttl.as_millis()).unwrap_or(u64::MAX))
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|error| failed(&error))?;
+            .invoke(
+                self.shared
+                    .script
+                    .key(self.key(topic))
+                    .arg("members")
+                    .arg("")
+                    .arg("")
+                    .arg(u64::try_from(self.shared.ttl.as_millis()).unwrap_or(u64::MAX)),
+            )
+            .await?;
         let mut by_user: HashMap<String, (u32, u64)> = HashMap::new();
         for entry in &entries {
             let mut parts = entry.split('\x1f');
@@ -356,7 +377,6 @@ impl RedisPresence {
         users: &[String],
     ) -> Result<T, BrokerError> {
         let shared = &self.shared;
-        let mut connection = shared.connection.clone();
         let mut invocation = shared.online.key(format!("{}:o", shared.prefix));
         invocation
             .arg(op)
@@ -366,10 +386,7 @@ impl RedisPresence {
         for user in users {
             invocation.arg(user);
         }
-        invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|error| failed(&error))
+        shared.invoke(&invocation).await
     }
 }
 
