@@ -215,6 +215,16 @@ async fn online_over_a_directory_is_announced_by_one_node_and_a_crashed_nodes_us
     one.opened("alice");
     assert_eq!(states(next(&feed_one).await), [("alice".into(), true)]);
     two.opened("alice");
+    // Each node records its changes in its own time: wait until both have alice in Redis,
+    // as they would have long before she closes one of them.
+    let deadline = tokio::time::Instant::now() + TTL * 4;
+    while redis.command(&["ZCARD", "herald:o:alice"]).await != redis::Value::Int(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node two records alice"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     one.closed("alice");
     assert!(
         states(next(&feed_two).await).is_empty() && states(next(&feed_one).await).is_empty(),

@@ -24,6 +24,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use herald_proto::{support::lock, v1::PresenceMember};
 use redis::Script;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,7 @@ elseif op == 'leave' then
   removed = redis.call('ZREM', key, member)
 end
 if op ~= 'members' and redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
+if op == 'refresh' then return {1, 0, 0} end
 local all = redis.call('ZRANGE', key, 0, -1)
 if op == 'members' then return all end
 local prefix = user .. '\31'
@@ -121,6 +123,9 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', expired, 'LIMIT
 end
 return gone
 ";
+
+/// Presence refreshes a node keeps in flight at once.
+const REFRESHES_IN_FLIGHT: usize = 64;
 
 /// Users refreshed per script call.
 const USERS_PER_REFRESH: usize = 500;
@@ -255,14 +260,25 @@ async fn refresh(shared: Arc<Shared>, shutdown: CancellationToken) {
             .iter()
             .map(|(id, member)| (id.clone(), member.clone()))
             .collect();
-        for (id, member) in entries {
-            // A connection that left since the list was taken is not added back.
-            if !lock(&shared.local).contains_key(&id) {
-                continue;
-            }
-            let (topic, user, _) = &id;
-            let key = format!("{}:p:{}", shared.prefix, topic.as_str());
-            if let Err(error) = run(&shared, &key, "refresh", user, &member).await {
+        // Many in flight on the multiplexed connection: one round trip per entry would cap
+        // a node at TTL / round trip entries.
+        let refreshes = futures_util::stream::iter(entries)
+            .map(|(id, member)| {
+                let shared = &shared;
+                async move {
+                    // A connection that left since the list was taken is not added back.
+                    if !lock(&shared.local).contains_key(&id) {
+                        return Ok(());
+                    }
+                    let (topic, user, _) = &id;
+                    let key = format!("{}:p:{}", shared.prefix, topic.as_str());
+                    run(shared, &key, "refresh", user, &member).await.map(drop)
+                }
+            })
+            .buffer_unordered(REFRESHES_IN_FLIGHT);
+        futures_util::pin_mut!(refreshes);
+        while let Some(result) = refreshes.next().await {
+            if let Err(error) = result {
                 tracing::warn!(%error, "refreshing presence in Redis failed");
                 break;
             }
