@@ -355,3 +355,68 @@ async fn kill_9_of_one_backend_under_load_resumes_its_feeds_on_the_other_with_no
     tokio::join!(reading, load);
     checker.assert_clean();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Latest keyed signals across backends (issue 14): they live in Redis with their TTL, so a new
+// subscriber on one backend is greeted by the courier position reported through another.
+// ---------------------------------------------------------------------------------------------
+
+/// The first frame after `subscribed`, which must be a signal.
+async fn greeting(subscription: &mut herald_e2e::Subscription) -> herald_proto::v1::Signal {
+    match subscription.next_frame().await {
+        Ok(herald_proto::v1::subscribe_response::Frame::Signal(signal)) => signal,
+        other => panic!("a signal frame, got {other:?}"),
+    }
+}
+
+/// With `HERALD_TEST_DATABASE=postgres` both backends share the database and the order's
+/// customer subscribes on backend 1; on SQLite the order exists on backend 2's database only,
+/// so a service (which may read any order) subscribes there instead.
+#[tokio::test]
+async fn a_courier_position_reported_through_backend_2_greets_a_new_subscriber_on_backend_1() {
+    let redis = redis();
+    let shared_url = match TestDatabase::from_env() {
+        TestDatabase::Postgres => Some(herald_e2e::postgres::shared().fresh_database().await),
+        TestDatabase::Sqlite => None,
+    };
+    let start = |url: Option<String>| {
+        let redis_url = redis.url();
+        spawn_app_with(move |config| {
+            config.broker.url = Some(redis_url);
+            if let Some(url) = url {
+                config.database_url = Some(url);
+            }
+        })
+    };
+    let first = start(shared_url.clone()).await;
+    let second = start(shared_url.clone()).await;
+
+    let cast = crate::orders::cast(&second).await;
+    let id = crate::orders::out_for_delivery(&cast).await;
+    let topic = format!("order:{id}");
+    // Subscribed on backend 1 before the fix: it arrives live, which proves it was kept.
+    let mut watching = first.service().await.subscribe(&topic).await;
+
+    let answer = cast
+        .kim
+        .report(vec![(
+            id,
+            crate::orders::fix(48.85, crate::orders::now_ms()),
+        )])
+        .await
+        .expect("ReportLocation answers");
+    assert_eq!((answer.accepted, answer.rejected), (1, 0));
+    let live = greeting(&mut watching).await;
+    assert_eq!(live.r#type, "courier.location");
+
+    let newcomer = match shared_url {
+        Some(_) => first.client("carol", &["customer"]).await,
+        None => first.client("dispatch", &["service"]).await,
+    };
+    let mut late = newcomer.subscribe(&topic).await;
+    let kept = greeting(&mut late).await;
+    assert_eq!(kept.r#type, "courier.location");
+    assert_eq!(kept.key, live.key);
+    let data = serde_json::to_value(kept.data.expect("the fix")).unwrap();
+    assert_eq!(data["fix"]["lat"], json!(48.85), "{data}");
+}
