@@ -190,7 +190,9 @@ pub trait Broker: Send + Sync + Debug + 'static {
         ttl: Duration,
     ) -> Result<bool, BrokerError>;
 
-    /// The kept signals of `topic` younger than `ttl`, one per key, oldest first.
+    /// The kept signals of `topic` younger than `ttl` (the kind's TTL, as given to
+    /// `keep_signal`; the Redis broker fixes each signal's expiry when it is kept), one per
+    /// key, oldest first.
     async fn latest_signals(
         &self,
         topic: &Topic,
