@@ -76,8 +76,11 @@ pub struct TopicsConfig {
     pub signal_rate: u32,
     /// Signals one sender may send in a burst.
     pub signal_burst: u32,
-    /// The most keyed signals kept in memory on this node, over all topics.
+    /// The most keyed signals the in-memory broker keeps, over all topics.
     pub max_kept_signals: usize,
+    /// The most keys whose latest signal is kept per topic, on every broker (the Redis
+    /// broker's bound: its total is this, the TTL and Redis's `maxmemory`).
+    pub max_signal_keys_per_topic: usize,
     /// Publishes (`Rooms/Publish`, the edge's `publish`) one topic takes per second on this
     /// node, sustained, from every publisher together: what one hot topic may cost its
     /// subscribers. 0 for no limit.
@@ -101,6 +104,7 @@ impl Default for TopicsConfig {
             signal_rate: 20,
             signal_burst: 40,
             max_kept_signals: 100_000,
+            max_signal_keys_per_topic: 1_000,
             publish_rate: 2_000,
             publish_burst: 4_000,
         }

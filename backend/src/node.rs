@@ -40,7 +40,6 @@ use crate::{
     lanes::Lanes,
     metrics::{EPHEMERAL, Limit, Metrics},
     presence::{Coalescing, Online, Presence, PresenceNotifier},
-    signals::SignalBoard,
     subscription::{Attachment, EventStream, Replay},
     topic::{Topic, TopicKind},
 };
@@ -126,7 +125,6 @@ pub struct Node {
     policy: Policy,
     config: NodeConfig,
     history: History,
-    signals: SignalBoard,
     signal_rate: RateTable<String>,
     /// `None` when `topics.publish_rate` is 0.
     publish_rate: Option<RateTable<Topic>>,
@@ -147,7 +145,6 @@ impl Node {
             }) as Arc<dyn EventLog>
         });
         Ok(Arc::new(Node {
-            signals: SignalBoard::new(topics.max_kept_signals),
             signal_rate: RateTable::new(topics.signal_burst, f64::from(topics.signal_rate.max(1))),
             publish_rate: (topics.publish_rate > 0)
                 .then(|| RateTable::new(topics.publish_burst, f64::from(topics.publish_rate))),
@@ -332,7 +329,15 @@ impl Node {
             None
         };
         let signals = match self.lanes().signal_ttl(topic.kind()) {
-            Some(ttl) => self.signals.latest(topic, ttl),
+            // Signals are at most once: a subscriber is not refused for want of them.
+            Some(ttl) => self
+                .broker
+                .latest_signals(topic, ttl)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%topic, %error, "the latest signals could not be read; none sent");
+                    Vec::new()
+                }),
             None => Vec::new(),
         };
         let presence = self.presence.join(who, topic).await;
@@ -524,7 +529,11 @@ impl Node {
         if !signal.key.is_empty()
             && let Some(ttl) = self.lanes().signal_ttl(topic.kind())
         {
-            self.signals.keep(topic, signal.clone(), ttl);
+            // Kept before it is broadcast (see the broker's contract); not kept, it is still
+            // delivered: at most once.
+            if let Err(error) = self.broker.keep_signal(topic, signal.clone(), ttl).await {
+                tracing::warn!(%topic, %error, "a keyed signal could not be kept");
+            }
         }
         self.broker
             .broadcast(topic, HubItem::Signal(signal))

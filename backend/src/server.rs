@@ -37,6 +37,7 @@ use crate::{
     node::{Node, NodeParts},
     presence::{Presence, memory::MemoryPresence, redis::RedisPresence},
     publish::Publisher,
+    signals::SignalLimits,
     store::{Store, StoreError, relay},
     topic::TopicKind,
 };
@@ -132,7 +133,10 @@ impl Backend {
         let (broker, memory, presence): (Arc<dyn Broker>, _, Arc<dyn Presence>) =
             match &config.broker.url {
                 None => {
-                    let memory = Arc::new(MemoryBroker::new(hub.clone(), config.retention.clone()));
+                    let memory = Arc::new(
+                        MemoryBroker::new(hub.clone(), config.retention.clone())
+                            .with_signal_limits(SignalLimits::new(&config.topics)),
+                    );
                     (
                         memory.clone(),
                         Some(memory),
@@ -143,6 +147,7 @@ impl Backend {
                     let redis = RedisConfig {
                         url: url.clone(),
                         prefix: config.broker.prefix.clone(),
+                        signals: SignalLimits::new(&config.topics),
                     };
                     let broker = RedisBroker::connect(
                         hub.clone(),

@@ -802,3 +802,66 @@ async fn redis_restarted_without_persistence_gives_memory_subscribers_a_new_epoc
         restarted.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Latest keyed signals across backends (issue 14): they live in Redis with their TTL, so a new
+// subscriber on one backend is greeted by the courier position reported through another.
+// ---------------------------------------------------------------------------------------------
+
+/// The first frame after `subscribed`, which must be a signal.
+async fn greeting(subscription: &mut herald_e2e::Subscription) -> herald_proto::v1::Signal {
+    match subscription.next_frame().await {
+        Ok(herald_proto::v1::subscribe_response::Frame::Signal(signal)) => signal,
+        other => panic!("a signal frame, got {other:?}"),
+    }
+}
+
+/// With `HERALD_TEST_DATABASE=postgres` both backends share the database and the order's
+/// customer subscribes on backend 1; on SQLite the order exists on backend 2's database only,
+/// so a service (which may read any order) subscribes on backend 1 instead.
+#[tokio::test]
+async fn a_courier_position_reported_through_backend_2_greets_a_new_subscriber_on_backend_1() {
+    let redis = redis();
+    let shared_url = match TestDatabase::from_env() {
+        TestDatabase::Postgres => Some(herald_e2e::postgres::shared().fresh_database().await),
+        TestDatabase::Sqlite => None,
+    };
+    let start = |url: Option<String>| {
+        let redis_url = redis.url();
+        spawn_app_with(move |config| {
+            config.broker.url = Some(redis_url);
+            if let Some(url) = url {
+                config.database_url = Some(url);
+            }
+        })
+    };
+    let first = start(shared_url.clone()).await;
+    let second = start(shared_url.clone()).await;
+
+    let cast = crate::orders::cast(&second).await;
+    let id = crate::orders::out_for_delivery(&cast).await;
+    let topic = format!("order:{id}");
+
+    // The first fix of a delivery goes out (kept, then broadcast) before ReportLocation
+    // answers.
+    let answer = cast
+        .kim
+        .report(vec![(
+            id,
+            crate::orders::fix(48.85, crate::orders::now_ms()),
+        )])
+        .await
+        .expect("ReportLocation answers");
+    assert_eq!((answer.accepted, answer.rejected), (1, 0));
+
+    let newcomer = match shared_url {
+        Some(_) => first.client("carol", &["customer"]).await,
+        None => first.client("dispatch", &["service"]).await,
+    };
+    let mut late = newcomer.subscribe(&topic).await;
+    let kept = greeting(&mut late).await;
+    assert_eq!(kept.r#type, "courier.location");
+    assert_eq!(kept.key, "courier");
+    let data = serde_json::to_value(kept.data.expect("the fix")).unwrap();
+    assert_eq!(data["fix"]["lat"], json!(48.85), "{data}");
+}

@@ -29,7 +29,7 @@ use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
 /// One principal with an Orders client and a Rooms client.
 #[derive(Clone)]
-struct Shop {
+pub(crate) struct Shop {
     orders: OrdersClient<Channel>,
     rooms: Client,
 }
@@ -43,15 +43,15 @@ async fn shop(app: &TestApp, sub: &str, roles: &[&str]) -> Shop {
 }
 
 /// The cast: two customers, an admin, a courier, the payment service.
-struct Cast {
-    carol: Shop,
+pub(crate) struct Cast {
+    pub(crate) carol: Shop,
     dave: Shop,
     ada: Shop,
-    kim: Shop,
+    pub(crate) kim: Shop,
     payments: Shop,
 }
 
-async fn cast(app: &TestApp) -> Cast {
+pub(crate) async fn cast(app: &TestApp) -> Cast {
     Cast {
         carol: shop(app, "carol", &["customer"]).await,
         dave: shop(app, "dave", &["customer"]).await,
@@ -61,7 +61,7 @@ async fn cast(app: &TestApp) -> Cast {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap();
@@ -75,7 +75,7 @@ fn timestamp(ms: i64) -> pbjson_types::Timestamp {
     }
 }
 
-fn fix(lat: f64, device_time_ms: i64) -> LocationFix {
+pub(crate) fn fix(lat: f64, device_time_ms: i64) -> LocationFix {
     LocationFix {
         lat,
         lng: 2.35,
@@ -275,7 +275,7 @@ impl Shop {
     }
 
     /// One ReportLocation stream with these fixes; the answer once it is closed.
-    async fn report(
+    pub(crate) async fn report(
         &self,
         fixes: Vec<(u64, LocationFix)>,
     ) -> Result<OrdersReportLocationResponse, Status> {
@@ -673,7 +673,7 @@ async fn each_role_receives_exactly_its_column_of_the_matrix_over_a_full_shop_da
 // Rules and errors
 
 /// An order of carol's, accepted, prepared, ready, assigned to kim and picked up.
-async fn out_for_delivery(cast: &Cast) -> u64 {
+pub(crate) async fn out_for_delivery(cast: &Cast) -> u64 {
     cast.kim.available().await.unwrap();
     let id = order_id(&cast.carol.place().await);
     cast.ada.prepare(id).await;

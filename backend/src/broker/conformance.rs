@@ -1,7 +1,7 @@
 //! The conformance suite every [`Broker`] implementation must pass. Each check runs against
 //! every implementation ([`BROKERS`]); the Redis broker's against a `redis-server` the test
 //! starts. Checks of the in-memory broker's own global caps, and of ages under paused time,
-//! run against it alone ([`MEMORY`]); the Redis broker's bounds are Redis's `maxmemory`.
+//! run against it alone ([`MEMORY`]); the Redis broker's global bound is Redis's `maxmemory`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +15,7 @@ use super::{
 use crate::{
     event::SharedEvent,
     hub::{Hub, HubItem},
+    signals::SignalLimits,
     topic::Topic,
 };
 
@@ -30,16 +31,25 @@ struct Backing {
 }
 
 async fn make(name: &str, hub: Arc<Hub>, retention: RetentionConfig) -> (Arc<dyn Broker>, Backing) {
+    make_with(name, hub, retention, SignalLimits::default()).await
+}
+
+async fn make_with(
+    name: &str,
+    hub: Arc<Hub>,
+    retention: RetentionConfig,
+    signals: SignalLimits,
+) -> (Arc<dyn Broker>, Backing) {
     match name {
         "memory" => (
-            Arc::new(super::memory::MemoryBroker::new(hub, retention)),
+            Arc::new(super::memory::MemoryBroker::new(hub, retention).with_signal_limits(signals)),
             Backing {
                 redis: None,
                 task: None,
             },
         ),
         _ => {
-            let (broker, redis, task) = redis_broker(hub, retention).await;
+            let (broker, redis, task) = redis_broker_with(hub, retention, signals).await;
             (
                 Arc::new(broker),
                 Backing {
@@ -55,11 +65,22 @@ async fn redis_broker(
     hub: Arc<Hub>,
     retention: RetentionConfig,
 ) -> (RedisBroker, RedisServer, DropGuard) {
+    redis_broker_with(hub, retention, SignalLimits::default()).await
+}
+
+async fn redis_broker_with(
+    hub: Arc<Hub>,
+    retention: RetentionConfig,
+    signals: SignalLimits,
+) -> (RedisBroker, RedisServer, DropGuard) {
     let redis = RedisServer::start().await;
     let shutdown = CancellationToken::new();
     let broker = RedisBroker::connect(
         hub,
-        &RedisConfig::new(redis.url()),
+        &RedisConfig {
+            signals,
+            ..RedisConfig::new(redis.url())
+        },
         retention,
         shutdown.clone(),
     )
@@ -575,9 +596,9 @@ async fn finding_3_history_bytes_of_all_topics_stay_within_their_cap() {
 
 #[tokio::test]
 async fn a_publisher_flooding_unique_keys_evicts_only_its_own_keys_within_its_share() {
-    for name in MEMORY {
+    for name in BROKERS {
         let hub = Hub::new(16);
-        let (broker, _backing) = make(
+        let (broker, backing) = make(
             name,
             hub.clone(),
             RetentionConfig {
@@ -603,7 +624,10 @@ async fn a_publisher_flooding_unique_keys_evicts_only_its_own_keys_within_its_sh
                 .publish(by("mallory", &format!("same-{i}")))
                 .await
                 .unwrap();
-            assert!(broker.stats().idempotency_keys <= 11, "{name}");
+            if backing.redis.is_none() || i % 50 == 0 || i == 999 {
+                let remembered = remembered_keys(&broker, &backing).await;
+                assert!(remembered <= 11, "{name}: {remembered} keys remembered");
+            }
         }
         let retry = broker.publish(by("alice", "order-1")).await.unwrap();
         assert!(retry.duplicate, "{name}: alice's key survived the flood");
@@ -616,15 +640,169 @@ async fn a_publisher_flooding_unique_keys_evicts_only_its_own_keys_within_its_sh
                 .publish(by("mallory", "same-999"))
                 .await
                 .unwrap()
-                .duplicate
+                .duplicate,
+            "{name}"
         );
         assert!(
             !broker
                 .publish(by("mallory", "same-0"))
                 .await
                 .unwrap()
-                .duplicate
+                .duplicate,
+            "{name}"
         );
+    }
+}
+
+/// The idempotency keys a broker remembers: the in-memory broker counts them, the Redis
+/// broker's are counted in Redis.
+async fn remembered_keys(broker: &Arc<dyn Broker>, backing: &Backing) -> u64 {
+    match &backing.redis {
+        None => broker.stats().idempotency_keys,
+        Some(redis) => match redis.command(&["KEYS", "herald:i:*"]).await {
+            redis::Value::Array(keys) => keys.len() as u64,
+            other => panic!("KEYS answered {other:?}"),
+        },
+    }
+}
+
+// Latest keyed signals: the broker's, so every node greets a subscriber with the same.
+
+fn keyed(key: &str, n: f64) -> Arc<Signal> {
+    Arc::new(Signal {
+        topic: durable_topic().to_string(),
+        r#type: "courier.location".into(),
+        key: key.into(),
+        data: Some(herald_proto::wkt::Struct {
+            fields: [(
+                "n".to_owned(),
+                herald_proto::wkt::Value {
+                    kind: Some(herald_proto::wkt::value::Kind::NumberValue(n)),
+                },
+            )]
+            .into(),
+        }),
+        ..Signal::default()
+    })
+}
+
+fn keys_of(signals: &[Signal]) -> Vec<&str> {
+    signals.iter().map(|signal| signal.key.as_str()).collect()
+}
+
+const SIGNAL_TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_kept_signal_is_the_latest_of_its_key_and_keys_come_oldest_first() {
+    for name in BROKERS {
+        let (broker, _backing) = make(name, Hub::new(16), retention(10)).await;
+        let order = durable_topic();
+        for (key, n) in [("courier-7", 1.0), ("courier-7", 2.0), ("courier-8", 1.0)] {
+            let kept = broker
+                .keep_signal(&order, keyed(key, n), SIGNAL_TTL)
+                .await
+                .unwrap();
+            assert!(kept, "{name}");
+        }
+        let latest = broker.latest_signals(&order, SIGNAL_TTL).await.unwrap();
+        assert_eq!(
+            latest,
+            vec![
+                (*keyed("courier-7", 2.0)).clone(),
+                (*keyed("courier-8", 1.0)).clone()
+            ],
+            "{name}: one per key, the latest, oldest first"
+        );
+        assert!(
+            broker
+                .latest_signals(&topic(), SIGNAL_TTL)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: another topic keeps none"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_kept_signal_is_not_returned_after_its_ttl() {
+    for name in BROKERS {
+        let (broker, _backing) = make(name, Hub::new(16), retention(10)).await;
+        let order = durable_topic();
+        let short = Duration::from_millis(300);
+        broker
+            .keep_signal(&order, keyed("courier-7", 1.0), short)
+            .await
+            .unwrap();
+        let latest = broker.latest_signals(&order, short).await.unwrap();
+        assert_eq!(keys_of(&latest), ["courier-7"], "{name}");
+        // Waiting past the signal's TTL.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            broker
+                .latest_signals(&order, short)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: expired"
+        );
+        broker
+            .keep_signal(&order, keyed("courier-8", 1.0), short)
+            .await
+            .unwrap();
+        let latest = broker.latest_signals(&order, short).await.unwrap();
+        assert_eq!(keys_of(&latest), ["courier-8"], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn the_kept_keys_of_a_topic_stay_within_their_bound_and_expired_keys_make_room() {
+    for name in BROKERS {
+        let limits = SignalLimits {
+            max_keys_per_topic: 3,
+            max_kept: usize::MAX,
+        };
+        let (broker, _backing) = make_with(name, Hub::new(16), retention(10), limits).await;
+        let order = durable_topic();
+        let keep = |topic: Topic, key: &'static str, ttl: Duration| {
+            let broker = broker.clone();
+            async move {
+                broker
+                    .keep_signal(&topic, keyed(key, 1.0), ttl)
+                    .await
+                    .unwrap()
+            }
+        };
+        for key in ["a", "b", "c"] {
+            assert!(keep(order.clone(), key, SIGNAL_TTL).await, "{name}");
+        }
+        assert!(
+            !keep(order.clone(), "d", SIGNAL_TTL).await,
+            "{name}: not kept"
+        );
+        assert_eq!(broker.stats().unkept_signals, 1, "{name}: counted");
+        assert!(
+            keep(order.clone(), "a", SIGNAL_TTL).await,
+            "{name}: a kept key is replaced in place"
+        );
+        let latest = broker.latest_signals(&order, SIGNAL_TTL).await.unwrap();
+        assert_eq!(keys_of(&latest), ["b", "c", "a"], "{name}");
+        assert!(
+            keep(topic(), "d", SIGNAL_TTL).await,
+            "{name}: the bound is per topic"
+        );
+
+        // Keys past their TTL make room for new ones.
+        let short = Duration::from_millis(300);
+        let other = room(1);
+        for key in ["a", "b", "c"] {
+            assert!(keep(other.clone(), key, short).await, "{name}");
+        }
+        // Waiting past the TTL of a, b and c.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(keep(other.clone(), "d", short).await, "{name}");
+        let latest = broker.latest_signals(&other, short).await.unwrap();
+        assert_eq!(keys_of(&latest), ["d"], "{name}");
     }
 }
 
@@ -821,4 +999,56 @@ async fn redis_a_paused_redis_makes_the_broker_unready_and_it_is_ready_again_aft
     }
     let expected: Vec<u64> = (2..=published.position.offset).collect();
     assert_eq!(offsets, expected);
+}
+
+#[tokio::test]
+async fn redis_a_signal_kept_through_one_node_is_read_on_another() {
+    let redis = RedisServer::start().await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let node = || {
+        let config = RedisConfig::new(redis.url());
+        let shutdown = shutdown.clone();
+        async move {
+            RedisBroker::connect(Hub::new(16), &config, retention(10), shutdown)
+                .await
+                .unwrap()
+        }
+    };
+    let (one, two) = (node().await, node().await);
+    let order = durable_topic();
+    assert!(
+        one.keep_signal(&order, keyed("courier-7", 3.0), SIGNAL_TTL)
+            .await
+            .unwrap()
+    );
+    let latest = two.latest_signals(&order, SIGNAL_TTL).await.unwrap();
+    assert_eq!(latest, vec![(*keyed("courier-7", 3.0)).clone()]);
+}
+
+#[tokio::test]
+async fn redis_reads_of_signals_keep_nothing_and_an_idle_topic_costs_nothing_after_its_ttl() {
+    let (broker, redis, _task) = redis_broker(Hub::new(16), retention(10)).await;
+    for i in 0..1000 {
+        let latest = broker.latest_signals(&room(i), SIGNAL_TTL).await.unwrap();
+        assert!(latest.is_empty());
+    }
+    assert_eq!(redis.command(&["DBSIZE"]).await, redis::Value::Int(0));
+
+    let short = Duration::from_millis(300);
+    broker
+        .keep_signal(&room(1), keyed("courier-7", 1.0), short)
+        .await
+        .unwrap();
+    let key = "herald:t:room:bounded-1:k";
+    let redis::Value::Int(pttl) = redis.command(&["PTTL", key]).await else {
+        panic!("PTTL answers an integer");
+    };
+    assert!(
+        pttl > 0 && pttl <= 300,
+        "the hash expires with the TTL: {pttl}"
+    );
+    // Waiting past the TTL.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(redis.command(&["EXISTS", key]).await, redis::Value::Int(0));
 }

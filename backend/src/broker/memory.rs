@@ -34,7 +34,7 @@ use std::{
 use async_trait::async_trait;
 use herald_proto::{
     support::lock,
-    v1::{Event, StreamPosition},
+    v1::{Event, Signal, StreamPosition},
 };
 use prost::Message;
 use serde::Deserialize;
@@ -46,6 +46,7 @@ use super::{
 use crate::{
     event::SharedEvent,
     hub::{Hub, HubItem},
+    signals::{SignalBoard, SignalLimits},
     topic::Topic,
 };
 
@@ -102,6 +103,8 @@ struct Totals {
     refused: AtomicU64,
     /// Keys forgotten because their publisher reached its share.
     evicted_keys: AtomicU64,
+    /// Keyed signals not kept because a bound was reached.
+    unkept_signals: AtomicU64,
     /// Hub deliveries per lane: memory publishes, relayed durable events, broadcasts
     /// (signals, presence) — [`crate::metrics::LANES`] order.
     delivered: [AtomicU64; 3],
@@ -245,6 +248,8 @@ pub struct MemoryBroker {
     /// may outlive its key (expired, or its log forgotten); such entries only count against
     /// their publisher's own share until the window drops them.
     publisher_keys: Mutex<PublisherKeys>,
+    /// The latest keyed signals (`topics.max_kept_signals`, `max_signal_keys_per_topic`).
+    signals: SignalBoard,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -265,7 +270,15 @@ impl MemoryBroker {
             secret: RandomState::new(),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             publisher_keys: Mutex::new(HashMap::new()),
+            signals: SignalBoard::with_limits(SignalLimits::default()),
         }
+    }
+
+    /// The same broker with these bounds of the kept signals (the default ones otherwise).
+    #[must_use]
+    pub fn with_signal_limits(mut self, limits: SignalLimits) -> MemoryBroker {
+        self.signals = SignalBoard::with_limits(limits);
+        self
     }
 
     /// Counts a new key against its publisher's share; at the share, forgets that
@@ -510,6 +523,8 @@ impl MemoryBroker {
             trimmed_events: self.totals.trimmed_events.load(Ordering::Relaxed),
             refused_at_capacity: self.totals.refused.load(Ordering::Relaxed),
             evicted_keys: self.totals.evicted_keys.load(Ordering::Relaxed),
+            kept_signals: self.signals.kept() as u64,
+            unkept_signals: self.totals.unkept_signals.load(Ordering::Relaxed),
         }
     }
 
@@ -753,6 +768,27 @@ impl Broker for MemoryBroker {
         let delivered = self.hub.deliver(topic, item);
         self.totals.delivered[2].fetch_add(delivered as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn keep_signal(
+        &self,
+        topic: &Topic,
+        signal: Arc<Signal>,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let kept = self.signals.keep(topic, signal, ttl);
+        if !kept {
+            self.totals.unkept_signals.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(kept)
+    }
+
+    async fn latest_signals(
+        &self,
+        topic: &Topic,
+        ttl: Duration,
+    ) -> Result<Vec<Signal>, BrokerError> {
+        Ok(self.signals.latest(topic, ttl))
     }
 
     fn stats(&self) -> BrokerStats {

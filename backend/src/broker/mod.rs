@@ -15,10 +15,13 @@ pub(crate) mod redis_server;
 #[cfg(test)]
 mod conformance;
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use herald_proto::{v1::StreamPosition, wkt::Struct};
+use herald_proto::{
+    v1::{Signal, StreamPosition},
+    wkt::Struct,
+};
 
 use crate::{event::SharedEvent, hub::HubItem, topic::Topic};
 
@@ -105,6 +108,12 @@ pub struct BrokerStats {
     /// Idempotency keys forgotten early because their publisher reached its share
     /// (`retention.max_idempotency_keys_per_publisher`).
     pub evicted_keys: u64,
+    /// Latest keyed signals kept (the in-memory broker; the Redis broker does not count what
+    /// Redis holds).
+    pub kept_signals: u64,
+    /// Keyed signals delivered but not kept because a bound was reached
+    /// (`topics.max_signal_keys_per_topic`, `topics.max_kept_signals`), by this node.
+    pub unkept_signals: u64,
 }
 
 /// The contract every broker keeps.
@@ -130,8 +139,22 @@ pub struct BrokerStats {
 /// - **Idempotency.** A publish whose idempotency key was seen on the topic *from the same
 ///   publisher* within the window returns the first `Published` (with `duplicate = true`) and
 ///   delivers nothing.
+/// - **Idempotency share.** Each publisher (token `sub`) has a share of the keys remembered,
+///   all topics together (`retention.max_idempotency_keys_per_publisher`): a publisher at its
+///   share that publishes with a new key forgets its own oldest key first, never another
+///   publisher's; each key forgotten so is counted (`evicted_keys`).
 /// - **Ephemeral items.** `broadcast` fans an item (a presence change, a signal) out to every
 ///   node's hub without an offset or history.
+/// - **Latest keyed signals.** `keep_signal` keeps a signal as the latest of its (topic, key)
+///   for a TTL, for every node: `latest_signals` on any node returns the kept signals of a
+///   topic that are younger than their TTL, one per key, oldest first. Expired signals are
+///   never returned and cost nothing after their TTL. At most
+///   `topics.max_signal_keys_per_topic` keys per topic (the in-memory broker also bounds all
+///   topics together, `topics.max_kept_signals`): at a bound a new key is not kept (answered
+///   `false` and counted in `unkept_signals`; the signal is still delivered: at most once), a
+///   kept key is replaced in place. `latest_signals` keeps nothing. Like `history`, it sees
+///   every signal kept before it was called, or the subscriber registered before it gets the
+///   signal live (`keep_signal` comes before the signal's `broadcast`).
 /// - **Durable topics: a cache in front of the database.** `append` takes an event whose
 ///   offset and epoch its database transaction fixed (the relay calls it in offset order per
 ///   topic). The broker never renumbers it:
@@ -158,6 +181,24 @@ pub trait Broker: Send + Sync + Debug + 'static {
     ) -> Result<HistoryPage, BrokerError>;
 
     async fn broadcast(&self, topic: &Topic, item: HubItem) -> Result<(), BrokerError>;
+
+    /// Keeps `signal` (its `key` is not empty) as the latest of its (topic, key) for `ttl`.
+    /// False when a bound left no room for its key (see the trait docs).
+    async fn keep_signal(
+        &self,
+        topic: &Topic,
+        signal: Arc<Signal>,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError>;
+
+    /// The kept signals of `topic` younger than `ttl` (the kind's TTL, as given to
+    /// `keep_signal`; the Redis broker fixes each signal's expiry when it is kept), one per
+    /// key, oldest first.
+    async fn latest_signals(
+        &self,
+        topic: &Topic,
+        ttl: Duration,
+    ) -> Result<Vec<Signal>, BrokerError>;
 
     /// What the broker holds and how often its bounds were reached.
     fn stats(&self) -> BrokerStats;

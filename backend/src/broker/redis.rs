@@ -15,6 +15,20 @@
 //!   trimmed by the next read or write, and the whole stream expires after that age of quiet.
 //! - `{p}:i:{len}:{topic}:{len}:{publisher}:{key}` — an idempotency key with its first answer,
 //!   expiring after `retention.idempotency_window`.
+//! - `{p}:ip:{len}:{publisher}` — the publisher's share of idempotency keys
+//!   (`retention.max_idempotency_keys_per_publisher`, all topics together): a sorted set of
+//!   the names of its key entries above, scored by Redis time in µs. A publish with a new key
+//!   drops the members older than the window, then, at the share, forgets the publisher's
+//!   oldest keys (`ZPOPMIN` + `DEL`, counted as `evicted_keys`) before it adds its own; the set
+//!   expires after a window of quiet. The script touches those key entries by name (one Redis,
+//!   not Redis Cluster).
+//! - `{p}:t:{topic}:k` — the latest keyed signals of a topic: a hash, field = the signal's key,
+//!   value = `<expiry> <Signal bytes>` (expiry in µs of Redis time). One script keeps a signal:
+//!   a new key at `topics.max_signal_keys_per_topic` first drops the expired fields and, still
+//!   at the bound, is not kept (delivered, counted as `unkept_signals`); the hash's `PEXPIRE`
+//!   is at least the TTL, so an idle topic's hash is gone one TTL after its last signal. A read
+//!   is another script that returns the fields not expired and deletes the expired ones: it
+//!   creates nothing.
 //! - channel `{p}:c:{topic}` — live messages: `e<offset> <epoch> <Event bytes>` (the event's
 //!   own offset and epoch fields are left empty in the bytes), `p<PresenceChange bytes>`,
 //!   `s<Signal bytes>`.
@@ -34,8 +48,9 @@
 //! the topic has local subscribers, which keeps the contract that a subscriber registered
 //! with the hub before reading history misses nothing.
 //!
-//! Bounds: per topic, the stream's count and age and the idempotency window (as the memory
-//! broker); all topics together, Redis's own `maxmemory`. A write Redis refuses for memory
+//! Bounds: per topic, the stream's count and age, the idempotency window and the kept signal
+//! keys; per publisher, its share of idempotency keys (as the memory broker); all topics
+//! together, Redis's own `maxmemory`. A write Redis refuses for memory
 //! (`OOM`) is [`BrokerError::AtCapacity`].
 
 use std::{
@@ -66,6 +81,7 @@ use super::{
 use crate::{
     event::SharedEvent,
     hub::{Hub, HubItem, TopicWatcher},
+    signals::SignalLimits,
     topic::Topic,
 };
 
@@ -77,10 +93,24 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 const FILL_LIMIT: usize = 10_000;
 
 const PUBLISH: &str = r"
-local meta, stream, idem, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, stream, idem, gkey, share = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local evicted = 0
 if ARGV[3] == '1' then
   local seen = redis.call('GET', idem)
-  if seen then return {1, seen} end
+  if seen then return {1, seen, 0} end
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local window = tonumber(ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', share, '-inf', string.format('%d', us - window * 1000))
+  if not redis.call('ZSCORE', share, idem) then
+    local over = redis.call('ZCARD', share) - tonumber(ARGV[10]) + 1
+    if over > 0 then
+      local oldest = redis.call('ZPOPMIN', share, over)
+      for i = 1, #oldest, 2 do evicted = evicted + redis.call('DEL', oldest[i]) end
+    end
+  end
+  redis.call('ZADD', share, string.format('%d', us), idem)
+  redis.call('PEXPIRE', share, window)
 end
 local epoch = redis.call('HGET', meta, 'epoch')
 local top = 0
@@ -102,7 +132,45 @@ redis.call('PEXPIRE', stream, ARGV[6])
 local answer = offset .. ' ' .. epoch .. ' ' .. ARGV[2]
 if ARGV[3] == '1' then redis.call('SET', idem, answer, 'PX', ARGV[4]) end
 redis.call('PUBLISH', ARGV[9], msg)
-return {0, answer}
+return {0, answer, evicted}
+";
+
+const KEEP_SIGNAL: &str = r"
+local hash, field = KEYS[1], ARGV[1]
+local ttl, max = tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('HEXISTS', hash, field) == 0 and redis.call('HLEN', hash) >= max then
+  local all = redis.call('HGETALL', hash)
+  for i = 1, #all, 2 do
+    local space = string.find(all[i + 1], ' ', 1, true)
+    if not space or tonumber(string.sub(all[i + 1], 1, space - 1)) <= now then
+      redis.call('HDEL', hash, all[i])
+    end
+  end
+  if redis.call('HLEN', hash) >= max then return 0 end
+end
+redis.call('HSET', hash, field, string.format('%d', now + ttl * 1000) .. ' ' .. ARGV[4])
+if redis.call('PTTL', hash) < ttl then redis.call('PEXPIRE', hash, ttl) end
+return 1
+";
+
+const LATEST_SIGNALS: &str = r"
+local hash = KEYS[1]
+local all = redis.call('HGETALL', hash)
+if #all == 0 then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fresh = {}
+for i = 1, #all, 2 do
+  local space = string.find(all[i + 1], ' ', 1, true)
+  if space and tonumber(string.sub(all[i + 1], 1, space - 1)) > now then
+    fresh[#fresh + 1] = all[i + 1]
+  else
+    redis.call('HDEL', hash, all[i])
+  end
+end
+return fresh
 ";
 
 const APPEND: &str = r"
@@ -173,6 +241,8 @@ pub struct RedisConfig {
     pub url: String,
     /// Prefix of every key and channel, so several clusters can share one Redis.
     pub prefix: String,
+    /// The bounds of the latest keyed signals (only the per-topic one applies here).
+    pub signals: SignalLimits,
 }
 
 impl RedisConfig {
@@ -180,6 +250,7 @@ impl RedisConfig {
         RedisConfig {
             url: url.into(),
             prefix: "herald".into(),
+            signals: SignalLimits::default(),
         }
     }
 }
@@ -197,6 +268,8 @@ struct TopicState {
 struct Counters {
     delivered: [AtomicU64; 3],
     refused: AtomicU64,
+    evicted_keys: AtomicU64,
+    unkept_signals: AtomicU64,
     fills: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -206,6 +279,7 @@ struct Shared {
     client: redis::Client,
     prefix: String,
     retention: RetentionConfig,
+    signals: SignalLimits,
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     topics: Mutex<HashMap<Topic, TopicState>>,
     dirty: Mutex<HashSet<Topic>>,
@@ -218,6 +292,8 @@ struct Shared {
     publish: Script,
     append: Script,
     history: Script,
+    keep_signal: Script,
+    latest_signals: Script,
 }
 
 impl fmt::Debug for Shared {
@@ -276,6 +352,7 @@ impl RedisBroker {
             client,
             prefix: config.prefix.clone(),
             retention,
+            signals: config.signals,
             commands: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
@@ -286,6 +363,8 @@ impl RedisBroker {
             publish: Script::new(PUBLISH),
             append: Script::new(APPEND),
             history: Script::new(HISTORY),
+            keep_signal: Script::new(KEEP_SIGNAL),
+            latest_signals: Script::new(LATEST_SIGNALS),
         });
         let broker = RedisBroker { shared };
         broker.connection().await?;
@@ -449,6 +528,19 @@ fn decode_event(topic: &Topic, message: &[u8]) -> Option<Arc<SharedEvent>> {
     Some(Arc::new(SharedEvent::new(event)))
 }
 
+/// Decodes a kept signal, `<expiry> <Signal bytes>`, into its expiry and the signal.
+fn decode_kept_signal(topic: &Topic, value: &[u8]) -> Option<(u64, Signal)> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let expiry = std::str::from_utf8(&value[..space]).ok()?.parse().ok()?;
+    match Signal::decode(&value[space + 1..]) {
+        Ok(signal) => Some((expiry, signal)),
+        Err(error) => {
+            tracing::warn!(%topic, %error, "an undecodable kept signal in Redis was skipped");
+            None
+        }
+    }
+}
+
 fn encode_event(event: &Event, kind: char) -> Vec<u8> {
     let mut bare = event.clone();
     let offset = std::mem::take(&mut bare.offset);
@@ -488,16 +580,18 @@ impl Broker for RedisBroker {
             ),
             None => format!("{}:i:-", shared.prefix),
         };
+        let share = format!("{}:ip:{}", shared.prefix, length_prefixed(&draft.publisher));
         let window_ms = u64::try_from(shared.retention.idempotency_window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut connection = self.connection().await?;
-        let (duplicate, answer): (i64, String) = shared
+        let (duplicate, answer, evicted): (i64, String, u64) = shared
             .publish
             .key(shared.topic_key(&draft.topic, "m"))
             .key(shared.topic_key(&draft.topic, "s"))
             .key(idem)
             .key(format!("{}:g", shared.prefix))
+            .key(share)
             .arg(body)
             .arg(&id)
             .arg(if draft.idempotency_key.is_some() {
@@ -511,9 +605,16 @@ impl Broker for RedisBroker {
             .arg(random_token())
             .arg(draft.topic.as_str())
             .arg(shared.channel(&draft.topic))
+            .arg(shared.retention.max_idempotency_keys_per_publisher.max(1))
             .invoke_async(&mut connection)
             .await
             .map_err(|error| self.failed(&error))?;
+        if evicted > 0 {
+            shared
+                .counters
+                .evicted_keys
+                .fetch_add(evicted, Ordering::Relaxed);
+        }
         let mut parts = answer.splitn(3, ' ');
         let (Some(offset), Some(epoch), Some(id)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -596,10 +697,68 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn keep_signal(
+        &self,
+        topic: &Topic,
+        signal: Arc<Signal>,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let shared = &self.shared;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut connection = self.connection().await?;
+        let kept: i64 = shared
+            .keep_signal
+            .key(shared.topic_key(topic, "k"))
+            .arg(&signal.key)
+            .arg(ttl_ms)
+            .arg(shared.signals.max_keys_per_topic.max(1))
+            .arg(signal.encode_to_vec())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| self.failed(&error))?;
+        if kept != 1 {
+            shared
+                .counters
+                .unkept_signals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%topic, "the topic keeps its most signal keys; the signal is delivered but not kept");
+        }
+        Ok(kept == 1)
+    }
+
+    async fn latest_signals(
+        &self,
+        topic: &Topic,
+        _ttl: Duration,
+    ) -> Result<Vec<Signal>, BrokerError> {
+        let shared = &self.shared;
+        // As `history`: a signal kept after this read is broadcast after it, and reaches a
+        // subscriber registered before it only once this node's channel subscription is up.
+        if shared.hub.has_subscribers(topic) {
+            self.await_subscription(topic).await?;
+        }
+        let mut connection = self.connection().await?;
+        let values: Vec<Vec<u8>> = shared
+            .latest_signals
+            .key(shared.topic_key(topic, "k"))
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| self.failed(&error))?;
+        let mut fresh: Vec<(u64, Signal)> = values
+            .iter()
+            .filter_map(|value| decode_kept_signal(topic, value))
+            .collect();
+        fresh.sort_by_key(|(expiry, _)| *expiry);
+        Ok(fresh.into_iter().map(|(_, signal)| signal).collect())
+    }
+
     fn stats(&self) -> BrokerStats {
+        let counters = &self.shared.counters;
         BrokerStats {
             topics: lock(&self.shared.topics).len() as u64,
-            refused_at_capacity: self.shared.counters.refused.load(Ordering::Relaxed),
+            refused_at_capacity: counters.refused.load(Ordering::Relaxed),
+            evicted_keys: counters.evicted_keys.load(Ordering::Relaxed),
+            unkept_signals: counters.unkept_signals.load(Ordering::Relaxed),
             ..BrokerStats::default()
         }
     }
