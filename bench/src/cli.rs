@@ -210,7 +210,9 @@ fn parse_watch_pid(spec: &str) -> Result<WatchPid, String> {
             name: name.to_owned(),
             pid,
         }),
-        _ => Err(format!("`{spec}`: `{pid}` is not a process id (a number > 0)")),
+        _ => Err(format!(
+            "`{spec}`: `{pid}` is not a process id (a number > 0)"
+        )),
     }
 }
 
