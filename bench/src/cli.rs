@@ -62,6 +62,11 @@ impl Protocol {
         node bench/peers/socketio/server.js --port 3000 &\n  \
         herald-bench --protocol socketio --source-ips 127.0.0.2-127.0.0.40 \
         --subscribers 10000 --rate 100 --server-pid $!\n\n\
+        Across two backends sharing a Redis broker (bench/cluster.sh starts them): subscribers \
+        on one, publishers on the other, Redis's CPU beside the servers':\n  \
+        herald-bench --secret $SECRET --server http://127.0.0.1:50071 \
+        --publish-server http://127.0.0.1:50072 --server-pid $A --watch-pid backend-b=$B \
+        --watch-pid redis=$R --subscribers 10000 --rate 100\n\n\
         The last line of output is one JSON object with every figure."
 )]
 #[command(group(ArgGroup::new("mode").required(true).args(["rate", "saturate", "idle"])))]
@@ -74,6 +79,11 @@ pub(crate) struct Args {
     /// The Herald gRPC server (subscribers with --protocol grpc, publishers with grpc and ws).
     #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
     server: String,
+
+    /// Publish to this Herald gRPC server instead of --server: another backend of the same
+    /// cluster (a shared --broker), so every event crosses the broker to reach the subscribers.
+    #[arg(long, value_name = "URL")]
+    publish_server: Option<String>,
 
     /// WebSocket endpoint(s) for --protocol ws or socketio; repeat it to spread sockets
     /// round-robin over several edges [default: ws://127.0.0.1:8080/ws for ws,
@@ -165,6 +175,11 @@ pub(crate) struct Args {
     #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
     server_pids: Vec<u32>,
 
+    /// Another process whose CPU during the window is reported beside the server's, under
+    /// NAME, e.g. `--watch-pid redis=1234 --watch-pid backend-b=1240` (repeatable).
+    #[arg(long = "watch-pid", value_name = "NAME=PID", value_parser = parse_watch_pid)]
+    watch_pids: Vec<WatchPid>,
+
     /// Topic names are PREFIX-0 … PREFIX-{T-1}.
     #[arg(long, default_value = "room:bench", value_name = "PREFIX")]
     topic_prefix: String,
@@ -172,6 +187,33 @@ pub(crate) struct Args {
     /// A name for this run in the report [default: derived from the options]
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
+}
+
+/// A process named by `--watch-pid NAME=PID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WatchPid {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+}
+
+/// Parses `NAME=PID`: a non-empty name without `=` and a process id > 0.
+fn parse_watch_pid(spec: &str) -> Result<WatchPid, String> {
+    let Some((name, pid)) = spec.split_once('=') else {
+        return Err(format!("`{spec}`: give NAME=PID, e.g. redis=1234"));
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("`{spec}`: the name before `=` is empty"));
+    }
+    match pid.trim().parse::<u32>() {
+        Ok(pid) if pid > 0 => Ok(WatchPid {
+            name: name.to_owned(),
+            pid,
+        }),
+        _ => Err(format!(
+            "`{spec}`: `{pid}` is not a process id (a number > 0)"
+        )),
+    }
 }
 
 /// Where the bearer token comes from.
@@ -195,6 +237,8 @@ pub(crate) enum Mode {
 pub(crate) struct Plan {
     pub(crate) protocol: Protocol,
     pub(crate) server: String,
+    /// Where publishers send `Rooms/Publish`: `--publish-server`, else `server`.
+    pub(crate) publish_server: String,
     pub(crate) ws_urls: Vec<String>,
     pub(crate) source_ips: Vec<IpAddr>,
     pub(crate) publish_key: String,
@@ -212,6 +256,7 @@ pub(crate) struct Plan {
     pub(crate) open_concurrency: usize,
     pub(crate) open_timeout: Duration,
     pub(crate) server_pids: Vec<u32>,
+    pub(crate) watch_pids: Vec<WatchPid>,
     pub(crate) scenario: String,
 }
 
@@ -268,6 +313,18 @@ impl Args {
                 ));
             }
         };
+        if self.publish_server.is_some() && self.protocol == Protocol::Socketio {
+            return Err(BenchError::new(
+                "--publish-server is for Herald (grpc, ws); the Socket.IO peer is published to over its sockets",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = self.watch_pids.iter().find(|w| !names.insert(&w.name)) {
+            return Err(BenchError::new(format!(
+                "--watch-pid {}: the name is given twice",
+                twice.name
+            )));
+        }
         if let Some(0) = self.max_lag {
             return Err(BenchError::new("--max-lag must be at least 1"));
         }
@@ -309,6 +366,7 @@ impl Args {
         });
         Ok(Plan {
             protocol,
+            publish_server: self.publish_server.unwrap_or_else(|| self.server.clone()),
             server: self.server,
             ws_urls,
             source_ips,
@@ -327,6 +385,7 @@ impl Args {
             open_concurrency,
             open_timeout: seconds("open-timeout", self.open_timeout)?,
             server_pids: self.server_pids,
+            watch_pids: self.watch_pids,
             scenario,
         })
     }
@@ -390,6 +449,63 @@ mod tests {
         assert_eq!(two.source_ips.len(), 2);
         assert_eq!(two.server_pids, [10, 11]);
         assert!(plan(&["--idle", "--source-ips", "nope"]).is_err());
+    }
+
+    #[test]
+    fn publishers_use_the_publish_server_when_given() {
+        let same = plan(&["--rate", "1", "--server", "http://a:1"]).unwrap();
+        assert_eq!(same.publish_server, "http://a:1");
+        let other = plan(&[
+            "--rate",
+            "1",
+            "--server",
+            "http://a:1",
+            "--publish-server",
+            "http://b:2",
+        ])
+        .unwrap();
+        assert_eq!(other.server, "http://a:1");
+        assert_eq!(other.publish_server, "http://b:2");
+        assert!(
+            plan(&[
+                "--protocol",
+                "socketio",
+                "--rate",
+                "1",
+                "--publish-server",
+                "http://b:2"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn watched_processes_are_name_equals_pid() {
+        let watched = plan(&[
+            "--idle",
+            "--watch-pid",
+            "redis=1234",
+            "--watch-pid",
+            " backend-b = 77 ",
+        ])
+        .unwrap();
+        assert_eq!(
+            watched.watch_pids,
+            [
+                WatchPid {
+                    name: "redis".into(),
+                    pid: 1234
+                },
+                WatchPid {
+                    name: "backend-b".into(),
+                    pid: 77
+                }
+            ]
+        );
+        for bad in ["redis", "=12", "redis=", "redis=0", "redis=-3", "redis=12x"] {
+            assert!(parse_watch_pid(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(plan(&["--idle", "--watch-pid", "r=1", "--watch-pid", "r=2"]).is_err());
     }
 
     #[test]

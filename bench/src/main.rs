@@ -6,13 +6,19 @@
 //! memory per subscriber, and whether every subscriber saw every acknowledged event exactly
 //! once and in order.
 //!
+//! Publishers may use another backend than the subscribers (`--publish-server`), so that every
+//! event crosses a shared broker (Redis) to reach them; `--watch-pid NAME=PID` reports the CPU
+//! of other processes (Redis, the other backend) beside the server's. bench/cluster.sh starts
+//! Redis and two backends for that.
+//!
 //! ```text
 //!  cli (options → Plan) ──► run (phases: connect, open, warm up, measure, drain, report)
 //!                              ├──► subscriber (one task per subscriber: resume, count, time)
 //!                              │      grpc │ ws (Herald's browser protocol) │ socketio
 //!                              ├──► publisher  (rate-paced or saturating publish loops:
 //!                              │                Rooms/Publish, or Socket.IO `publish`)
-//!                              └──► proc_stats (server RSS and CPU from /proc)
+//!                              └──► proc_stats (server RSS and CPU, watched processes' CPU,
+//!                                               from /proc)
 //!  net (WebSockets from many source addresses)   engineio (Socket.IO packets)
 //!  wire (lean decoding of event frames)   histogram (latencies)   auth (token)
 //!  report (human summary + one JSON line)

@@ -12,6 +12,9 @@ pub(crate) struct Report {
     pub(crate) protocol: String,
     pub(crate) mode: String,
     pub(crate) server: String,
+    /// Where publishes went (`--publish-server`, else the server); `None` when nothing is
+    /// published through Herald.
+    pub(crate) publish_server: Option<String>,
     pub(crate) subscribers: usize,
     pub(crate) topics: usize,
     pub(crate) connections: usize,
@@ -52,6 +55,8 @@ pub(crate) struct Report {
     pub(crate) server_rss_end_kib: Vec<u64>,
     pub(crate) server_cpu_percent: Option<f64>,
     pub(crate) bench_cpu_percent: Option<f64>,
+    /// CPU of each `--watch-pid` process during the window, by name, in order.
+    pub(crate) watched_cpu_percent: Vec<(String, Option<f64>)>,
     pub(crate) bench_rss_kib: Option<u64>,
 }
 
@@ -99,6 +104,14 @@ impl Report {
             .collect()
     }
 
+    /// `{"name": percent, …}` of the watched processes (null where unreadable).
+    fn watched_cpu_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.watched_cpu_percent
+            .iter()
+            .map(|(name, cpu)| (name.clone(), json!(cpu.map(|v| round(v, 1)))))
+            .collect()
+    }
+
     fn is_idle(&self) -> bool {
         self.mode == "idle"
     }
@@ -115,6 +128,13 @@ impl Report {
             self.open_secs,
             per_sec(self.subscribers as u64, self.open_secs),
         );
+        if let Some(publish_server) = self
+            .publish_server
+            .as_ref()
+            .filter(|&url| *url != self.server)
+        {
+            println!("publishing to {publish_server}");
+        }
         if let (Some(before), Some(subscribed)) = (
             total(&self.server_rss_before_kib),
             total(&self.server_rss_subscribed_kib),
@@ -213,8 +233,16 @@ impl Report {
             );
         }
         if let (Some(server), Some(bench)) = (self.server_cpu_percent, self.bench_cpu_percent) {
+            let watched: String = self
+                .watched_cpu_percent
+                .iter()
+                .map(|(name, cpu)| match cpu {
+                    Some(cpu) => format!("  {name} {cpu:.0}%"),
+                    None => format!("  {name} ?"),
+                })
+                .collect();
             println!(
-                "CPU during the window: server {server:.0}%  bench {bench:.0}% (100% = one core)"
+                "CPU during the window: server {server:.0}%{watched}  bench {bench:.0}% (100% = one core)"
             );
         }
         println!("{}", self.json());
@@ -224,6 +252,8 @@ impl Report {
         json!({
             "scenario": self.scenario,
             "protocol": self.protocol,
+            "server": self.server,
+            "publish_server": self.publish_server,
             "mode": self.mode,
             "subscribers": self.subscribers,
             "topics": self.topics,
@@ -267,7 +297,27 @@ impl Report {
             "kib_per_stream_each": self.kib_per_stream_each(),
             "server_cpu_percent": self.server_cpu_percent.map(|v| round(v, 1)),
             "bench_cpu_percent": self.bench_cpu_percent.map(|v| round(v, 1)),
+            "watched_cpu_percent": self.watched_cpu_json(),
             "bench_rss_kib": self.bench_rss_kib,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_processes_appear_by_name_in_the_json() {
+        let report = Report {
+            server: "http://a:1".into(),
+            publish_server: Some("http://b:2".into()),
+            watched_cpu_percent: vec![("redis".into(), Some(12.345)), ("gone".into(), None)],
+            ..Report::default()
+        };
+        let json = report.json();
+        assert_eq!(json["watched_cpu_percent"]["redis"], 12.3);
+        assert!(json["watched_cpu_percent"]["gone"].is_null());
+        assert_eq!(json["publish_server"], "http://b:2");
     }
 }

@@ -42,10 +42,11 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     message
 }
 
-/// Opens `count` HTTP/2 connections; a tonic `Channel` from `connect` is exactly one.
-async fn connect(server: &str, count: usize) -> Result<Vec<Channel>, BenchError> {
+/// Opens `count` HTTP/2 connections to `server` (given as `--{flag}`); a tonic `Channel`
+/// from `connect` is exactly one.
+async fn connect(flag: &str, server: &str, count: usize) -> Result<Vec<Channel>, BenchError> {
     let endpoint = Endpoint::from_shared(server.to_owned())
-        .map_err(|e| BenchError::new(format!("--server `{server}` is not a valid URL: {e}")))?
+        .map_err(|e| BenchError::new(format!("--{flag} `{server}` is not a valid URL: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let mut channels = Vec::with_capacity(count);
@@ -74,6 +75,28 @@ fn cpu_now(plan: &Plan) -> (Option<u64>, Option<u64>) {
             .flatten(),
         proc_stats::cpu_ns(None).ok(),
     )
+}
+
+/// CPU time of each `--watch-pid` process, in order; `None` for one that cannot be read.
+fn watched_cpu_now(plan: &Plan) -> Vec<Option<u64>> {
+    plan.watch_pids
+        .iter()
+        .map(|watched| proc_stats::cpu_ns(Some(watched.pid)).ok())
+        .collect()
+}
+
+/// Each watched process's CPU over `wall`, by name.
+fn watched_percent(
+    plan: &Plan,
+    before: &[Option<u64>],
+    after: &[Option<u64>],
+    wall: Duration,
+) -> Vec<(String, Option<f64>)> {
+    plan.watch_pids
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(watched, (&before, &after))| (watched.name.clone(), percent(before, after, wall)))
+        .collect()
 }
 
 fn percent(before: Option<u64>, after: Option<u64>, wall: Duration) -> Option<f64> {
@@ -226,14 +249,19 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
     // Before any connection of ours, so connection overhead can be told apart from streams'.
     let server_rss_unconnected_kib = server_rss(&plan)?;
     let channels = if plan.protocol == Protocol::Grpc {
-        connect(&plan.server, plan.connections).await?
+        connect("server", &plan.server, plan.connections).await?
     } else {
         Vec::new()
     };
     let publish_channels = if idle || plan.protocol == Protocol::Socketio {
         Vec::new()
     } else {
-        connect(&plan.server, plan.publish_connections).await?
+        let flag = if plan.publish_server == plan.server {
+            "server"
+        } else {
+            "publish-server"
+        };
+        connect(flag, &plan.publish_server, plan.publish_connections).await?
     };
 
     let mut report = Report {
@@ -249,6 +277,8 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
             Protocol::Grpc => plan.server.clone(),
             Protocol::Ws | Protocol::Socketio => plan.ws_urls.join(" "),
         },
+        publish_server: (!idle && plan.protocol != Protocol::Socketio)
+            .then(|| plan.publish_server.clone()),
         subscribers: plan.subscribers,
         topics: plan.topics.len(),
         connections: match plan.protocol {
@@ -328,9 +358,16 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
 
     if idle {
         let cpu_before = cpu_now(&plan);
+        let watched_before = watched_cpu_now(&plan);
         let window = Instant::now();
         watch_until(window + plan.duration, "idle", &shared, None).await;
         let cpu_after = cpu_now(&plan);
+        report.watched_cpu_percent = watched_percent(
+            &plan,
+            &watched_before,
+            &watched_cpu_now(&plan),
+            window.elapsed(),
+        );
         report.window_secs = window.elapsed().as_secs_f64();
         report.server_cpu_percent = percent(cpu_before.0, cpu_after.0, window.elapsed());
         report.bench_cpu_percent = percent(cpu_before.1, cpu_after.1, window.elapsed());
@@ -374,9 +411,12 @@ pub(crate) async fn run(plan: Plan) -> Result<Report, BenchError> {
         let received0 = total_received(&shared);
         let acked0 = publishing.acked.load(Ordering::Relaxed);
         let cpu0 = cpu_now(&plan);
+        let watched0 = watched_cpu_now(&plan);
         watch_until(deadline, "measure", &shared, Some(&publishing)).await;
         let window = t0.elapsed();
         let cpu1 = cpu_now(&plan);
+        report.watched_cpu_percent =
+            watched_percent(&plan, &watched0, &watched_cpu_now(&plan), window);
         report.window_deliveries = total_received(&shared) - received0;
         report.window_publishes = publishing.acked.load(Ordering::Relaxed) - acked0;
         report.window_secs = window.as_secs_f64();
