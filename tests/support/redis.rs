@@ -1,5 +1,6 @@
 //! Real Redis for tests: a throwaway `redis-server` on a free 127.0.0.1 port, without
-//! persistence (`--save "" --appendonly no`), in its own temporary directory. Dropping
+//! persistence of its own (`--save "" --appendonly no`; a test may `SAVE`), in its own
+//! temporary directory. Dropping
 //! [`RedisServer`] stops it. [`RedisServer::pause`] / [`RedisServer::resume`] (SIGSTOP /
 //! SIGCONT) and [`RedisServer::restart`] are the fault injections of the cluster tests.
 
@@ -63,8 +64,8 @@ impl RedisServer {
         signal(self.child.id(), "CONT")
     }
 
-    /// Kills the server and starts a new one on the same port: without persistence, every
-    /// key is gone.
+    /// Kills the server and starts a new one on the same port and directory: it loads the
+    /// snapshot a test saved there (`SAVE`), and starts empty otherwise.
     pub fn restart(&mut self) -> Result<(), String> {
         self.child.kill().ok();
         self.child.wait().ok();

@@ -9,8 +9,8 @@ use herald_proto::v1::{Signal, StreamPosition};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    Appended, Broker, EventDraft, HistoryStart, memory::RetentionConfig, redis::RedisBroker,
-    redis::RedisConfig, redis_server::RedisServer,
+    Appended, Broker, BrokerError, EventDraft, HistoryStart, Published, memory::RetentionConfig,
+    redis::RedisBroker, redis::RedisConfig, redis_server::RedisServer,
 };
 use crate::{
     event::SharedEvent,
@@ -862,6 +862,96 @@ async fn redis_a_flushed_redis_starts_new_epochs_and_never_reuses_an_offset() {
         "a resume from the old epoch is not recovered"
     );
     assert!(page.events.is_empty());
+}
+
+/// Retries `publish` while the broker's connection to a restarted Redis is replaced.
+async fn publish_after_restart(broker: &RedisBroker, topic: &Topic) -> Published {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match broker.publish(redis_draft(topic)).await {
+            Ok(published) => return published,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                assert!(matches!(error, BrokerError::Backend(_)), "{error:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("publishes still fail 10 s after the restart: {error:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_from_an_older_snapshot_starts_new_epochs_and_never_reuses_an_offset() {
+    let hub = Hub::new(64);
+    let (broker, mut redis, _task) = redis_broker(hub.clone(), retention(100)).await;
+    broker.publish(redis_draft(&topic())).await.unwrap();
+    let saved = broker.publish(redis_draft(&topic())).await.unwrap();
+    for offset in 1..=2 {
+        broker.append(fixed(offset, "db")).await.unwrap();
+    }
+    // The snapshot holds offset 2 of both topics; what follows is lost by the restart.
+    redis.command(&["SAVE"]).await;
+    let mut last = saved.clone();
+    for _ in 0..3 {
+        last = broker.publish(redis_draft(&topic())).await.unwrap();
+    }
+    for offset in 3..=5 {
+        broker.append(fixed(offset, "db")).await.unwrap();
+    }
+    assert_eq!(last.position.offset, 5);
+    redis.restart().await;
+    assert_eq!(
+        redis
+            .command(&["EXISTS", "herald:t:room:conformance:m"])
+            .await,
+        redis::Value::Int(1),
+        "the restarted Redis loaded the snapshot"
+    );
+
+    let after = publish_after_restart(&broker, &topic()).await;
+    assert_ne!(
+        after.position.epoch, saved.position.epoch,
+        "the snapshot's epoch is not continued"
+    );
+    assert_eq!(
+        after.position.offset, 1,
+        "offsets begin again in the new epoch"
+    );
+    for since in [saved.position, last.position] {
+        let page = broker
+            .history(&topic(), HistoryStart::After(since.clone()), 10)
+            .await
+            .unwrap();
+        assert!(!page.covered, "a resume from {since:?} is not recovered");
+        assert!(page.events.is_empty());
+        assert_eq!(page.top, after.position);
+    }
+
+    // A durable topic's offsets come from the database: its cache starts over at the next one.
+    assert_eq!(
+        broker.append(fixed(6, "db")).await.unwrap(),
+        Appended::Delivered
+    );
+    let from = |offset| StreamPosition {
+        offset,
+        epoch: "db".into(),
+    };
+    let page = broker
+        .history(&durable_topic(), HistoryStart::After(from(5)), 10)
+        .await
+        .unwrap();
+    assert!(page.covered);
+    assert_eq!(
+        page.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        [6]
+    );
+    let page = broker
+        .history(&durable_topic(), HistoryStart::After(from(2)), 10)
+        .await
+        .unwrap();
+    assert!(
+        !page.covered,
+        "the cache does not claim 3..=5, which it lost"
+    );
 }
 
 #[tokio::test]

@@ -2,13 +2,21 @@
 //!
 //! Keys (all under a prefix, `herald` by default; one Redis, not Redis Cluster):
 //!
-//! - `{p}:g` — the generation: a random value created once. Lost with everything else when
-//!   Redis is flushed or restarts without persistence, so every epoch changes then.
-//! - `{p}:t:{topic}:m` — a hash with the topic's `epoch` and `top` (its newest offset). A
-//!   memory topic's epoch is derived from the generation and the topic, so a topic never
-//!   written to reports offset 0 of the epoch its first publish will have, and a read keeps
-//!   nothing. This key has no TTL: it is what keeps offsets from being reused. Run Redis with
-//!   `maxmemory-policy noeviction` or a `volatile-*` policy (only keys with a TTL are evicted).
+//! - `{p}:g` — the generation, `<run_id>:<random>`: the `run_id` of the Redis process that
+//!   created it (random per start of `redis-server`) and a random value. Every script that
+//!   reads it is given the `run_id` of the process its connection reached and replaces a
+//!   generation of another process. So a flush, a restart without persistence, a restart
+//!   that loaded a snapshot (RDB or AOF: the same keys with older tops) and a failover to a
+//!   replica each begin a new generation, and with it new epochs for every memory topic.
+//! - `{p}:t:{topic}:m` — a hash with the topic's `epoch` and `top` (its newest offset); `d`
+//!   marks a durable topic (written by `append`). A memory topic's epoch is derived from the
+//!   generation and the topic, so a topic never written to reports offset 0 of the epoch its
+//!   first publish will have, and a read keeps nothing; a memory topic whose epoch is not the
+//!   current generation's is of an older one and begins again (stream deleted, offset 1 of
+//!   the new epoch). A durable topic's epoch and offsets come from the database: its stream
+//!   is a cache, checked against its top by `append`. This key has no TTL: it is what keeps
+//!   offsets from being reused. Run Redis with `maxmemory-policy noeviction` or a
+//!   `volatile-*` policy (only keys with a TTL are evicted).
 //! - `{p}:t:{topic}:s` — the capped stream of recent events. Entry ids are `0-<offset>`;
 //!   fields `t` (Redis time in ms) and `m` (the message, as published). `MAXLEN` is
 //!   `retention.history_max_events`; entries older than `retention.history_max_age` are
@@ -70,13 +78,14 @@ use herald_proto::{
     v1::{Event, PresenceChange, Signal, StreamPosition},
 };
 use prost::Message;
-use redis::{AsyncConnectionConfig, Script, aio::MultiplexedConnection};
+use redis::Script;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Appended, Broker, BrokerError, BrokerStats, EventDraft, HistoryPage, HistoryStart, Published,
     memory::RetentionConfig,
+    redis_connection::{self, Commands, Connection},
 };
 use crate::{
     event::SharedEvent,
@@ -85,14 +94,32 @@ use crate::{
     topic::Topic,
 };
 
-/// How long a command to Redis may take before it counts as failed.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `history` waits for this node's channel subscription to be confirmed.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// The most events one gap fill reads from the stream.
 const FILL_LIMIT: usize = 10_000;
 
-const PUBLISH: &str = r"
+/// The generation of this Redis's data, `<run_id>:<random>`: kept while the stored run id
+/// is the one of the process answering (`ARGV` of the caller, read when its connection was
+/// opened), replaced otherwise, so a Redis restarted from a snapshot (same keys, older tops)
+/// begins a new generation instead of handing out an offset again.
+macro_rules! generation_lua {
+    () => {
+        r"
+local function generation(gkey, run, fresh)
+  local g = redis.call('GET', gkey)
+  if g and string.sub(g, 1, #run + 1) == run .. ':' then return g end
+  g = run .. ':' .. fresh
+  redis.call('SET', gkey, g)
+  return g
+end
+"
+    };
+}
+
+const PUBLISH: &str = concat!(
+    generation_lua!(),
+    r"
 local meta, stream, idem, gkey, share = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local evicted = 0
 if ARGV[3] == '1' then
@@ -112,14 +139,14 @@ if ARGV[3] == '1' then
   redis.call('ZADD', share, string.format('%d', us), idem)
   redis.call('PEXPIRE', share, window)
 end
-local epoch = redis.call('HGET', meta, 'epoch')
+local g = generation(gkey, ARGV[11], ARGV[7])
+local epoch = string.sub(redis.sha1hex(g .. ':' .. ARGV[8]), 1, 20)
 local top = 0
-if not epoch then
-  local g = redis.call('GET', gkey)
-  if not g then redis.call('SET', gkey, ARGV[7]); g = ARGV[7] end
-  epoch = string.sub(redis.sha1hex(g .. ':' .. ARGV[8]), 1, 20)
+local kept = redis.call('HMGET', meta, 'epoch', 'top')
+if kept[1] == epoch then
+  top = tonumber(kept[2])
 else
-  top = tonumber(redis.call('HGET', meta, 'top'))
+  redis.call('DEL', stream)
 end
 top = top + 1
 local offset = string.format('%d', top)
@@ -133,7 +160,8 @@ local answer = offset .. ' ' .. epoch .. ' ' .. ARGV[2]
 if ARGV[3] == '1' then redis.call('SET', idem, answer, 'PX', ARGV[4]) end
 redis.call('PUBLISH', ARGV[9], msg)
 return {0, answer, evicted}
-";
+"
+);
 
 const KEEP_SIGNAL: &str = r"
 local hash, field = KEYS[1], ARGV[1]
@@ -180,7 +208,7 @@ local top = tonumber(redis.call('HGET', meta, 'top') or '0')
 local offset = tonumber(ARGV[1])
 if epoch == ARGV[2] and offset <= top then return 0 end
 if epoch ~= ARGV[2] or offset ~= top + 1 then redis.call('DEL', stream) end
-redis.call('HSET', meta, 'epoch', ARGV[2], 'top', ARGV[1])
+redis.call('HSET', meta, 'epoch', ARGV[2], 'top', ARGV[1], 'd', '1')
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('XADD', stream, 'MAXLEN', ARGV[4], '0-' .. ARGV[1], 't', now, 'm', ARGV[3])
@@ -189,18 +217,24 @@ redis.call('PUBLISH', ARGV[6], ARGV[3])
 return 1
 ";
 
-const HISTORY: &str = r"
+const HISTORY: &str = concat!(
+    generation_lua!(),
+    r"
 local meta, stream, gkey = KEYS[1], KEYS[2], KEYS[3]
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  local g = redis.call('GET', gkey)
-  if not g then redis.call('SET', gkey, ARGV[7]); g = ARGV[7] end
-  epoch = string.sub(redis.sha1hex(g .. ':' .. ARGV[6]), 1, 20)
-  local covered = 1
-  if ARGV[1] == 'after' and not (ARGV[3] == epoch and tonumber(ARGV[2]) == 0) then covered = 0 end
-  return {epoch, 0, covered, {}}
+local g = generation(gkey, ARGV[8], ARGV[7])
+local derived = string.sub(redis.sha1hex(g .. ':' .. ARGV[6]), 1, 20)
+local kept = redis.call('HMGET', meta, 'epoch', 'top', 'd')
+local epoch = kept[1]
+if epoch and epoch ~= derived and kept[3] ~= '1' then
+  redis.call('DEL', meta, stream)
+  epoch = nil
 end
-local top = tonumber(redis.call('HGET', meta, 'top'))
+if not epoch then
+  local covered = 1
+  if ARGV[1] == 'after' and not (ARGV[3] == derived and tonumber(ARGV[2]) == 0) then covered = 0 end
+  return {derived, 0, covered, {}}
+end
+local top = tonumber(kept[2])
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
 local oldest = top + 1
@@ -232,7 +266,8 @@ if limit > 0 and first <= top then
   for _, entry in ipairs(batch) do events[#events + 1] = entry[2][4] end
 end
 return {epoch, top, 1, events}
-";
+"
+);
 
 /// Where the Redis broker connects and how it names its keys.
 #[derive(Debug, Clone)]
@@ -280,7 +315,7 @@ struct Shared {
     prefix: String,
     retention: RetentionConfig,
     signals: SignalLimits,
-    commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    commands: Commands,
     topics: Mutex<HashMap<Topic, TopicState>>,
     dirty: Mutex<HashSet<Topic>>,
     wake: Notify,
@@ -349,11 +384,11 @@ impl RedisBroker {
         })?;
         let shared = Arc::new(Shared {
             hub: hub.clone(),
+            commands: Commands::new(client.clone()),
             client,
             prefix: config.prefix.clone(),
             retention,
             signals: config.signals,
-            commands: tokio::sync::Mutex::new(None),
             topics: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -381,9 +416,9 @@ impl RedisBroker {
         let Ok(mut connection) = self.connection().await else {
             return false;
         };
-        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection.redis).await;
         if pong.is_err() {
-            self.forget_connection().await;
+            self.shared.commands.forget().await;
         }
         pong.is_ok()
     }
@@ -406,12 +441,8 @@ impl RedisBroker {
         )
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connection(&self) -> Result<Connection, BrokerError> {
         self.shared.connection().await
-    }
-
-    async fn forget_connection(&self) {
-        *self.shared.commands.lock().await = None;
     }
 
     fn failed(&self, error: &redis::RedisError) -> BrokerError {
@@ -421,30 +452,20 @@ impl RedisBroker {
                 "Redis refused the write: it is at its maxmemory ({error}); retry shortly"
             ));
         }
-        if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+        if redis_connection::broke(error) {
             let shared = self.shared.clone();
-            tokio::spawn(async move { *shared.commands.lock().await = None });
+            tokio::spawn(async move { shared.commands.forget().await });
         }
         backend(error)
     }
 }
 
 impl Shared {
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let mut slot = self.commands.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+    async fn connection(&self) -> Result<Connection, BrokerError> {
+        self.commands
+            .connection()
             .await
-            .map_err(|error| backend(&error))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+            .map_err(|error| backend(&error))
     }
 
     fn topic_key(&self, topic: &Topic, suffix: &str) -> String {
@@ -472,10 +493,7 @@ impl Shared {
         start: &HistoryStart,
         limit: usize,
     ) -> Result<HistoryPage, redis::RedisError> {
-        let mut connection = self
-            .connection()
-            .await
-            .map_err(|error| redis::RedisError::from(std::io::Error::other(error.to_string())))?;
+        let mut connection = self.commands.connection().await?;
         let (mode, since_offset, since_epoch) = match start {
             HistoryStart::Oldest => ("oldest", 0, String::new()),
             HistoryStart::After(since) => ("after", since.offset, since.epoch.clone()),
@@ -492,7 +510,8 @@ impl Shared {
             .arg(self.max_age_ms())
             .arg(topic.as_str())
             .arg(random_token())
-            .invoke_async(&mut connection)
+            .arg(&*connection.run_id)
+            .invoke_async(&mut connection.redis)
             .await?;
         let events = messages
             .iter()
@@ -606,7 +625,8 @@ impl Broker for RedisBroker {
             .arg(draft.topic.as_str())
             .arg(shared.channel(&draft.topic))
             .arg(shared.retention.max_idempotency_keys_per_publisher.max(1))
-            .invoke_async(&mut connection)
+            .arg(&*connection.run_id)
+            .invoke_async(&mut connection.redis)
             .await
             .map_err(|error| self.failed(&error))?;
         if evicted > 0 {
@@ -647,7 +667,7 @@ impl Broker for RedisBroker {
             .arg(shared.retention.history_max_events.max(1))
             .arg(shared.max_age_ms())
             .arg(shared.channel(&topic))
-            .invoke_async(&mut connection)
+            .invoke_async(&mut connection.redis)
             .await
             .map_err(|error| self.failed(&error))?;
         Ok(if delivered == 1 {
@@ -691,7 +711,7 @@ impl Broker for RedisBroker {
         redis::cmd("PUBLISH")
             .arg(self.shared.channel(topic))
             .arg(message)
-            .query_async::<i64>(&mut connection)
+            .query_async::<i64>(&mut connection.redis)
             .await
             .map_err(|error| self.failed(&error))?;
         Ok(())
@@ -713,7 +733,7 @@ impl Broker for RedisBroker {
             .arg(ttl_ms)
             .arg(shared.signals.max_keys_per_topic.max(1))
             .arg(signal.encode_to_vec())
-            .invoke_async(&mut connection)
+            .invoke_async(&mut connection.redis)
             .await
             .map_err(|error| self.failed(&error))?;
         if kept != 1 {
@@ -741,7 +761,7 @@ impl Broker for RedisBroker {
         let values: Vec<Vec<u8>> = shared
             .latest_signals
             .key(shared.topic_key(topic, "k"))
-            .invoke_async(&mut connection)
+            .invoke_async(&mut connection.redis)
             .await
             .map_err(|error| self.failed(&error))?;
         let mut fresh: Vec<(u64, Signal)> = values
@@ -778,16 +798,15 @@ impl Broker for RedisBroker {
     /// `<run_id>/<db>/<prefix>`: the Redis server process (its `run_id` is random per start),
     /// the database and the key prefix, which together decide who shares events.
     async fn cluster_id(&self) -> Result<Option<String>, BrokerError> {
+        // Asked again rather than taken from the connection: a connection whose Redis just
+        // restarted must fail here, not report the old process.
         let mut connection = self.connection().await?;
         let info: String = redis::cmd("INFO")
             .arg("server")
-            .query_async(&mut connection)
+            .query_async(&mut connection.redis)
             .await
-            .map_err(|error| backend(&error))?;
-        let run_id = info
-            .lines()
-            .find_map(|line| line.strip_prefix("run_id:"))
-            .map(str::trim)
+            .map_err(|error| self.failed(&error))?;
+        let run_id = redis_connection::run_id_of(&info)
             .ok_or_else(|| BrokerError::Backend("redis: INFO server has no run_id".into()))?;
         let db = self
             .shared

@@ -1,5 +1,5 @@
-//! A throwaway `redis-server` for tests: a free 127.0.0.1 port, no persistence, its own
-//! directory; stopped when dropped.
+//! A throwaway `redis-server` for tests: a free 127.0.0.1 port, no persistence of its own
+//! (a test may `SAVE`), its own directory; stopped when dropped.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -10,7 +10,7 @@ use std::{
 pub(crate) struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -20,21 +20,26 @@ impl RedisServer {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (tests/run.sh installs it)");
         let server = RedisServer {
-            child,
+            child: spawn(port, dir.path()),
             port,
-            _dir: dir,
+            dir,
         };
-        let client = redis::Client::open(server.url()).unwrap();
+        server.wait_ready().await;
+        server
+    }
+
+    /// Kills the server and starts another on the same port and directory: it loads the
+    /// directory's `dump.rdb` when a test saved one, and starts empty otherwise.
+    pub(crate) async fn restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = spawn(self.port, self.dir.path());
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
         for _ in 0..200 {
             if let Ok(mut connection) = client.get_multiplexed_async_connection().await
                 && redis::cmd("PING")
@@ -42,11 +47,11 @@ impl RedisServer {
                     .await
                     .is_ok()
             {
-                return server;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("redis-server did not answer on port {}", server.port);
+        panic!("redis-server did not answer on port {}", self.port);
     }
 
     pub(crate) fn url(&self) -> String {
@@ -73,6 +78,18 @@ impl RedisServer {
         }
         cmd.query_async(&mut connection).await.unwrap()
     }
+}
+
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (tests/run.sh installs it)")
 }
 
 impl Drop for RedisServer {
