@@ -102,7 +102,8 @@ impl Default for SocketLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
     /// Open client connections (WebSockets included) per edge process; one more is answered
-    /// `503` and closed.
+    /// `503` and closed. By default what the process can hold: its open-files limit less
+    /// [`RESERVED_FILES`] (10,000 where the limit cannot be read).
     pub max_connections: usize,
     /// New connections accepted per second, after a burst of `accept_burst`; 0 for no limit.
     /// Above it the edge accepts more slowly rather than refusing: a reconnect storm waits in
@@ -129,7 +130,8 @@ pub struct ConnectionLimits {
     /// answered `429` and closed.
     pub max_per_ip: usize,
     /// Authenticated WebSockets of one user (the token's `sub`) on this edge; one more has its
-    /// `auth` refused and is closed with 3503 (limit exceeded). 0 for no limit.
+    /// `auth` refused and is closed with 3503 (limit exceeded). 0 (the default) for no limit
+    /// beyond `max_connections`: services and load tests hold many sockets of one identity.
     pub max_per_user: usize,
     /// Streams this edge holds open towards the backends: topic feeds (`Edge/Follow`) and
     /// grpc-web calls. One more is refused RESOURCE_EXHAUSTED.
@@ -148,21 +150,63 @@ pub struct ConnectionLimits {
     pub backend_keepalive_timeout: Duration,
 }
 
+/// Open files kept for what is not a client connection: listeners, connections to the
+/// backends (and, in `herald serve`, the database's), log files.
+pub const RESERVED_FILES: usize = 256;
+
+/// The open-files limit less [`RESERVED_FILES`]: past it, accepting would fail with `EMFILE`
+/// instead of answering `503`.
+fn default_max_connections() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| open_files_limit(&limits))
+        .map_or(10_000, |limit| limit.saturating_sub(RESERVED_FILES).max(1))
+}
+
+/// The soft `Max open files` of `/proc/self/limits` (`None` when unlimited or unreadable).
+fn open_files_limit(limits: &str) -> Option<usize> {
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 10_000,
+            max_connections: default_max_connections(),
             accept_rate: 5_000,
             accept_burst: 10_000,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_per_ip: 0,
-            max_per_user: 64,
+            max_per_user: 0,
             max_backend_streams: 8192,
             backend_call_timeout: Duration::from_secs(10),
             backend_keepalive_interval: Duration::from_secs(20),
             backend_keepalive_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_files_limit;
+
+    #[test]
+    fn the_open_files_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95534                95534                processes \n\
+                      Max open files            20000                524288               files     \n";
+        assert_eq!(open_files_limit(limits), Some(20_000));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_files_limit(unlimited), None);
+        assert_eq!(open_files_limit("Max processes 1 1 processes\n"), None);
     }
 }

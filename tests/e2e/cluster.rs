@@ -764,7 +764,10 @@ async fn redis_restarted(snapshot: Snapshot) {
             }
         }
     };
-    assert_ne!(new_position.epoch, old_epoch, "a new epoch after the restart");
+    assert_ne!(
+        new_position.epoch, old_epoch,
+        "a new epoch after the restart"
+    );
     assert_eq!(
         new_position.offset, 1,
         "offsets restart at 1 in the new epoch"
