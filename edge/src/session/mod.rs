@@ -218,26 +218,30 @@ enum FeedCommand {
 /// side, a pipelined `subscribe` + `unsubscribe` could reach the feed as detach-then-attach
 /// and leave an attachment no socket owns (a ghost in presence). The queue is bounded by the
 /// socket's request rate limit and subscription limit.
+///
+/// Every idle socket holds this task and its channel, so both are kept small: commands are
+/// boxed (the channel allocates its slots 32 at a time) and so are the feed calls the task
+/// awaits (their state would otherwise be part of the task for the socket's lifetime).
 #[derive(Debug)]
 struct FeedCommands {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<FeedCommand>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Box<FeedCommand>>>,
     worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FeedCommands {
     fn start(ctx: &Arc<EdgeContext>, out: outbound::Outbound) -> FeedCommands {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Box<FeedCommand>>();
         let feeds = ctx.feeds.clone();
         let worker = tokio::spawn(async move {
             while let Some(command) = rx.recv().await {
-                match command {
-                    FeedCommand::Attach(request) => feeds.attach(request).await,
+                match *command {
+                    FeedCommand::Attach(request) => Box::pin(feeds.attach(request)).await,
                     FeedCommand::Detach {
                         topic,
                         subscriber,
                         reply,
                     } => {
-                        feeds.detach(&topic, subscriber).await;
+                        Box::pin(feeds.detach(&topic, subscriber)).await;
                         if let Some(id) = reply {
                             out.text(crate::protocol::result(id, &serde_json::json!({})));
                         }
@@ -246,7 +250,7 @@ impl FeedCommands {
                         topic,
                         subscriber,
                         token,
-                    } => feeds.refresh(&topic, subscriber, token).await,
+                    } => Box::pin(feeds.refresh(&topic, subscriber, token)).await,
                 }
             }
         });
@@ -258,7 +262,7 @@ impl FeedCommands {
 
     fn send(&self, command: FeedCommand) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(command);
+            let _ = tx.send(Box::new(command));
         }
     }
 
