@@ -194,3 +194,67 @@ async fn the_backend_serves_grpc_health_and_reflection() {
         );
     }
 }
+
+/// `Rooms/PublishBatch` applies its publishes in order, answers each on its own (a refused one
+/// does not stop the ones after it) and refuses an empty or oversized batch.
+#[tokio::test]
+async fn a_publish_batch_takes_offsets_in_order_and_answers_each_publish() {
+    use herald_proto::v1::{PublishBatchRequest, PublishRequest, publish_outcome::Outcome};
+    let app = spawn_app().await;
+    let mut watcher = app
+        .client("watcher", &[])
+        .await
+        .subscribe("room:batch")
+        .await;
+    let alice = app.client("alice", &[]).await;
+    let publish = |n: u64, event_type: &str| PublishRequest {
+        topic: "room:batch".into(),
+        r#type: event_type.into(),
+        data: Some(serde_json::from_value(serde_json::json!({ "n": n })).unwrap()),
+        idempotency_key: None,
+        durable: false,
+    };
+    let batch = (0..5)
+        .map(|n| publish(n, if n == 2 { "not a type!" } else { "test.event" }))
+        .collect();
+    let outcomes = alice
+        .rooms
+        .clone()
+        .publish_batch(alice.request(PublishBatchRequest { publishes: batch }))
+        .await
+        .expect("the batch is answered")
+        .into_inner()
+        .outcomes;
+    let answers: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome.outcome {
+            Some(Outcome::Published(published)) => Ok(published.position.unwrap().offset),
+            Some(Outcome::Refused(refused)) => Err(refused.code),
+            None => panic!("an outcome without a result"),
+        })
+        .collect();
+    let invalid = tonic::Code::InvalidArgument as i32;
+    assert_eq!(answers, [Ok(1), Ok(2), Err(invalid), Ok(3), Ok(4)]);
+    for n in [0u64, 1, 3, 4] {
+        let event = watcher.next_event().await;
+        let data = serde_json::to_value(event.data.unwrap()).unwrap();
+        assert_eq!(
+            data["n"].as_f64(),
+            Some(n as f64),
+            "offset {}",
+            event.offset
+        );
+    }
+
+    for size in [0, 101] {
+        let batch = (0..size).map(|n| publish(n, "test.event")).collect();
+        let status = alice
+            .rooms
+            .clone()
+            .publish_batch(alice.request(PublishBatchRequest { publishes: batch }))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("1 to 100"), "{status:?}");
+    }
+}

@@ -667,6 +667,45 @@ async fn publishes_pipelined_on_one_socket_take_offsets_in_the_order_they_were_s
     }
 }
 
+/// Publishes queued behind one in flight go to the backend together, in order; one the
+/// backend refuses (a bad type) and one the edge cannot encode (`data` not an object) are
+/// refused alone, and every other takes the next offset.
+#[tokio::test]
+async fn a_bad_publish_among_pipelined_ones_is_refused_alone() {
+    let app = spawn_app().await;
+    let edge = spawn_edge_with(&app, |config| {
+        config.limits.max_calls_in_flight = 64;
+    })
+    .await;
+    let mut socket = edge.connect_as(&app.token("alice", &[])).await;
+    for n in 0..30u64 {
+        let params = match n {
+            5 => json!({ "topic": "room:mixed", "type": "not a type!", "data": { "n": n } }),
+            10 => json!({ "topic": "room:mixed", "type": "test.event", "data": 5 }),
+            _ => json!({ "topic": "room:mixed", "type": "test.event", "data": { "n": n } }),
+        };
+        let frame = json!({ "id": 100 + n, "method": "publish", "params": params });
+        socket.send_text(frame.to_string()).await;
+    }
+    let mut next = 1;
+    for n in 0..30u64 {
+        let reply = socket.reply_to(100 + n).await;
+        if n == 5 || n == 10 {
+            assert_eq!(
+                reply["error"]["code"], "invalid_argument",
+                "publish {n}: {reply}"
+            );
+            continue;
+        }
+        let offset: u64 = reply["result"]["position"]["offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("publish {n}: {reply}"));
+        assert_eq!(offset, next, "publish {n}");
+        next += 1;
+    }
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_as_slow_and_releases_its_subscriptions() {
     use futures_util::SinkExt;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use herald_proto::server::rooms_server::Rooms;
 use herald_proto::v1::{
-    HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishRequest,
-    PublishResponse, SignalRequest, SignalResponse, SubscribeRequest,
+    HistoryRequest, HistoryResponse, PresenceRequest, PresenceResponse, PublishBatchRequest,
+    PublishBatchResponse, PublishOutcome, PublishRefusal, PublishRequest, PublishResponse,
+    SignalRequest, SignalResponse, SubscribeRequest, publish_outcome::Outcome,
 };
 use tonic::{Request, Response, Status};
 
@@ -18,6 +19,9 @@ use crate::{
     subscription::EventStream,
     topic::Topic,
 };
+
+/// The most publishes one `PublishBatch` carries.
+pub const MAX_PUBLISH_BATCH: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct RoomsService {
@@ -33,6 +37,28 @@ impl RoomsService {
 
 fn parse_topic(topic: &str) -> Result<Topic, Status> {
     Topic::parse(topic).map_err(|e| Error::from(e).into())
+}
+
+impl RoomsService {
+    /// One publish, as `Publish` answers it.
+    async fn publish_one(
+        &self,
+        who: &crate::auth::Principal,
+        request: PublishRequest,
+    ) -> Result<PublishResponse, Status> {
+        let command = PublishCommand {
+            topic: parse_topic(&request.topic)?,
+            event_type: request.r#type,
+            data: request.data,
+            idempotency_key: request.idempotency_key,
+            durable: request.durable,
+        };
+        let published = self.publisher.publish(who, command).await?;
+        Ok(PublishResponse {
+            position: Some(published.position),
+            id: published.id,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -57,19 +83,37 @@ impl Rooms for RoomsService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let who = principal(&request)?;
-        let request = request.into_inner();
-        let command = PublishCommand {
-            topic: parse_topic(&request.topic)?,
-            event_type: request.r#type,
-            data: request.data,
-            idempotency_key: request.idempotency_key,
-            durable: request.durable,
-        };
-        let published = self.publisher.publish(&who, command).await?;
-        Ok(Response::new(PublishResponse {
-            position: Some(published.position),
-            id: published.id,
-        }))
+        let answer = self.publish_one(&who, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let who = principal(&request)?;
+        let publishes = request.into_inner().publishes;
+        if publishes.is_empty() || publishes.len() > MAX_PUBLISH_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1 to {MAX_PUBLISH_BATCH} publishes, not {}; split it",
+                publishes.len()
+            )));
+        }
+        let mut outcomes = Vec::with_capacity(publishes.len());
+        // One after the other: each publish has its offset before the next one asks.
+        for publish in publishes {
+            let outcome = match self.publish_one(&who, publish).await {
+                Ok(published) => Outcome::Published(published),
+                Err(status) => Outcome::Refused(PublishRefusal {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            };
+            outcomes.push(PublishOutcome {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(Response::new(PublishBatchResponse { outcomes }))
     }
 
     async fn history(

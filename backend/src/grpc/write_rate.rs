@@ -5,7 +5,8 @@
 //! the method before the handler runs and refuses without touching the database. Services
 //! (role `service`) are not limited: they bound their own work. Signals (`Rooms/Signal`,
 //! `Chat/SetTyping`, `Orders/ReportLocation`) have their own rate (`topics.signal_rate`), and
-//! `Rooms/Publish` is bounded per topic (`topics.publish_rate`) and per socket at the edge.
+//! `Rooms/Publish` and `Rooms/PublishBatch` are bounded per topic (`topics.publish_rate`, per
+//! event) and per socket at the edge.
 
 use std::{
     sync::Arc,
@@ -193,6 +194,7 @@ mod tests {
         "/herald.v1.Rooms/History",
         "/herald.v1.Rooms/Presence",
         "/herald.v1.Rooms/Publish",
+        "/herald.v1.Rooms/PublishBatch",
         "/herald.v1.Rooms/Signal",
         "/herald.v1.Rooms/Subscribe",
     ];

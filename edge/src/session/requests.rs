@@ -23,6 +23,11 @@ use crate::{
 const MAX_HELD_REQUESTS: usize = 32;
 /// `publish` is this call with the request's params.
 const PUBLISH_RPC: &str = "herald.v1.Rooms/Publish";
+/// Publishes queued behind a topic's in-flight one go together through this call, which
+/// applies them in order.
+const PUBLISH_BATCH_RPC: &str = "herald.v1.Rooms/PublishBatch";
+/// The most publishes of one batch (the backend's bound).
+const MAX_PUBLISH_BATCH: usize = 100;
 
 pub(super) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 
@@ -30,8 +35,12 @@ pub(super) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 pub(super) enum Completion {
     /// A unary call finished: write its reply.
     CallDone(String),
-    /// A publish finished: write its reply, then start the topic's next queued publish.
-    PublishDone { topic: Arc<str>, frame: String },
+    /// A publish or a batch of them finished: write the replies, then start the topic's
+    /// next queued publishes.
+    PublishDone {
+        topic: Arc<str>,
+        frames: Vec<String>,
+    },
     /// `auth` or `refresh` succeeded. `id` is `None` for the upgrade's bearer token.
     Authenticated {
         id: Option<u64>,
@@ -234,22 +243,31 @@ impl<S> Session<S> {
             Some(queue) => queue.push_back((id, params)),
             None => {
                 self.publishing.insert(topic.clone(), VecDeque::new());
-                self.start_publish(id, topic, params);
+                self.start_publish(topic, vec![(id, params)]);
             }
         }
         Ok(())
     }
 
-    fn start_publish(&mut self, id: u64, topic: Arc<str>, params: Value) {
+    /// Sends one topic's publishes: one alone as `Publish`, several as one `PublishBatch`,
+    /// which takes their offsets in this order without a round trip each.
+    fn start_publish(&mut self, topic: Arc<str>, publishes: Vec<(u64, Value)>) {
         let Some(auth) = &self.auth else { return };
         let token = auth.token.clone();
         let ctx = self.ctx.clone();
         self.pending.push(Box::pin(async move {
-            let frame = match call(&ctx, PUBLISH_RPC, params, &token).await {
-                Ok(result) => protocol::result(id, &result),
-                Err(status) => RequestError::Backend(status).frame(Some(id)),
+            let frames = if let [(id, _)] = publishes[..] {
+                let params = publishes.into_iter().next().map(|(_, p)| p);
+                vec![
+                    match call(&ctx, PUBLISH_RPC, params.unwrap_or_default(), &token).await {
+                        Ok(result) => protocol::result(id, &result),
+                        Err(status) => RequestError::Backend(status).frame(Some(id)),
+                    },
+                ]
+            } else {
+                publish_batch(&ctx, publishes, &token).await
             };
-            Completion::PublishDone { topic, frame }
+            Completion::PublishDone { topic, frames }
         }));
     }
 
@@ -260,18 +278,22 @@ impl<S> Session<S> {
                 self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
                 self.reply(frame);
             }
-            Completion::PublishDone { topic, frame } => {
-                self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
-                self.reply(frame);
-                let next = self
-                    .publishing
-                    .get_mut(&topic)
-                    .and_then(VecDeque::pop_front);
-                match next {
-                    Some((id, params)) => self.start_publish(id, topic, params),
-                    None => {
-                        self.publishing.remove(&topic);
+            Completion::PublishDone { topic, frames } => {
+                self.calls_in_flight = self.calls_in_flight.saturating_sub(frames.len());
+                for frame in frames {
+                    self.reply(frame);
+                }
+                let next: Vec<_> = match self.publishing.get_mut(&topic) {
+                    Some(queue) => {
+                        let take = queue.len().min(MAX_PUBLISH_BATCH);
+                        queue.drain(..take).collect()
                     }
+                    None => Vec::new(),
+                };
+                if next.is_empty() {
+                    self.publishing.remove(&topic);
+                } else {
+                    self.start_publish(topic, next);
                 }
             }
             Completion::Authenticated {
@@ -378,6 +400,76 @@ async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
     request.metadata_mut().insert("authorization", value);
     let response = ctx.backends.unary(client.whoami(request)).await?;
     Ok(protocol::to_json("herald.v1.WhoamiResponse", response.get_ref()).unwrap_or_default())
+}
+
+/// One `PublishBatch` for `publishes`, answered as each would have been alone. A publish the
+/// edge cannot encode is refused on its own, so it does not fail the others.
+async fn publish_batch(
+    ctx: &EdgeContext,
+    publishes: Vec<(u64, Value)>,
+    token: &str,
+) -> Vec<String> {
+    let mut frames: Vec<Option<String>> = vec![None; publishes.len()];
+    let mut sent = Vec::with_capacity(publishes.len());
+    let mut items = Vec::with_capacity(publishes.len());
+    let single = ctx.transcoder.method(PUBLISH_RPC);
+    for (slot, (id, params)) in publishes.into_iter().enumerate() {
+        let encodes = single
+            .as_ref()
+            .map_err(|e| e.to_string())
+            .and_then(|method| {
+                ctx.transcoder
+                    .encode_request(method, params.clone())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+        match encodes {
+            Ok(()) => {
+                sent.push((slot, id));
+                items.push(params);
+            }
+            Err(error) => {
+                let status = Status::invalid_argument(error);
+                frames[slot] = Some(RequestError::Backend(status).frame(Some(id)));
+            }
+        }
+    }
+    if !items.is_empty() {
+        match call(ctx, PUBLISH_BATCH_RPC, json!({ "publishes": items }), token).await {
+            Ok(answer) => {
+                let outcomes = answer["outcomes"].as_array().cloned().unwrap_or_default();
+                for (n, (slot, id)) in sent.into_iter().enumerate() {
+                    frames[slot] = Some(outcome_frame(id, outcomes.get(n)));
+                }
+            }
+            Err(status) => {
+                for (slot, id) in sent {
+                    frames[slot] = Some(RequestError::Backend(status.clone()).frame(Some(id)));
+                }
+            }
+        }
+    }
+    frames.into_iter().flatten().collect()
+}
+
+/// The reply to one publish of a batch, from its `PublishOutcome`.
+fn outcome_frame(id: u64, outcome: Option<&Value>) -> String {
+    if let Some(published) = outcome.and_then(|o| o.get("published")) {
+        return protocol::result(id, published);
+    }
+    let status = match outcome.and_then(|o| o.get("refused")) {
+        Some(refused) => Status::new(
+            tonic::Code::from_i32(
+                refused["code"]
+                    .as_i64()
+                    .and_then(|c| i32::try_from(c).ok())
+                    .unwrap_or(2),
+            ),
+            refused["message"].as_str().unwrap_or_default(),
+        ),
+        None => Status::internal("the backend's batch answer has no outcome for this publish"),
+    };
+    RequestError::Backend(status).frame(Some(id))
 }
 
 async fn call(ctx: &EdgeContext, rpc: &str, request: Value, token: &str) -> Result<Value, Status> {
