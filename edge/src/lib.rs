@@ -9,8 +9,9 @@
 //! It holds no business rule: the backend authenticates and authorizes every socket's
 //! subscription and call with the socket's own token. `protocol` is the JSON frame format,
 //! `outbound` a socket's byte-bounded queue, `backends` the connections to the backends,
-//! [`EdgeConfig`] its settings (the `[edge]` table of the configuration file), `console` the
-//! embedded web console (clients/web) and its development sign-in. The edge does
+//! `verify` the sockets' token checks (batched), [`EdgeConfig`] its settings (the `[edge]`
+//! table of the configuration file), `console` the embedded web console (clients/web) and
+//! its development sign-in. The edge does
 //! not depend on the backend crate: the `herald` binary (`cli/`) runs it alone (`herald edge`)
 //! or next to a backend (`herald serve`). Start with [`run`].
 
@@ -27,6 +28,7 @@ mod server;
 mod session;
 mod slots;
 pub mod transcode;
+mod verify;
 
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ pub(crate) struct EdgeContext {
     pub(crate) config: EdgeConfig,
     pub(crate) backends: Arc<backends::Backends>,
     pub(crate) feeds: Arc<feeds::Feeds>,
+    /// Sockets' tokens, verified by a backend in batches.
+    pub(crate) verifier: verify::Verifier,
     pub(crate) transcoder: transcode::Transcoder,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// Authenticated sockets per user (`edge.connections.max_per_user`).

@@ -526,6 +526,107 @@ async fn only_services_may_open_edge_follow_streams() {
 }
 
 #[tokio::test]
+async fn edge_verify_answers_each_token_on_its_own_and_only_to_services() {
+    use herald_proto::v1::{VerifyRequest, edge_client::EdgeClient, verify_outcome::Outcome};
+
+    let app = spawn_app().await;
+    let mut expired = TokenClaims::new("carol", &[], Duration::from_secs(3600));
+    expired.exp -= 7200;
+    let tokens = vec![
+        app.token("alice", &["reviewer"]),
+        "garbage".to_owned(),
+        app.sign(&expired),
+        app.token("bob", &[]),
+    ];
+    let verify = |client: herald_e2e::Client, tokens: Vec<String>| async move {
+        EdgeClient::new(client.channel.clone())
+            .verify(client.request(VerifyRequest { tokens }))
+            .await
+    };
+
+    let outcomes = verify(app.service().await, tokens.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.outcome.unwrap()).collect();
+    assert_eq!(outcomes.len(), 4);
+    let Outcome::Identity(alice) = &outcomes[0] else {
+        panic!("alice's token is valid: {:?}", outcomes[0]);
+    };
+    assert_eq!(
+        (alice.user_id.as_str(), &alice.roles[..]),
+        ("alice", &["reviewer".to_owned()][..])
+    );
+    for (index, reason) in [(1, "not a well-formed JWT"), (2, "token expired")] {
+        let Outcome::Refused(refusal) = &outcomes[index] else {
+            panic!("token {index} is refused: {:?}", outcomes[index]);
+        };
+        assert_eq!(refusal.code, tonic::Code::Unauthenticated as i32);
+        assert!(refusal.message.contains(reason), "{}", refusal.message);
+    }
+    assert!(matches!(&outcomes[3], Outcome::Identity(bob) if bob.user_id == "bob"));
+
+    let status = verify(app.client("alice", &[]).await, tokens)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("service"), "{}", status.message());
+    for count in [0, 1001] {
+        let status = verify(app.service().await, vec![app.token("bob", &[]); count])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{count} tokens"
+        );
+        assert!(
+            status.message().contains("1 to 1000"),
+            "{}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sockets_authenticating_together_are_each_answered_and_a_bad_token_closes_only_its_own() {
+    let app = spawn_app().await;
+    let edge = spawn_edge(&app).await;
+    let mut sockets = Vec::new();
+    for _ in 0..60 {
+        sockets.push(WsClient::connect(&edge.url()).await);
+    }
+    // Sent back to back, the auths outnumber the verify calls the edge keeps in flight, so
+    // most are verified in shared calls.
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let token = if n % 10 == 3 {
+            "garbage".to_owned()
+        } else {
+            app.token(&format!("user-{n}"), &[])
+        };
+        socket
+            .send_text(
+                json!({ "id": 1, "method": "auth", "params": { "token": token } }).to_string(),
+            )
+            .await;
+    }
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let reply = socket.reply_to(1).await;
+        if n % 10 == 3 {
+            assert_eq!(error_code(&reply), "unauthenticated", "socket {n}: {reply}");
+            assert_eq!(socket.closed().await.code, 3500, "socket {n}");
+        } else {
+            assert_eq!(
+                reply["result"]["userId"],
+                format!("user-{n}"),
+                "socket {n}: {reply}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn requests_sent_right_behind_auth_wait_for_it_instead_of_failing() {
     let app = spawn_app().await;
     let edge = spawn_edge(&app).await;

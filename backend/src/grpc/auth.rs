@@ -8,7 +8,7 @@ use herald_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth::interceptor::principal;
+use crate::auth::{Principal, interceptor::principal};
 
 #[derive(Debug, Clone, Default)]
 pub struct AuthService;
@@ -19,12 +19,16 @@ impl Auth for AuthService {
         &self,
         request: Request<WhoamiRequest>,
     ) -> Result<Response<WhoamiResponse>, Status> {
-        let who = principal(&request)?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(who.expires_at);
-        Ok(Response::new(WhoamiResponse {
-            user_id: who.user_id,
-            roles: who.roles,
-            expires_at: Some(herald_proto::timestamp(expires_at)),
-        }))
+        Ok(Response::new(identity(principal(&request)?)))
+    }
+}
+
+/// Who a verified token names, as `Whoami` (and `Edge/Verify`, for many tokens) answers.
+pub fn identity(who: Principal) -> WhoamiResponse {
+    let expires_at = UNIX_EPOCH + Duration::from_secs(who.expires_at);
+    WhoamiResponse {
+        user_id: who.user_id,
+        roles: who.roles,
+        expires_at: Some(herald_proto::timestamp(expires_at)),
     }
 }

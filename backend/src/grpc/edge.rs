@@ -1,5 +1,5 @@
 //! `herald.v1.Edge/Follow`: one backend stream per (edge, topic), shared by every socket the
-//! edge has on that topic.
+//! edge has on that topic; `Edge/Verify`: many sockets' tokens verified in one call.
 //!
 //! Each follow stream is one hub subscriber; its events go out once, and the edge fans them out
 //! to its sockets. Per socket, the backend keeps every decision: each `attach` carries the
@@ -25,8 +25,9 @@ use herald_proto::codes::close_code_of;
 use herald_proto::server::edge_server::Edge;
 use herald_proto::v1::{
     CloseCode, DescribeRequest, DescribeResponse, FollowAttached, FollowDetached, FollowOpened,
-    FollowRefreshed, FollowReplay, FollowRequest, FollowResponse, StreamPosition,
-    follow_request::Action, follow_response::Frame,
+    FollowRefreshed, FollowReplay, FollowRequest, FollowResponse, StreamPosition, TokenRefusal,
+    VerifyOutcome, VerifyRequest, VerifyResponse, follow_request::Action, follow_response::Frame,
+    verify_outcome::Outcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,6 +41,7 @@ use crate::{
     cursor::{Ending, LiveCursor, Verdict},
     error::Error,
     event::SharedEvent,
+    grpc::auth::identity,
     history::{HistoryError, PageBudget, PageRead},
     hub::{HubItem, HubSubscription},
     metrics::{FollowGauge, SubscriptionGauge},
@@ -58,6 +60,8 @@ const SOCKET_PAGE: PageBudget = PageBudget {
     events: 256,
     bytes: 256 * 1024,
 };
+/// Tokens one `Verify` call may carry (an edge sends at most 256).
+pub const MAX_VERIFY_BATCH: usize = 1000;
 /// Token lifetimes beyond this are timed as this (the timer wheel's range is ~2 years).
 const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -110,6 +114,45 @@ impl Edge for EdgeService {
             instance_id: self.instance_id.to_string(),
             cluster_id,
         }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        if !principal(&request)?.is_service() {
+            return Err(Error::PermissionDenied(
+                "Edge/Verify is for edges: call it with a token carrying the `service` role".into(),
+            )
+            .into());
+        }
+        let tokens = request.into_inner().tokens;
+        if tokens.is_empty() || tokens.len() > MAX_VERIFY_BATCH {
+            return Err(Error::invalid(format!(
+                "Edge/Verify takes 1 to {MAX_VERIFY_BATCH} tokens, not {}; send them in several calls",
+                tokens.len()
+            ))
+            .into());
+        }
+        let outcomes = tokens
+            .iter()
+            .map(|token| {
+                let outcome = match self.verifier.verify(token.trim()) {
+                    Ok(who) => Outcome::Identity(identity(who)),
+                    Err(error) => {
+                        let status = Status::from(error);
+                        Outcome::Refused(TokenRefusal {
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        })
+                    }
+                };
+                VerifyOutcome {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(VerifyResponse { outcomes }))
     }
 
     async fn follow(

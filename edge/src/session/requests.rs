@@ -5,7 +5,7 @@
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc};
 
-use herald_proto::v1::{StreamPosition, WhoamiRequest, auth_client::AuthClient};
+use herald_proto::v1::StreamPosition;
 use serde_json::{Value, json};
 use tonic::Status;
 
@@ -367,7 +367,8 @@ impl<S> Session<S> {
     }
 }
 
-/// Asks a backend who `token` names. The backend verifies; the edge holds no keys.
+/// Asks a backend who `token` names (batched with other sockets' `auth`s). The backend
+/// verifies; the edge holds no keys.
 pub(super) fn verify(
     ctx: Arc<EdgeContext>,
     id: Option<u64>,
@@ -375,11 +376,12 @@ pub(super) fn verify(
     refresh: bool,
 ) -> Pending {
     Box::pin(async move {
-        match whoami(&ctx, &token).await {
+        match ctx.verifier.verify(token.clone()).await {
             Ok(identity) => Completion::Authenticated {
                 id,
                 token,
-                identity,
+                identity: protocol::to_json("herald.v1.WhoamiResponse", &identity)
+                    .unwrap_or_default(),
                 refresh,
             },
             Err(status) => Completion::AuthFailed {
@@ -389,17 +391,6 @@ pub(super) fn verify(
             },
         }
     })
-}
-
-async fn whoami(ctx: &EdgeContext, token: &str) -> Result<Value, Status> {
-    let mut client = AuthClient::new(ctx.backends.pick());
-    let mut request = tonic::Request::new(WhoamiRequest {});
-    let value = format!("Bearer {token}").parse().map_err(|_| {
-        Status::unauthenticated("the token contains characters not allowed in a header")
-    })?;
-    request.metadata_mut().insert("authorization", value);
-    let response = ctx.backends.unary(client.whoami(request)).await?;
-    Ok(protocol::to_json("herald.v1.WhoamiResponse", response.get_ref()).unwrap_or_default())
 }
 
 /// One `PublishBatch` for `publishes`, answered as each would have been alone. A publish the

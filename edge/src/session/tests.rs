@@ -52,6 +52,7 @@ async fn connect_with(configure: impl FnOnce(&mut EdgeConfig)) -> Peer {
     let backends = Arc::new(backends);
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
+        verifier: crate::verify::Verifier::spawn(backends.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors"),
         backends,
