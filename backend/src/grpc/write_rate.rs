@@ -180,6 +180,7 @@ mod tests {
         "/herald.v1.Deployments/Watch",
         "/herald.v1.Edge/Describe",
         "/herald.v1.Edge/Follow",
+        "/herald.v1.Edge/Verify",
         "/herald.v1.Notifications/Counts",
         "/herald.v1.Notifications/GetPreferences",
         "/herald.v1.Notifications/List",
