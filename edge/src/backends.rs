@@ -15,7 +15,8 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{
-    Status,
+    Request, Status,
+    metadata::AsciiMetadataValue,
     transport::{Channel, Endpoint},
 };
 
@@ -43,6 +44,23 @@ pub enum BackendError {
         "cannot ask backend `{url}` which broker it runs: {reason}; an edge with several backends checks them all at start"
     )]
     Undescribed { url: String, reason: String },
+}
+
+/// The `authorization` value carrying `token`; UNAUTHENTICATED when the token holds characters
+/// a header cannot carry, so a socket's call with it could never reach a backend.
+pub(crate) fn bearer(token: &str) -> Result<AsciiMetadataValue, Status> {
+    format!("Bearer {token}").parse().map_err(|_| {
+        Status::unauthenticated("the token contains characters not allowed in a header")
+    })
+}
+
+/// `message` as a request carrying `token` as its credentials.
+pub(crate) fn authorized<T>(message: T, token: &str) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(token)?);
+    Ok(request)
 }
 
 pub struct Backends {
@@ -147,13 +165,14 @@ impl Backends {
             let deadline = tokio::time::Instant::now() + patience;
             let described = loop {
                 let mut client = EdgeClient::new(self.channels[*first].clone());
-                let mut request = tonic::Request::new(DescribeRequest {});
-                if let Ok(value) = format!("Bearer {}", self.service_token()).parse() {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                let answer = tokio::time::timeout(Duration::from_secs(2), client.describe(request))
-                    .await
-                    .unwrap_or_else(|_| Err(Status::unavailable("no answer")));
+                let answer = match self.as_service(DescribeRequest {}) {
+                    Ok(request) => {
+                        tokio::time::timeout(Duration::from_secs(2), client.describe(request))
+                            .await
+                            .unwrap_or_else(|_| Err(Status::unavailable("no answer")))
+                    }
+                    Err(status) => Err(status),
+                };
                 match answer {
                     Ok(response) => break response.into_inner(),
                     Err(status)
@@ -246,6 +265,14 @@ impl Backends {
 
     pub fn service_token(&self) -> String {
         (self.service_token)()
+    }
+
+    /// `message` as a request carrying the edge's service token, for the edge's own calls
+    /// (`Edge/Describe`, `Edge/Follow`, `Edge/Verify`).
+    pub(crate) fn as_service<T>(&self, message: T) -> Result<Request<T>, Status> {
+        authorized(message, &self.service_token()).map_err(|_| {
+            Status::internal("the edge's service token contains characters not allowed in a header")
+        })
     }
 
     /// Whether at least one backend answers its health check as SERVING.

@@ -357,17 +357,11 @@ impl Feed {
                 "cannot queue the open request",
             )));
         }
-        let mut request = tonic::Request::new(ReceiverStream::new(request_rx));
-        match format!("Bearer {}", self.feeds.backends.service_token()).parse() {
-            Ok(value) => {
-                request.metadata_mut().insert("authorization", value);
-            }
-            Err(_) => {
-                return Err(StreamEnd::Failed(Status::unauthenticated(
-                    "bad service token",
-                )));
-            }
-        }
+        let request = self
+            .feeds
+            .backends
+            .as_service(ReceiverStream::new(request_rx))
+            .map_err(StreamEnd::Failed)?;
         let mut client =
             EdgeClient::new(self.feeds.backends.pick()).max_decoding_message_size(16 * 1024 * 1024);
         let shutdown = self.feeds.shutdown.clone();

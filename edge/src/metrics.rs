@@ -72,6 +72,8 @@ pub(crate) struct EdgeMetrics {
     limit_hits: [Counter; LIMIT_NAMES.len()],
     backend_errors: Counter,
     admin_disconnects: Counter,
+    verify_calls: Counter,
+    verified_tokens: Counter,
     lag: LagHistogram,
 }
 
@@ -153,6 +155,16 @@ impl EdgeMetrics {
             "Sockets closed because an admin disconnected their user.",
             false,
         );
+        describe(
+            "herald_edge_verify_calls_total",
+            "`Edge/Verify` calls sent to the backends, each carrying the tokens of the sockets that authenticated meanwhile.",
+            false,
+        );
+        describe(
+            "herald_edge_verified_tokens_total",
+            "Socket tokens sent to the backends for verification (over `herald_edge_verify_calls_total`: tokens per call).",
+            false,
+        );
         let mut kinds = [""; TOPIC_KINDS.len() + 1];
         kinds[..TOPIC_KINDS.len()].copy_from_slice(&TOPIC_KINDS);
         kinds[TOPIC_KINDS.len()] = "other";
@@ -169,6 +181,8 @@ impl EdgeMetrics {
                 .map(|limit| counter("herald_edge_limit_hits_total", &[("limit", limit)])),
             backend_errors: counter("herald_edge_backend_errors_total", &[]),
             admin_disconnects: counter("herald_edge_admin_disconnects_total", &[]),
+            verify_calls: counter("herald_edge_verify_calls_total", &[]),
+            verified_tokens: counter("herald_edge_verified_tokens_total", &[]),
             lag: LagHistogram::new(),
             handle,
             recorder,
@@ -219,6 +233,12 @@ impl EdgeMetrics {
 
     pub(crate) fn admin_disconnect(&self) {
         self.admin_disconnects.increment(1);
+    }
+
+    /// One `Edge/Verify` call carrying `tokens` tokens was sent.
+    pub(crate) fn verify_call(&self, tokens: usize) {
+        self.verify_calls.increment(1);
+        self.verified_tokens.increment(tokens as u64);
     }
 
     /// The Prometheus text of every metric.

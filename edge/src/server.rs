@@ -69,7 +69,7 @@ pub async fn run(
     let ctx = Arc::new(EdgeContext {
         metrics: metrics.clone(),
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
-        verifier: crate::verify::Verifier::spawn(backends.clone()),
+        verifier: crate::verify::Verifier::spawn(backends.clone(), metrics.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)?,
         backends: backends.clone(),
         users: crate::slots::Slots::new(config.connections.max_per_user),

@@ -111,11 +111,7 @@ pub async fn call_unary(
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
     let path = http::uri::PathAndQuery::try_from(path)
         .map_err(|e| Status::internal(format!("bad method path: {e}")))?;
-    let mut request = tonic::Request::new(body);
-    let value = format!("Bearer {token}").parse().map_err(|_| {
-        Status::unauthenticated("the token contains characters not allowed in a header")
-    })?;
-    request.metadata_mut().insert("authorization", value);
+    let request = crate::backends::authorized(body, token)?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await

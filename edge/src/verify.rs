@@ -15,9 +15,12 @@ use herald_proto::v1::{
     verify_outcome::Outcome,
 };
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Code, Status, metadata::AsciiMetadataValue};
+use tonic::{Code, Status};
 
-use crate::backends::Backends;
+use crate::{
+    backends::{Backends, authorized, bearer},
+    metrics::EdgeMetrics,
+};
 
 /// Tokens in one `Edge/Verify` call at most (the backend takes up to 1,000).
 const MAX_BATCH: usize = 256;
@@ -40,23 +43,16 @@ pub(crate) struct Verifier {
 
 impl Verifier {
     /// Starts the task that sends the calls; it ends when the verifier is dropped.
-    pub(crate) fn spawn(backends: Arc<Backends>) -> Verifier {
+    pub(crate) fn spawn(backends: Arc<Backends>, metrics: Arc<EdgeMetrics>) -> Verifier {
         let (asks, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(backends, queue));
+        tokio::spawn(run(backends, metrics, queue));
         Verifier { asks }
     }
 
     /// Who `token` names, as the backend's `Auth/Whoami` would answer a call carrying it.
     pub(crate) async fn verify(&self, token: String) -> Answer {
         // The socket's calls carry its token in a header: refuse here what could not travel.
-        if format!("Bearer {token}")
-            .parse::<AsciiMetadataValue>()
-            .is_err()
-        {
-            return Err(Status::unauthenticated(
-                "the token contains characters not allowed in a header",
-            ));
-        }
+        bearer(&token)?;
         let (answer, answered) = oneshot::channel();
         let stopped = || Status::unavailable("the edge is shutting down; reconnect");
         self.asks
@@ -67,7 +63,7 @@ impl Verifier {
     }
 }
 
-async fn run(backends: Arc<Backends>, mut queue: mpsc::Receiver<Ask>) {
+async fn run(backends: Arc<Backends>, metrics: Arc<EdgeMetrics>, mut queue: mpsc::Receiver<Ask>) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -80,6 +76,7 @@ async fn run(backends: Arc<Backends>, mut queue: mpsc::Receiver<Ask>) {
                         Err(_) => break,
                     }
                 }
+                metrics.verify_call(batch.len());
                 in_flight.push(answer(backends.clone(), batch));
             }
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
@@ -115,11 +112,7 @@ async fn answer(backends: Arc<Backends>, batch: Vec<Ask>) {
 
 async fn verify_batch(backends: &Backends, tokens: Vec<String>) -> Result<Vec<Answer>, Status> {
     let mut client = EdgeClient::new(backends.pick());
-    let mut request = tonic::Request::new(VerifyRequest { tokens });
-    let service = format!("Bearer {}", backends.service_token())
-        .parse()
-        .map_err(|_| Status::internal("the edge's service token is not a valid header"))?;
-    request.metadata_mut().insert("authorization", service);
+    let request = backends.as_service(VerifyRequest { tokens })?;
     let response = backends.unary(client.verify(request)).await?;
     Ok(response
         .into_inner()
@@ -138,10 +131,6 @@ async fn verify_batch(backends: &Backends, tokens: Vec<String>) -> Result<Vec<An
 /// One token, the way a backend without `Edge/Verify` is asked.
 async fn whoami(backends: &Backends, token: &str) -> Answer {
     let mut client = AuthClient::new(backends.pick());
-    let mut request = tonic::Request::new(WhoamiRequest {});
-    let value = format!("Bearer {token}").parse().map_err(|_| {
-        Status::unauthenticated("the token contains characters not allowed in a header")
-    })?;
-    request.metadata_mut().insert("authorization", value);
+    let request = authorized(WhoamiRequest {}, token)?;
     Ok(backends.unary(client.whoami(request)).await?.into_inner())
 }

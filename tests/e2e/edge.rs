@@ -591,14 +591,20 @@ async fn edge_verify_answers_each_token_on_its_own_and_only_to_services() {
 
 #[tokio::test]
 async fn sockets_authenticating_together_are_each_answered_and_a_bad_token_closes_only_its_own() {
+    use herald_e2e::fault_proxy::{Fault, FaultProxy};
+
     let app = spawn_app().await;
-    let edge = spawn_edge(&app).await;
+    // Half a second each way between the edge and its backend: every auth arrives while the
+    // first calls are still out.
+    let proxy = FaultProxy::start(app.addr).await;
+    proxy.set(Fault::Delay(Duration::from_millis(500)));
+    let edge = herald_e2e::edge::spawn_edge_for(&[proxy.addr], |_| {}).await;
     let mut sockets = Vec::new();
     for _ in 0..60 {
         sockets.push(WsClient::connect(&edge.url()).await);
     }
-    // Sent back to back, the auths outnumber the verify calls the edge keeps in flight, so
-    // most are verified in shared calls.
+    // Sent back to back, the auths outnumber the 8 verify calls the edge keeps in flight, so
+    // the rest wait and share the next call.
     for (n, socket) in sockets.iter_mut().enumerate() {
         let token = if n % 10 == 3 {
             "garbage".to_owned()
@@ -624,6 +630,20 @@ async fn sockets_authenticating_together_are_each_answered_and_a_bad_token_close
             );
         }
     }
+    let metrics = herald_e2e::edge::http_get(edge.addr, "/metrics").await;
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.parse::<f64>().expect("a number"))
+            .unwrap_or_else(|| panic!("{name} is exported: {metrics}"))
+    };
+    assert_eq!(counter("herald_edge_verified_tokens_total"), 60.0);
+    let calls = counter("herald_edge_verify_calls_total");
+    assert!(
+        calls <= 9.0,
+        "at most 8 calls out, then one for every auth that waited: {calls} calls"
+    );
 }
 
 #[tokio::test]

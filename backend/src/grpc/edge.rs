@@ -83,6 +83,19 @@ impl EdgeService {
     }
 }
 
+/// The caller of `Edge/{method}`, refused PERMISSION_DENIED unless it has the `service` role:
+/// the `Edge` service is for edges, never for a socket's or an app's own token.
+fn require_service<T>(request: &Request<T>, method: &str) -> Result<Principal, Status> {
+    let caller = principal(request)?;
+    if !caller.is_service() {
+        return Err(Error::PermissionDenied(format!(
+            "Edge/{method} is for edges: call it with a token carrying the `service` role"
+        ))
+        .into());
+    }
+    Ok(caller)
+}
+
 /// The response stream of `Follow`.
 pub type FollowStream = Pin<Box<dyn Stream<Item = Result<FollowResponse, Status>> + Send>>;
 
@@ -94,13 +107,7 @@ impl Edge for EdgeService {
         &self,
         request: Request<DescribeRequest>,
     ) -> Result<Response<DescribeResponse>, Status> {
-        if !principal(&request)?.is_service() {
-            return Err(Error::PermissionDenied(
-                "Edge/Describe is for edges: call it with a token carrying the `service` role"
-                    .into(),
-            )
-            .into());
-        }
+        require_service(&request, "Describe")?;
         // Memory: events published on this backend reach its own subscribers only. Redis:
         // every backend on the same Redis delivers every event.
         let cluster_id = self
@@ -120,12 +127,7 @@ impl Edge for EdgeService {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
-        if !principal(&request)?.is_service() {
-            return Err(Error::PermissionDenied(
-                "Edge/Verify is for edges: call it with a token carrying the `service` role".into(),
-            )
-            .into());
-        }
+        require_service(&request, "Verify")?;
         let tokens = request.into_inner().tokens;
         if tokens.is_empty() || tokens.len() > MAX_VERIFY_BATCH {
             return Err(Error::invalid(format!(
@@ -159,13 +161,7 @@ impl Edge for EdgeService {
         &self,
         request: Request<Streaming<FollowRequest>>,
     ) -> Result<Response<FollowStream>, Status> {
-        let edge = principal(&request)?;
-        if !edge.is_service() {
-            return Err(Error::PermissionDenied(
-                "Edge/Follow is for edges: call it with a token carrying the `service` role".into(),
-            )
-            .into());
-        }
+        let edge = require_service(&request, "Follow")?;
         let mut inbound = request.into_inner();
         let topic = match inbound.message().await?.and_then(|r| r.action) {
             Some(Action::Open(open)) => {

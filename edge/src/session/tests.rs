@@ -50,9 +50,10 @@ async fn connect_with(configure: impl FnOnce(&mut EdgeConfig)) -> Peer {
     let backends =
         Backends::new(&config.backends, 1, Arc::new(String::new)).expect("a valid backend URL");
     let backends = Arc::new(backends);
+    let metrics = crate::metrics::EdgeMetrics::new();
     let ctx = Arc::new(EdgeContext {
         feeds: Feeds::new(backends.clone(), shutdown.clone()),
-        verifier: crate::verify::Verifier::spawn(backends.clone()),
+        verifier: crate::verify::Verifier::spawn(backends.clone(), metrics.clone()),
         transcoder: Transcoder::new(herald_proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors"),
         backends,
@@ -60,7 +61,7 @@ async fn connect_with(configure: impl FnOnce(&mut EdgeConfig)) -> Peer {
         shutdown: shutdown.clone(),
         users: crate::slots::Slots::new(0),
         connections: std::sync::OnceLock::new(),
-        metrics: crate::metrics::EdgeMetrics::new(),
+        metrics,
     });
     let (to_session, inbound) = mpsc::channel(16);
     let (outbound, from_session) = mpsc::channel(16);
