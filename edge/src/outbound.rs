@@ -31,6 +31,15 @@ pub enum OutItem {
     Ended(Box<Ended>),
 }
 
+/// Why a socket's queue gives no more frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// A frame did not fit under the socket's limit: the peer reads too slowly.
+    Slow,
+    /// An admin disconnected the socket's user.
+    Disconnected,
+}
+
 #[derive(Debug)]
 pub struct Ended {
     pub topic: Arc<str>,
@@ -56,14 +65,13 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     slow: AtomicBool,
-    slow_notify: Notify,
     /// Set while someone waits in [`Outbound::drained`]; the receiver then wakes it once the
     /// queue is down to a quarter of its limit (one flag check per frame otherwise).
     drain_waiting: AtomicBool,
     drained: Notify,
     /// The socket's id in this edge process (logs, `Admin/ListConnections`).
     socket: u64,
-    /// An admin disconnected the socket's user: the session closes it (woken like `slow`).
+    /// An admin disconnected the socket's user: the session closes it.
     disconnected: AtomicBool,
 }
 
@@ -97,7 +105,6 @@ pub fn channel(max_bytes: usize) -> (Outbound, OutboundReceiver) {
         queued_bytes: AtomicUsize::new(0),
         max_bytes,
         slow: AtomicBool::new(false),
-        slow_notify: Notify::new(),
         drain_waiting: AtomicBool::new(false),
         drained: Notify::new(),
         socket: NEXT_SOCKET.fetch_add(1, Ordering::Relaxed),
@@ -142,7 +149,7 @@ impl Outbound {
     /// CLOSE_CODE_DISCONNECTED_BY_ADMIN.
     pub fn disconnect(&self) {
         if !self.shared.disconnected.swap(true, Ordering::AcqRel) {
-            self.shared.slow_notify.notify_one();
+            self.shared.ready.notify_one();
         }
     }
 
@@ -169,17 +176,24 @@ impl Outbound {
 
     fn mark_slow(&self) {
         if !self.shared.slow.swap(true, Ordering::AcqRel) {
-            self.shared.slow_notify.notify_one();
+            self.shared.ready.notify_one();
         }
     }
 }
 
 impl OutboundReceiver {
-    /// The next queued frame, waiting for one.
-    pub async fn recv(&mut self) -> OutItem {
+    /// The next queued frame, waiting for one; or why the socket gets no more. One waiter
+    /// serves both, so an idle socket's session waits on one notification, not two.
+    pub async fn recv(&mut self) -> Result<OutItem, Cut> {
         loop {
+            if self.shared.disconnected.load(Ordering::Acquire) {
+                return Err(Cut::Disconnected);
+            }
+            if self.shared.slow.load(Ordering::Acquire) {
+                return Err(Cut::Slow);
+            }
             if let Some(item) = self.try_recv() {
-                return item;
+                return Ok(item);
             }
             self.shared.ready.notified().await;
         }
@@ -202,16 +216,6 @@ impl OutboundReceiver {
         Some(item)
     }
 
-    /// A handle that completes once the socket has been marked slow.
-    pub fn slow_signal(&self) -> SlowSignal {
-        SlowSignal(self.shared.clone())
-    }
-
-    /// Whether an admin disconnected the socket's user (checked once `slow_signal` fires).
-    pub fn is_disconnected(&self) -> bool {
-        self.shared.disconnected.load(Ordering::Acquire)
-    }
-
     /// The socket's id in this edge process.
     pub fn socket(&self) -> u64 {
         self.shared.socket
@@ -227,22 +231,6 @@ impl Drop for OutboundReceiver {
         self.shared.receiver_gone.store(true, Ordering::Relaxed);
         self.shared.queue().clear();
         self.shared.drained.notify_waiters();
-    }
-}
-
-/// Completes once the socket has been marked slow.
-#[derive(Debug)]
-pub struct SlowSignal(Arc<Shared>);
-
-impl SlowSignal {
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.0.slow_notify.notified();
-            if self.0.slow.load(Ordering::Acquire) || self.0.disconnected.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -262,14 +250,14 @@ mod tests {
         });
         tokio::task::yield_now().await;
         for _ in 0..6 {
-            rx.recv().await;
+            rx.recv().await.expect("a queued frame");
             assert!(
                 !waiter.is_finished(),
                 "{} bytes still queued",
                 rx.queued_bytes()
             );
         }
-        rx.recv().await; // 20 bytes left: at most a quarter of 100
+        rx.recv().await.expect("a queued frame"); // 20 bytes left: at most a quarter of 100
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")
@@ -282,9 +270,29 @@ mod tests {
         assert!(out.text("12345"));
         assert!(out.text("12345"));
         assert!(!out.text("1"), "11 bytes exceed the limit of 10");
-        rx.slow_signal().wait().await;
+        assert_eq!(rx.recv().await.err(), Some(Cut::Slow));
         assert!(!out.text("1"), "a slow socket gets nothing more");
-        assert!(matches!(rx.recv().await, OutItem::Text(_)));
+        assert!(matches!(rx.try_recv(), Some(OutItem::Text(_))));
         assert_eq!(rx.queued_bytes(), 5);
+    }
+    #[tokio::test]
+    async fn a_disconnect_ends_the_queue_before_frames_still_queued() {
+        let (out, mut rx) = channel(100);
+        assert!(out.text("hello"));
+        out.disconnect();
+        assert_eq!(rx.recv().await.err(), Some(Cut::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_learns_its_socket_is_slow() {
+        let (out, mut rx) = channel(4);
+        let waiting = tokio::spawn(async move { rx.recv().await.err() });
+        tokio::task::yield_now().await;
+        assert!(!out.text("12345"), "5 bytes exceed the limit of 4");
+        let cut = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(cut, Some(Cut::Slow));
     }
 }

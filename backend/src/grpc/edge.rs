@@ -210,17 +210,23 @@ impl Edge for EdgeService {
 struct Attached {
     user_id: String,
     expiry: delay_queue::Key,
-    /// Where the next replay page starts, while the subscriber is replaying.
-    replay_from: Option<StreamPosition>,
-    /// That page, read ahead while the socket writes out the previous one.
-    read_ahead: Option<PageRead>,
+    /// While the subscriber is replaying: where its next page starts. The rarely used parts
+    /// are boxed: a follow stream holds one entry per socket of its topic.
+    replay: Option<Box<Replaying>>,
     /// For a subscriber reading as a member: detached right after the event that ends its
     /// membership.
-    revocation: Option<Revocation>,
-    _presence: Option<PresenceGuard>,
+    revocation: Option<Box<Revocation>>,
+    _presence: Option<Box<PresenceGuard>>,
     _counted: SubscriptionGauge,
     /// Lists the socket in `Admin/ListConnections`; `DisconnectUser` detaches it.
     _registration: Registration,
+}
+
+/// A replaying subscriber's next page.
+struct Replaying {
+    from: StreamPosition,
+    /// That page, read ahead while the socket writes out the previous one.
+    read_ahead: Option<PageRead>,
 }
 
 struct FollowTask {
@@ -450,11 +456,14 @@ impl FollowTask {
             Attached {
                 user_id: who.user_id,
                 expiry,
-                replay_from: matches!(attachment.replay, Replay::Pages)
-                    .then(|| attachment.cursor.last().clone()),
-                read_ahead: None,
-                revocation: revocation.clone(),
-                _presence: attachment.presence,
+                replay: matches!(attachment.replay, Replay::Pages).then(|| {
+                    Box::new(Replaying {
+                        from: attachment.cursor.last().clone(),
+                        read_ahead: None,
+                    })
+                }),
+                revocation: revocation.clone().map(Box::new),
+                _presence: attachment.presence.map(Box::new),
                 _counted: attachment.counted,
                 _registration: registration,
             },
@@ -506,7 +515,8 @@ impl FollowTask {
         let Some((from, read_ahead)) = self
             .subscribers
             .get_mut(&subscriber)
-            .and_then(|s| Some((s.replay_from.clone()?, s.read_ahead.take())))
+            .and_then(|s| s.replay.as_mut())
+            .map(|replay| (replay.from.clone(), replay.read_ahead.take()))
         else {
             return Ok(()); // detached meanwhile, or not replaying: nothing to send
         };
@@ -541,7 +551,7 @@ impl FollowTask {
         let revocation = self
             .subscribers
             .get(&subscriber)
-            .and_then(|s| s.revocation.as_ref());
+            .and_then(|s| s.revocation.as_deref());
         let revoked = cut_at_revocation(&mut events, revocation);
         let end = events.last().map_or(from.offset, |event| event.offset);
         // Complete only once the page reaches what this stream has forwarded by now: the
@@ -550,21 +560,25 @@ impl FollowTask {
         // followed by another instead.
         let complete = revoked || end >= self.cursor.last().offset;
         if let Some(attached) = self.subscribers.get_mut(&subscriber) {
-            attached.replay_from = (!complete).then(|| StreamPosition {
-                offset: end,
-                epoch: from.epoch.clone(),
-            });
-            attached.read_ahead = attached.replay_from.clone().map(|next| {
+            attached.replay = (!complete).then(|| {
+                let next = StreamPosition {
+                    offset: end,
+                    epoch: from.epoch.clone(),
+                };
                 // Through what this stream has seen: committed, though perhaps not yet in
                 // the broker's cache (the stream opened at the database's top).
                 let through = Some(self.cursor.last().offset);
-                PageRead::start(
+                let read_ahead = PageRead::start(
                     self.node.history_reader(),
                     &self.topic,
-                    next,
+                    next.clone(),
                     SOCKET_PAGE,
                     through,
-                )
+                );
+                Box::new(Replaying {
+                    from: next,
+                    read_ahead: Some(read_ahead),
+                })
             });
         }
         let replay = FollowReplay {
@@ -585,7 +599,7 @@ impl FollowTask {
         let revoked: Vec<u64> = self
             .subscribers
             .iter()
-            .filter(|(_, s)| s.replay_from.is_none())
+            .filter(|(_, s)| s.replay.is_none())
             .filter(|(_, s)| s.revocation.as_ref().is_some_and(|r| r.ends_with(event)))
             .map(|(id, _)| *id)
             .collect();

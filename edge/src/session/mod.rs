@@ -57,8 +57,10 @@ pub(crate) async fn run<S, R, E>(
     E: StdError + 'static,
 {
     let (mut session, mut out_rx) = Session::new(sink, ctx);
-    // One span per socket: its id on this edge, never its token or user.
-    let span = tracing::info_span!(
+    // One span per socket: its id on this edge, never its token or user. At DEBUG, like the
+    // only events a session logs: at the default level an idle socket then holds no span
+    // (about 480 bytes in the subscriber's registry).
+    let span = tracing::debug_span!(
         "socket",
         connection = out_rx.socket(),
         transport = "websocket"
@@ -181,7 +183,7 @@ struct Session<S> {
     subscriptions: HashMap<Arc<str>, u64>,
     bucket: TokenBucket,
     strikes: u32,
-    pending: FuturesUnordered<Pending>,
+    pending: InFlight,
     calls_in_flight: usize,
     /// Topics with a publish in flight, and the publishes queued behind it, in arrival order.
     publishing: HashMap<Arc<str>, VecDeque<(u64, serde_json::Value)>>,
@@ -195,6 +197,31 @@ struct Session<S> {
     feed_commands: FeedCommands,
     /// Counts the socket in `herald_edge_connections` while it is open.
     counted: ConnectionGauge,
+}
+
+/// The socket's asynchronous work in flight (`auth`, calls, publishes); it holds no
+/// allocation while there is none, as on every idle socket.
+#[derive(Default)]
+struct InFlight(Option<FuturesUnordered<Pending>>);
+
+impl InFlight {
+    fn push(&mut self, work: Pending) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesUnordered::is_empty)
+    }
+
+    /// The next piece of work to finish; cancel-safe.
+    async fn next(&mut self) -> Option<requests::Completion> {
+        let work = self.0.as_mut()?;
+        let done = work.next().await;
+        if work.is_empty() {
+            self.0 = None;
+        }
+        done
+    }
 }
 
 /// What a session asks of the topic feeds.
@@ -214,64 +241,89 @@ enum FeedCommand {
     },
 }
 
-/// One task per socket delivering its [`FeedCommand`]s one after the other. Run side by
-/// side, a pipelined `subscribe` + `unsubscribe` could reach the feed as detach-then-attach
-/// and leave an attachment no socket owns (a ghost in presence). The queue is bounded by the
-/// socket's request rate limit and subscription limit.
+/// A socket's [`FeedCommand`]s, delivered one after the other by the session itself. Run
+/// side by side, a pipelined `subscribe` + `unsubscribe` could reach the feed as
+/// detach-then-attach and leave an attachment no socket owns (a ghost in presence). The queue
+/// is bounded by the socket's request rate limit and subscription limit.
 ///
-/// Every idle socket holds this task and its channel, so both are kept small: commands are
-/// boxed (the channel allocates its slots 32 at a time) and so are the feed calls the task
-/// awaits (their state would otherwise be part of the task for the socket's lifetime).
-#[derive(Debug)]
+/// Every idle socket holds this, so it owns no task, channel or buffer while idle: the
+/// command in delivery is one boxed future polled by the session loop, and the queue behind
+/// it gives its buffer back once empty.
 struct FeedCommands {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Box<FeedCommand>>>,
-    worker: Option<tokio::task::JoinHandle<()>>,
+    feeds: Arc<crate::feeds::Feeds>,
+    out: outbound::Outbound,
+    delivering: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    queued: VecDeque<FeedCommand>,
 }
 
 impl FeedCommands {
-    fn start(ctx: &Arc<EdgeContext>, out: outbound::Outbound) -> FeedCommands {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Box<FeedCommand>>();
-        let feeds = ctx.feeds.clone();
-        let worker = tokio::spawn(async move {
-            while let Some(command) = rx.recv().await {
-                match *command {
-                    FeedCommand::Attach(request) => Box::pin(feeds.attach(request)).await,
-                    FeedCommand::Detach {
-                        topic,
-                        subscriber,
-                        reply,
-                    } => {
-                        Box::pin(feeds.detach(&topic, subscriber)).await;
-                        if let Some(id) = reply {
-                            out.text(crate::protocol::result(id, &serde_json::json!({})));
-                        }
-                    }
-                    FeedCommand::Refresh {
-                        topic,
-                        subscriber,
-                        token,
-                    } => Box::pin(feeds.refresh(&topic, subscriber, token)).await,
-                }
-            }
-        });
+    fn new(feeds: Arc<crate::feeds::Feeds>, out: outbound::Outbound) -> FeedCommands {
         FeedCommands {
-            tx: Some(tx),
-            worker: Some(worker),
+            feeds,
+            out,
+            delivering: None,
+            queued: VecDeque::new(),
         }
     }
 
-    fn send(&self, command: FeedCommand) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Box::new(command));
+    fn send(&mut self, command: FeedCommand) {
+        if self.delivering.is_none() {
+            self.delivering = Some(self.deliver(command));
+        } else {
+            self.queued.push_back(command);
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.delivering.is_some()
+    }
+
+    /// Waits until the command in delivery has reached its feed, then starts the next.
+    /// Cancel-safe: a delivery interrupted by another branch of the session loop resumes on
+    /// the next call.
+    async fn advance(&mut self) {
+        if let Some(delivering) = &mut self.delivering {
+            delivering.await;
+        }
+        self.delivering = self.queued.pop_front().map(|next| self.deliver(next));
+        if self.queued.is_empty() && self.queued.capacity() > 0 {
+            self.queued = VecDeque::new();
         }
     }
 
     /// Waits until every command sent so far has reached its feed.
     async fn finish(&mut self) {
-        self.tx = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.await;
+        while self.is_busy() {
+            self.advance().await;
         }
+    }
+
+    fn deliver(
+        &self,
+        command: FeedCommand,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let feeds = self.feeds.clone();
+        let out = self.out.clone();
+        Box::pin(async move {
+            match command {
+                FeedCommand::Attach(request) => feeds.attach(request).await,
+                FeedCommand::Detach {
+                    topic,
+                    subscriber,
+                    reply,
+                } => {
+                    feeds.detach(&topic, subscriber).await;
+                    if let Some(id) = reply {
+                        out.text(crate::protocol::result(id, &serde_json::json!({})));
+                    }
+                }
+                FeedCommand::Refresh {
+                    topic,
+                    subscriber,
+                    token,
+                } => feeds.refresh(&topic, subscriber, token).await,
+            }
+        })
     }
 }
 
@@ -279,7 +331,7 @@ impl<S> Session<S> {
     fn new(sink: S, ctx: Arc<EdgeContext>) -> (Session<S>, OutboundReceiver) {
         let limits = &ctx.config.limits;
         let (out, out_rx) = outbound::channel(limits.max_outbound_bytes);
-        let feed_commands = FeedCommands::start(&ctx, out.clone());
+        let feed_commands = FeedCommands::new(ctx.feeds.clone(), out.clone());
         let session = Session {
             sink,
             heartbeat: Heartbeat::new(limits),
@@ -288,7 +340,7 @@ impl<S> Session<S> {
             subscriptions: HashMap::new(),
             bucket: TokenBucket::new(limits.rate_burst, f64::from(limits.rate_per_second)),
             strikes: 0,
-            pending: FuturesUnordered::new(),
+            pending: InFlight::default(),
             calls_in_flight: 0,
             publishing: HashMap::new(),
             authenticating: false,
@@ -351,25 +403,25 @@ impl<S: Sink<Message> + Unpin> Session<S> {
         E: StdError + 'static,
     {
         let shutdown = self.ctx.shutdown.clone();
-        let slow = out_rx.slow_signal();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Err(CloseReason::Shutdown.into()),
-                () = slow.wait() => {
-                    return Err(if out_rx.is_disconnected() {
-                        CloseReason::DisconnectedByAdmin
-                    } else {
-                        CloseReason::SlowConsumer
+                next = out_rx.recv() => match next {
+                    // Boxed, like `beat`: the loop's own state is held by every idle socket,
+                    // and one allocation per batch of frames is small beside its system call.
+                    Ok(item) => Box::pin(self.write_in_time(item, out_rx)).await?,
+                    Err(outbound::Cut::Slow) => return Err(CloseReason::SlowConsumer.into()),
+                    Err(outbound::Cut::Disconnected) => {
+                        return Err(CloseReason::DisconnectedByAdmin.into());
                     }
-                    .into());
-                }
-                item = out_rx.recv() => self.write_in_time(item, out_rx).await?,
+                },
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.complete(done)?;
                 }
+                () = self.feed_commands.advance(), if self.feed_commands.is_busy() => {}
                 message = stream.next() => self.receive(message)?,
-                () = &mut self.heartbeat.timer => self.beat().await?,
+                () = &mut self.heartbeat.timer => Box::pin(self.beat()).await?,
             }
         }
     }
