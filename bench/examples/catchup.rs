@@ -49,10 +49,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use herald_backend::{
     Config,
-    store::{
-        Store, StoreError,
-        entity::outbox::{self, Status as OutboxStatus},
-    },
+    store::{Store, StoreError, entity::outbox_pending},
     topic::Topic,
 };
 use herald_proto::{
@@ -60,7 +57,7 @@ use herald_proto::{
     codes::{RETRY_AFTER_TRAILER, close_code_of},
     v1::{CloseCode, StreamPosition, SubscribeRequest, Subscribed},
 };
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
 use support::{BoxError, CpuClock, Edge, Server, json_number, load_average};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -279,10 +276,7 @@ async fn fill(store: &Store, topic: &Topic, events: u64, batch: u64) -> Result<F
 async fn wait_relayed(store: &Store) -> Result<(), BoxError> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let pending = outbox::Entity::find()
-            .filter(outbox::Column::Status.eq(OutboxStatus::Pending))
-            .count(store.db())
-            .await?;
+        let pending = outbox_pending::Entity::find().count(store.db()).await?;
         if pending == 0 {
             return Ok(());
         }

@@ -28,6 +28,7 @@ mod m20261201_000064_chat_message;
 mod m20261201_000065_chat_reaction;
 mod m20261201_000070_outbox_autovacuum;
 mod m20261201_000090_admin_audit;
+mod m20261203_000100_outbox_pending;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
@@ -67,6 +68,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000065_chat_reaction::Migration),
             Box::new(m20261201_000070_outbox_autovacuum::Migration),
             Box::new(m20261201_000090_admin_audit::Migration),
+            Box::new(m20261203_000100_outbox_pending::Migration),
         ]
     }
 }

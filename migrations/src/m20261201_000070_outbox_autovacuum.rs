@@ -14,14 +14,14 @@ use sea_orm_migration::{prelude::*, sea_orm::DbBackend};
 pub(crate) struct Migration;
 
 /// Every setting this migration changes, and the tables it changes them on.
-const SETTINGS: &str = "autovacuum_vacuum_scale_factor = 0, \
+pub(crate) const SETTINGS: &str = "autovacuum_vacuum_scale_factor = 0, \
      autovacuum_vacuum_threshold = 10000, \
      autovacuum_vacuum_insert_scale_factor = 0, \
      autovacuum_vacuum_insert_threshold = 50000, \
      autovacuum_analyze_scale_factor = 0, \
      autovacuum_analyze_threshold = 20000, \
      autovacuum_vacuum_cost_delay = 0";
-const NAMES: &str = "autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, \
+pub(crate) const NAMES: &str = "autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, \
      autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold, \
      autovacuum_analyze_scale_factor, autovacuum_analyze_threshold, autovacuum_vacuum_cost_delay";
 const TABLES: [&str; 3] = ["outbox", "outbox_topic", "publish_key"];

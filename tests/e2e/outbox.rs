@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use herald_backend::{store::entity::outbox, topic::Topic};
+use herald_backend::{
+    store::entity::{outbox, outbox_pending},
+    topic::Topic,
+};
 use herald_e2e::{Subscription, TestApp, range, spawn_app};
 use herald_proto::v1::Event;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -54,8 +57,7 @@ async fn read(sub: &mut Subscription, count: usize) -> (Vec<u64>, Vec<u64>) {
 }
 
 async fn pending_rows(app: &TestApp) -> u64 {
-    outbox::Entity::find()
-        .filter(outbox::Column::Status.eq(outbox::Status::Pending))
+    outbox_pending::Entity::find()
         .count(app.store.db())
         .await
         .unwrap()

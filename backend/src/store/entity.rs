@@ -1,24 +1,10 @@
 //! sea-orm entities of the outbox tables (the schema itself lives in `migrations/`).
 
 /// `outbox`: one row per durable event, from its transaction's commit until retention purges
-/// it. It is both the relay's queue (`status`) and the durable topics' history of record.
+/// it: the durable topics' history of record. Written once, never updated; what the relay
+/// has yet to hand over is in [`outbox_pending`].
 pub mod outbox {
     use sea_orm::entity::prelude::*;
-
-    /// Where a row is in its life.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
-    #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
-    pub enum Status {
-        /// Committed, not yet published (or published but not yet marked).
-        #[sea_orm(string_value = "pending")]
-        Pending,
-        /// Published; `published_*` say where it landed.
-        #[sea_orm(string_value = "published")]
-        Published,
-        /// Can never be published (unreadable data); kept for inspection, logged once.
-        #[sea_orm(string_value = "dead")]
-        Dead,
-    }
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "outbox")]
@@ -33,15 +19,32 @@ pub mod outbox {
         #[sea_orm(column_type = "Text")]
         pub data: String,
         pub publisher: String,
-        pub status: Status,
         pub created_at_ms: i64,
-        pub published_at_ms: Option<i64>,
         /// The event's id (UUIDv7), fixed at commit. Absent only on rows written before
         /// durable topics, whose id is derived from the row id.
         pub event_id: Option<String>,
         /// A typed body: an encoded `herald.v1.Event` carrying only its typed `body` fields,
         /// merged into the event when it is read. `None` for events with JSON `data` only.
         pub body: Option<Vec<u8>>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `outbox_pending`: the relay's queue, the ids of committed `outbox` rows not yet handed to
+/// the broker. Inserted with the row, deleted once relayed: one narrow row per event instead
+/// of a second version of the whole event.
+pub mod outbox_pending {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_pending")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

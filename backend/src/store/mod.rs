@@ -73,7 +73,7 @@ use herald_migrations::{DURABLE_EPOCH_KEY, Migrator, MigratorTrait};
 use herald_proto::{v1::StreamPosition, wkt::Struct};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DbErr, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -84,7 +84,6 @@ use crate::{
     lanes::Lanes,
     topic::Topic,
 };
-use entity::outbox;
 
 #[cfg(feature = "test-util")]
 pub use relay::RelayFaults;
@@ -275,19 +274,22 @@ impl Store {
         self.inner.relayed_events.fetch_add(events as u64, Relaxed);
     }
 
-    /// How many outbox rows wait for the relay, and when the oldest was committed (one
-    /// indexed query: `status, id`).
+    /// How many outbox rows wait for the relay, and when the oldest was committed (the
+    /// relay's queue is small unless the relay is behind).
     pub async fn outbox_backlog(&self) -> Result<(u64, Option<SystemTime>), StoreError> {
-        use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
-        let (count, oldest): (i64, Option<i64>) = outbox::Entity::find()
-            .select_only()
-            .column_as(outbox::Column::Id.count(), "pending")
-            .column_as(outbox::Column::CreatedAtMs.min(), "oldest")
-            .filter(outbox::Column::Status.eq(outbox::Status::Pending))
-            .into_tuple()
-            .one(self.db())
-            .await?
-            .unwrap_or((0, None));
+        let backend = self.backend();
+        let row = self
+            .db()
+            .query_one_raw(Statement::from_string(
+                backend,
+                "SELECT COUNT(*) AS pending, MIN(o.created_at_ms) AS oldest \
+                 FROM outbox_pending p JOIN outbox o ON o.id = p.id",
+            ))
+            .await?;
+        let (count, oldest): (i64, Option<i64>) = match row {
+            Some(row) => (row.try_get("", "pending")?, row.try_get("", "oldest")?),
+            None => (0, None),
+        };
         let oldest = oldest
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));

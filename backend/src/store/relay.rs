@@ -3,10 +3,11 @@
 //!
 //! **Order.** A topic's rows get their offsets (`topic_seq`) under the topic's `outbox_topic`
 //! row lock, held until commit, so a topic's rows become visible in offset order and a later
-//! row's id is allocated after the earlier row committed. The relay reads rows by *status*
-//! (`pending`), never by "id above the last one seen": PostgreSQL sequence values commit out
-//! of order across topics, and a cursor would skip a row whose transaction was still open. It
-//! hands them over in id order, which within a topic is offset order.
+//! row's id is allocated after the earlier row committed. The relay reads the rows queued in
+//! `outbox_pending` (committed with them), never by "id above the last one seen": PostgreSQL
+//! sequence values commit out of order across topics, and a cursor would skip a row whose
+//! transaction was still open. It hands them over in id order, which within a topic is
+//! offset order, then deletes their queue entries.
 //!
 //! **Exactly once, by offset.** The broker never renumbers a durable event and ignores an
 //! offset it already has ([`Broker::append`]), so a relay that dies after handing rows over
@@ -30,16 +31,12 @@
 
 #[cfg(feature = "test-util")]
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-    sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement,
+    TransactionTrait, Value,
+    sea_query::ArrayType,
     sqlx::{self, PgConnection, PgPool, postgres::PgListener},
 };
 #[cfg(feature = "test-util")]
@@ -48,9 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Store, StoreError,
-    entity::{outbox, outbox_topic},
+    entity::{outbox, outbox_pending, outbox_topic},
     log::event_of,
-    unix_ms,
 };
 use crate::{
     broker::{Appended, Broker, BrokerError},
@@ -59,6 +55,8 @@ use crate::{
 
 /// Commits with outbox rows notify this channel (PostgreSQL).
 pub const NOTIFY_CHANNEL: &str = "herald_outbox";
+/// Queue entries deleted between two vacuums of the queue (PostgreSQL).
+const VACUUM_EVERY: usize = 10_000;
 /// The advisory lock key of the cluster-wide relay (`'herald'` in ASCII).
 const LEADER_LOCK_KEY: i64 = 0x6865_7261_6c64;
 
@@ -213,8 +211,14 @@ impl Relay {
         };
         let mut sweep = tokio::time::interval(config.relay_sweep);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_vacuum = 0;
         loop {
             let relayed = self.pass().await?;
+            since_vacuum += relayed;
+            if since_vacuum >= VACUUM_EVERY && self.store.backend() == DbBackend::Postgres {
+                self.vacuum_queue().await;
+                since_vacuum = 0;
+            }
             if relayed as u64 >= config.relay_batch {
                 continue; // more are waiting
             }
@@ -254,16 +258,23 @@ impl Relay {
         }
     }
 
-    /// Hands one batch of pending rows to the broker in id order and marks them. Returns how
-    /// many.
+    /// Hands one batch of queued rows to the broker in id order and takes them off the
+    /// queue. Returns how many.
     async fn pass(&self) -> Result<usize, RelayError> {
         let db = self.store.db();
-        let rows = outbox::Entity::find()
-            .filter(outbox::Column::Status.eq(outbox::Status::Pending))
-            .order_by_asc(outbox::Column::Id)
-            .limit(self.store.config().relay_batch)
-            .all(db)
-            .await?;
+        let backend = db.get_database_backend();
+        let limit = i64::try_from(self.store.config().relay_batch).unwrap_or(i64::MAX);
+        let queued = match backend {
+            DbBackend::Postgres => QUEUED_ROWS_POSTGRES,
+            _ => QUEUED_ROWS_SQLITE,
+        };
+        let rows = outbox::Model::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            queued,
+            [limit.into()],
+        ))
+        .all(db)
+        .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -291,10 +302,25 @@ impl Relay {
             .check(&self.faults.kill_before_mark, "before mark")?;
 
         let turn = self.store.write_turn().await?;
-        mark(db, &ids).await?;
+        dequeue(db, &ids).await?;
         drop(turn);
         tracing::debug!(relayed = ids.len(), already, "relayed outbox rows");
         Ok(ids.len())
+    }
+
+    /// Vacuums the relay's queue. Every pass reads the queue from its lowest id, so the
+    /// entries of rows it deleted, which stay in the index until a vacuum, pile up exactly
+    /// where each pass starts: after a burst, milliseconds per pass. Autovacuum looks at a
+    /// table at most once a minute; a vacuum of this narrow table takes a few milliseconds.
+    async fn vacuum_queue(&self) {
+        if let Err(error) = self
+            .store
+            .db()
+            .execute_unprepared("VACUUM (SKIP_LOCKED) outbox_pending")
+            .await
+        {
+            tracing::warn!(%error, "vacuuming the relay's queue failed; autovacuum will do it");
+        }
     }
 
     /// The epochs of the batch's topics.
@@ -312,27 +338,46 @@ impl Relay {
     }
 }
 
-/// Marks rows published.
-async fn mark(db: &sea_orm::DatabaseConnection, ids: &[i64]) -> Result<(), StoreError> {
+/// The oldest queued rows, in id order. On PostgreSQL the ids are taken first, as an array,
+/// so the rows are always fetched by primary key: a join lets the planner, misled by a queue
+/// whose size swings from empty to thousands, scan all of `outbox`.
+/// (Columns named: SQLite re-prepares a cached `*` against a changed schema under a column
+/// list that no longer matches.)
+const QUEUED_ROWS_POSTGRES: &str = "SELECT id, topic, topic_seq, event_type, data, publisher, \
+    created_at_ms, event_id, body FROM outbox \
+    WHERE id = ANY(ARRAY(SELECT id FROM outbox_pending ORDER BY id LIMIT $1)) ORDER BY id";
+const QUEUED_ROWS_SQLITE: &str = "SELECT id, topic, topic_seq, event_type, data, publisher, \
+    created_at_ms, event_id, body FROM outbox \
+    WHERE id IN (SELECT id FROM outbox_pending ORDER BY id LIMIT ?) ORDER BY id";
+
+/// Takes handed-over rows off the relay's queue.
+async fn dequeue(db: &sea_orm::DatabaseConnection, ids: &[i64]) -> Result<(), StoreError> {
     let tx = db.begin().await?;
     if tx.get_database_backend() == DbBackend::Postgres {
-        // A lost mark only means the rows are handed over again, which delivers nothing
-        // twice: the relay need not wait for a disk flush here.
+        // A lost dequeue only means the rows are handed over again, which delivers nothing
+        // twice: the relay need not wait for a disk flush here. One statement over an array
+        // whatever the batch size, so it is planned once per connection.
         tx.execute_unprepared("SET LOCAL synchronous_commit = off")
             .await?;
-    }
-    outbox::Entity::update_many()
-        .col_expr(
-            outbox::Column::Status,
-            Expr::value(outbox::Status::Published),
-        )
-        .col_expr(
-            outbox::Column::PublishedAtMs,
-            Expr::value(unix_ms(SystemTime::now())),
-        )
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-        .exec(&tx)
+        tx.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM outbox_pending WHERE id = ANY($1::int8[])",
+            [Value::Array(
+                ArrayType::BigInt,
+                Some(Box::new(
+                    ids.iter().map(|&id| Value::BigInt(Some(id))).collect(),
+                )),
+            )],
+        ))
         .await?;
+    } else {
+        for chunk in ids.chunks(super::ROWS_PER_STATEMENT) {
+            outbox_pending::Entity::delete_many()
+                .filter(outbox_pending::Column::Id.is_in(chunk.iter().copied()))
+                .exec(&tx)
+                .await?;
+        }
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -45,7 +45,8 @@ impl Store {
                 purged += self
                     .delete_batched(
                         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                         WHERE created_at_ms < $1 AND topic LIKE $2 AND status <> 'pending' \
+                         WHERE created_at_ms < $1 AND topic LIKE $2 \
+                         AND id NOT IN (SELECT id FROM outbox_pending) \
                          ORDER BY id LIMIT $3)",
                         vec![cutoff.into(), pattern.clone().into()],
                         batch,
@@ -59,7 +60,7 @@ impl Store {
                         "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o \
                          JOIN outbox_topic t ON t.topic = o.topic \
                          WHERE o.topic LIKE $1 AND o.topic_seq <= t.last_seq - $2 \
-                         AND o.status <> 'pending' ORDER BY o.id LIMIT $3)",
+                         AND o.id NOT IN (SELECT id FROM outbox_pending) ORDER BY o.id LIMIT $3)",
                         vec![pattern.into(), keep.into()],
                         batch,
                     )

@@ -1,5 +1,6 @@
 //! The two statements that write durable events: bump each topic's sequence (which takes the
-//! topic's order lock) and insert the outbox rows.
+//! topic's order lock) and insert the outbox rows, with their ids in the relay's queue
+//! (`outbox_pending`).
 //!
 //! On PostgreSQL each is one statement over arrays (`UNNEST`), whatever the batch size: the
 //! statement text never changes, so it is parsed and planned once per connection and then
@@ -17,7 +18,7 @@ use sea_orm::{
 
 use super::{
     OutboxId, ROWS_PER_STATEMENT,
-    entity::{outbox, outbox_topic},
+    entity::{outbox, outbox_pending, outbox_topic},
 };
 
 /// One outbox row to insert, its offset fixed.
@@ -39,14 +40,16 @@ const BUMP_TOPICS: &str = "INSERT INTO outbox_topic (topic, last_seq, epoch) \
     ON CONFLICT (topic) DO UPDATE SET last_seq = outbox_topic.last_seq + excluded.last_seq \
     RETURNING topic, last_seq, epoch";
 
-const INSERT_ROWS: &str = "INSERT INTO outbox \
-    (topic, topic_seq, event_type, data, publisher, status, created_at_ms, event_id, body) \
-    SELECT topic, topic_seq, event_type, data, publisher, 'pending', created_at_ms, event_id, \
+/// The rows and their queue entries in one statement (a data-modifying `WITH`).
+const INSERT_ROWS: &str = "WITH inserted AS (INSERT INTO outbox \
+    (topic, topic_seq, event_type, data, publisher, created_at_ms, event_id, body) \
+    SELECT topic, topic_seq, event_type, data, publisher, created_at_ms, event_id, \
     CASE WHEN has_body THEN body END \
     FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[], \
     $7::text[], $8::bytea[], $9::bool[]) \
     AS r(topic, topic_seq, event_type, data, publisher, created_at_ms, event_id, body, has_body) \
-    RETURNING id";
+    RETURNING id) \
+    INSERT INTO outbox_pending (id) SELECT id FROM inserted RETURNING id";
 
 /// Adds each topic's count to its sequence (creating the topic at `epoch`), in topic order so
 /// transactions writing to several topics lock them in the same order and cannot deadlock.
@@ -98,7 +101,7 @@ pub(super) async fn bump_topics(
     Ok(bumped)
 }
 
-/// Inserts `rows` as pending and returns their ids (in no particular order).
+/// Inserts `rows`, queues them for the relay and returns their ids (in no particular order).
 pub(super) async fn insert_rows(
     tx: &DatabaseTransaction,
     rows: &[NewRow<'_>],
@@ -145,7 +148,6 @@ pub(super) async fn insert_rows(
             event_type: Set(row.event_type.to_owned()),
             data: Set(row.data.to_owned()),
             publisher: Set(row.publisher.to_owned()),
-            status: Set(outbox::Status::Pending),
             created_at_ms: Set(row.created_at_ms),
             event_id: Set(Some(row.event_id.clone())),
             body: Set(row.body.map(<[u8]>::to_vec)),
@@ -155,11 +157,17 @@ pub(super) async fn insert_rows(
     let mut ids = Vec::with_capacity(models.len());
     for chunk in models.chunks(ROWS_PER_STATEMENT) {
         // Only the ids come back: the rows' data is what was just sent.
-        ids.extend(
-            outbox::Entity::insert_many(chunk.iter().cloned())
-                .exec_with_returning_keys(tx)
-                .await?,
-        );
+        let inserted = outbox::Entity::insert_many(chunk.iter().cloned())
+            .exec_with_returning_keys(tx)
+            .await?;
+        outbox_pending::Entity::insert_many(
+            inserted
+                .iter()
+                .map(|&id| outbox_pending::ActiveModel { id: Set(id) }),
+        )
+        .exec_without_returning(tx)
+        .await?;
+        ids.extend(inserted);
     }
     Ok(ids)
 }
