@@ -62,6 +62,9 @@ struct Args {
     /// publish per event (group-committed).
     #[arg(long, value_enum, default_value_t = WritePath::Transaction)]
     path: WritePath,
+    /// The most publishes one group commit takes (`database.publish_batch_max`).
+    #[arg(long, default_value_t = 512)]
+    publish_batch_max: usize,
     /// Length of the latency phase.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
@@ -118,6 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     config.auth.hs256_secret = Some(SECRET.to_owned());
     config.node.subscriber_queue = 1 << 16;
+    config.database.publish_batch_max = args.publish_batch_max;
     let backend = Backend::build(config).await?;
     let store = backend.store().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -10,7 +10,7 @@ use herald_backend::{
 };
 use herald_e2e::{Subscription, TestApp, range, spawn_app};
 use herald_proto::v1::Event;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::json;
 
 fn topic(name: &str) -> Topic {
