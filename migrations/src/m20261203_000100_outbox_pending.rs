@@ -81,43 +81,56 @@ impl MigrationTrait for Migration {
             db.execute_unprepared(&format!("ALTER TABLE outbox_pending RESET ({NAMES})"))
                 .await?;
         }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Outbox::Table)
-                    .add_column(
-                        ColumnDef::new(Outbox::Status)
-                            .string_len(16)
-                            .not_null()
-                            .default("published"),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Outbox::Table)
-                    .add_column(ColumnDef::new(Outbox::PublishedAtMs).big_integer().null())
-                    .to_owned(),
-            )
-            .await?;
-        db.execute_unprepared(
-            "UPDATE outbox SET status = 'pending' WHERE id IN (SELECT id FROM outbox_pending)",
-        )
-        .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name(PENDING_INDEX)
-                    .table(Outbox::Table)
-                    .col(Outbox::Status)
-                    .col(Alias::new("id"))
-                    .to_owned(),
-            )
-            .await?;
+        if manager.get_database_backend() == DbBackend::Sqlite {
+            restore_sqlite_outbox(db).await?;
+        } else {
+            for statement in [
+                "ALTER TABLE outbox ADD COLUMN status varchar(16) NOT NULL DEFAULT 'published'",
+                "ALTER TABLE outbox ADD COLUMN published_at_ms bigint NULL",
+                "UPDATE outbox SET status = 'pending' WHERE id IN (SELECT id FROM outbox_pending)",
+                "ALTER TABLE outbox ALTER COLUMN status DROP DEFAULT",
+            ] {
+                db.execute_unprepared(statement).await?;
+            }
+            manager.create_index(pending_index()).await?;
+        }
         manager
             .drop_table(Table::drop().table(OutboxPending::Table).to_owned())
             .await
     }
+}
+
+fn pending_index() -> IndexCreateStatement {
+    Index::create()
+        .name(PENDING_INDEX)
+        .table(Outbox::Table)
+        .col(Outbox::Status)
+        .col(Alias::new("id"))
+        .to_owned()
+}
+
+/// SQLite adds columns only at the end of a table: the table is rebuilt with its columns in
+/// their former order, then its indexes.
+async fn restore_sqlite_outbox(db: &SchemaManagerConnection<'_>) -> Result<(), DbErr> {
+    for statement in [
+        "CREATE TABLE \"outbox_restored\" (\"id\" integer NOT NULL PRIMARY KEY AUTOINCREMENT, \
+         \"topic\" varchar(255) NOT NULL, \"topic_seq\" integer NOT NULL, \
+         \"event_type\" varchar(128) NOT NULL, \"data\" text NOT NULL, \
+         \"publisher\" varchar(255) NOT NULL, \"status\" varchar(16) NOT NULL, \
+         \"created_at_ms\" integer NOT NULL, \"published_at_ms\" integer NULL, \
+         \"event_id\" varchar(64) NULL , \"body\" blob NULL)",
+        "INSERT INTO outbox_restored (id, topic, topic_seq, event_type, data, publisher, status, \
+         created_at_ms, event_id, body) \
+         SELECT id, topic, topic_seq, event_type, data, publisher, \
+         CASE WHEN id IN (SELECT id FROM outbox_pending) THEN 'pending' ELSE 'published' END, \
+         created_at_ms, event_id, body FROM outbox",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_restored RENAME TO outbox",
+        "CREATE INDEX \"idx_outbox_created_at\" ON \"outbox\" (\"created_at_ms\")",
+        "CREATE UNIQUE INDEX \"idx_outbox_topic_seq\" ON \"outbox\" (\"topic\", \"topic_seq\")",
+        "CREATE INDEX \"idx_outbox_status_id\" ON \"outbox\" (\"status\", \"id\")",
+    ] {
+        db.execute_unprepared(statement).await?;
+    }
+    Ok(())
 }
