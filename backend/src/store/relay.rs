@@ -35,8 +35,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement,
-    TransactionTrait, Value,
-    sea_query::ArrayType,
+    TransactionTrait,
     sqlx::{self, PgConnection, PgPool, postgres::PgListener},
 };
 #[cfg(feature = "test-util")]
@@ -362,12 +361,7 @@ async fn dequeue(db: &sea_orm::DatabaseConnection, ids: &[i64]) -> Result<(), St
         tx.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "DELETE FROM outbox_pending WHERE id = ANY($1::int8[])",
-            [Value::Array(
-                ArrayType::BigInt,
-                Some(Box::new(
-                    ids.iter().map(|&id| Value::BigInt(Some(id))).collect(),
-                )),
-            )],
+            [super::write::bigints(ids.iter().copied())],
         ))
         .await?;
     } else {

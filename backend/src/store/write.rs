@@ -183,7 +183,8 @@ fn strings<'a>(values: impl Iterator<Item = &'a str>) -> Value {
     )
 }
 
-fn bigints(values: impl Iterator<Item = i64>) -> Value {
+/// A PostgreSQL `int8[]` parameter.
+pub(super) fn bigints(values: impl Iterator<Item = i64>) -> Value {
     Value::Array(
         ArrayType::BigInt,
         Some(Box::new(
