@@ -143,9 +143,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // Delivery times (ns since `origin`) per event sequence number, and commit times.
     let origin = Instant::now();
+    let origin_wall = std::time::SystemTime::now();
     let total = args.events + args.rate * args.latency_for.as_secs() + 1;
     let committed_at: Arc<Vec<AtomicU64>> =
         Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    // When each latency-phase write returned, and when its event arrived: the two halves of
+    // commit-to-delivery (the commit, then the relay and the stream).
+    let returned_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let arrived_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let latency_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -166,9 +172,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .subscribe(request)
                 .await?
                 .into_inner();
-            let (delivered, committed_at, latencies, latency_from) = (
+            let (delivered, committed_at, arrived_at, latencies, latency_from) = (
                 delivered.clone(),
                 committed_at.clone(),
+                arrived_at.clone(),
                 latencies.clone(),
                 latency_from.clone(),
             );
@@ -190,6 +197,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .unwrap_or(0);
                     if seq >= latency_from.load(Ordering::Relaxed) {
                         let at = committed_at[seq as usize].load(Ordering::Acquire);
+                        arrived_at[seq as usize].store(now, Ordering::Release);
                         let latency = now.saturating_sub(at);
                         if let Ok(mut all) = latencies.lock() {
                             all.push(latency);
@@ -267,17 +275,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pending = tokio::task::JoinSet::new();
     for seq in first..first + count {
         ticker.tick().await;
-        let (store, topic, committed_at) = (
+        let (store, topic, committed_at, returned_at) = (
             store.clone(),
             topics[seq as usize % topics.len()].clone(),
             committed_at.clone(),
+            returned_at.clone(),
         );
         let path = args.path;
         pending.spawn(async move {
             // Measured from the start of the write (it includes the commit itself): the
             // relay may deliver before the write has returned here.
             committed_at[seq as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
-            write_one(&store, path, &topic, seq).await
+            let written = write_one(&store, path, &topic, seq).await;
+            returned_at[seq as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
+            written
         });
         while pending.try_join_next().is_some() {}
     }
@@ -285,23 +296,77 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         result??;
     }
     wait_for(&delivered, (args.events + count) * fanout).await;
-    let mut all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |ns| *ns as f64 / 1e6)
-    };
+    let all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let all = Percentiles::of(all);
     println!(
         "{database}: commit-to-delivery at {} events/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} deliveries)",
         args.rate,
-        pct(0.50),
-        pct(0.99),
-        pct(1.0),
+        all.at(0.50),
+        all.at(0.99),
+        all.at(1.0),
         all.len()
+    );
+    // The halves, per event (with one subscriber per topic, the event's one delivery).
+    let range = first as usize..(first + count) as usize;
+    let half = |from: &[AtomicU64], to: &[AtomicU64]| {
+        Percentiles::of(
+            range
+                .clone()
+                .map(|seq| {
+                    let to = to[seq].load(Ordering::Acquire);
+                    to.saturating_sub(from[seq].load(Ordering::Acquire))
+                })
+                .collect(),
+        )
+    };
+    let slowest = range.clone().max_by_key(|&seq| {
+        arrived_at[seq]
+            .load(Ordering::Acquire)
+            .saturating_sub(committed_at[seq].load(Ordering::Acquire))
+    });
+    if let Some(seq) = slowest {
+        let at = origin_wall + Duration::from_nanos(committed_at[seq].load(Ordering::Acquire));
+        let at = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        println!(
+            "{database}: the slowest event was written at {}.{:03} (Unix time)",
+            at.as_secs(),
+            at.subsec_millis()
+        );
+    }
+    let commit = half(&committed_at, &returned_at);
+    let relay = half(&returned_at, &arrived_at);
+    println!(
+        "{database}: of which the publish call p50 {:.2} / p99 {:.2} / max {:.2} ms, \
+         from its return to the delivery p50 {:.2} / p99 {:.2} / max {:.2} ms",
+        commit.at(0.50),
+        commit.at(0.99),
+        commit.at(1.0),
+        relay.at(0.50),
+        relay.at(0.99),
+        relay.at(1.0),
     );
     shutdown.cancel();
     let _ = server.await;
     Ok(())
+}
+
+/// Nanosecond samples, sorted, read in milliseconds.
+struct Percentiles(Vec<u64>);
+
+impl Percentiles {
+    fn of(mut samples: Vec<u64>) -> Percentiles {
+        samples.sort_unstable();
+        Percentiles(samples)
+    }
+
+    fn at(&self, p: f64) -> f64 {
+        let index = ((self.0.len() as f64 * p) as usize).min(self.0.len().saturating_sub(1));
+        self.0.get(index).map_or(0.0, |ns| *ns as f64 / 1e6)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 async fn wait_for(delivered: &AtomicU64, target: u64) {

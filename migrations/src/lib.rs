@@ -29,11 +29,15 @@ mod m20261201_000065_chat_reaction;
 mod m20261201_000070_outbox_autovacuum;
 mod m20261201_000090_admin_audit;
 mod m20261203_000100_outbox_pending;
+mod m20261204_000110_outbox_pending_no_truncate;
 
 pub use m20261201_000003_durable_topics::DURABLE_EPOCH_KEY;
 
 /// Migrations that change nothing on SQLite (PostgreSQL storage settings).
-pub const POSTGRES_ONLY: &[&str] = &["m20261201_000070_outbox_autovacuum"];
+pub const POSTGRES_ONLY: &[&str] = &[
+    "m20261201_000070_outbox_autovacuum",
+    "m20261204_000110_outbox_pending_no_truncate",
+];
 
 /// The ordered list of migrations.
 #[derive(Debug)]
@@ -69,6 +73,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000070_outbox_autovacuum::Migration),
             Box::new(m20261201_000090_admin_audit::Migration),
             Box::new(m20261203_000100_outbox_pending::Migration),
+            Box::new(m20261204_000110_outbox_pending_no_truncate::Migration),
         ]
     }
 }
