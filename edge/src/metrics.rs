@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use herald_proto::metrics::{DELIVERY_LAG, LagHistogram, TOPIC_KINDS};
+use herald_proto::metrics::{DELIVERY_LAG, LagHistogram, ShardedCount, TOPIC_KINDS};
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -67,6 +67,8 @@ pub(crate) struct EdgeMetrics {
     authenticated: Gauge,
     subscribes: [Counter; TOPIC_KINDS.len() + 1],
     deliveries: [Counter; 1],
+    /// Counted here on the hot path, copied into `deliveries` when scraped.
+    delivery_counts: [ShardedCount; 1],
     slow_consumers: Counter,
     auth_failures: [Counter; AUTH_REASONS.len()],
     limit_hits: [Counter; LIMIT_NAMES.len()],
@@ -174,6 +176,7 @@ impl EdgeMetrics {
             subscribes: kinds
                 .map(|kind| counter("herald_edge_subscribes_total", &[("kind", kind)])),
             deliveries: [counter("herald_edge_deliveries_total", &[])],
+            delivery_counts: [ShardedCount::new()],
             slow_consumers: counter("herald_edge_slow_consumer_endings_total", &[]),
             auth_failures: AUTH_REASONS
                 .map(|reason| counter("herald_edge_auth_failures_total", &[("reason", reason)])),
@@ -209,7 +212,7 @@ impl EdgeMetrics {
 
     /// A push was written to a socket; `published` is an event's publish time.
     pub(crate) fn delivered(&self, push: Push, published: Option<std::time::SystemTime>) {
-        self.deliveries[push as usize].increment(1);
+        self.delivery_counts[push as usize].add(1);
         if let Some(published) = published {
             self.lag.observe_since(published);
         }
@@ -244,6 +247,9 @@ impl EdgeMetrics {
     /// The Prometheus text of every metric.
     pub(crate) fn render(&self) -> String {
         let _ = &self.recorder;
+        for (counter, count) in self.deliveries.iter().zip(&self.delivery_counts) {
+            counter.absolute(count.get());
+        }
         let mut text = self.handle.render();
         self.lag.render(
             DELIVERY_LAG,

@@ -6,12 +6,64 @@
 //! one keeps every sample until the next scrape, and at a million deliveries per second that
 //! is megabytes per second. Here a sample is a bucket search over a dozen bounds and three
 //! relaxed atomic adds, with no allocation, and memory is constant.
+//!
+//! The atomics are sharded by thread ([`ShardedCount`], and the histogram's shards): every
+//! worker thread adds to its own cache line, and a scrape sums the shards. One shared line,
+//! written by every thread for every delivery, bounced between the cores at each add.
 
 use std::{
+    cell::Cell,
     fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::SystemTime,
 };
+
+/// Shards per counter: more than the worker threads of a small machine, few enough that a
+/// scrape's sum is a handful of loads.
+const SHARDS: usize = 8;
+
+/// The calling thread's shard, handed out round robin at its first count.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SHARD.with(|shard| {
+        *shard.get().get_or_insert_with(|| {
+            let index = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            shard.set(Some(index));
+            index
+        })
+    })
+}
+
+/// A value on a cache line of its own (two lines: adjacent-line prefetch pairs them).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A monotonic count added to from many threads on a hot path; read by summing its shards.
+#[derive(Debug, Default)]
+pub struct ShardedCount {
+    shards: [Padded<AtomicU64>; SHARDS],
+}
+
+impl ShardedCount {
+    pub fn new() -> ShardedCount {
+        ShardedCount::default()
+    }
+
+    pub fn add(&self, n: u64) {
+        self.shards[shard_index()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
 
 /// The topic kinds, the only values of a `kind` label; a topic of any other prefix is
 /// counted as `other`.
@@ -46,6 +98,12 @@ pub const LAG_BUCKETS: [f64; 14] = [
 /// A Prometheus histogram of seconds with fixed [`LAG_BUCKETS`].
 #[derive(Debug, Default)]
 pub struct LagHistogram {
+    shards: [Padded<LagShard>; SHARDS],
+}
+
+/// One thread's share of a [`LagHistogram`].
+#[derive(Debug, Default)]
+struct LagShard {
     /// Per bucket (not cumulative), the last one for samples above every bound.
     buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
     count: AtomicU64,
@@ -72,14 +130,27 @@ impl LagHistogram {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(LAG_BUCKETS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
+        let shard = &self.shards[shard_index()].0;
+        shard.buckets[index].fetch_add(1, Ordering::Relaxed);
+        shard.count.fetch_add(1, Ordering::Relaxed);
+        shard
+            .sum_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .map(|shard| shard.0.count.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Samples in bucket `index`, over every shard.
+    fn bucket(&self, index: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.0.buckets[index].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Appends the histogram in the Prometheus text format under `name`.
@@ -87,13 +158,18 @@ impl LagHistogram {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in LAG_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
+        for (index, bound) in LAG_BUCKETS.iter().enumerate() {
+            cumulative += self.bucket(index);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += self.buckets[LAG_BUCKETS.len()].load(Ordering::Relaxed);
+        cumulative += self.bucket(LAG_BUCKETS.len());
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum_micros: u64 = self
+            .shards
+            .iter()
+            .map(|shard| shard.0.sum_micros.load(Ordering::Relaxed))
+            .sum();
+        let sum = sum_micros as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
@@ -133,5 +209,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lag_seconds_count 3\n"), "{text}");
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_across_shards() {
+        let count = ShardedCount::new();
+        let histogram = LagHistogram::new();
+        std::thread::scope(|scope| {
+            for _ in 0..3 * SHARDS {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        count.add(2);
+                        histogram.observe(0.002);
+                    }
+                });
+            }
+        });
+        let samples = 3 * SHARDS as u64 * 1_000;
+        assert_eq!(count.get(), 2 * samples);
+        assert_eq!(histogram.count(), samples);
+        let mut text = String::new();
+        histogram.render("lag_seconds", "help", &mut text);
+        assert!(
+            text.contains("lag_seconds_bucket{le=\"0.001\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("lag_seconds_bucket{{le=\"0.0025\"}} {samples}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("lag_seconds_count {samples}\n")),
+            "{text}"
+        );
     }
 }
